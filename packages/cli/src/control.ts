@@ -1,0 +1,106 @@
+/** start, stop, reload, status: the master's life as the administrator sees it. */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { spawn } from 'node:child_process';
+import { MainConfig, loadMasterCf, Spool, lookupSystemUser } from '@postern/common';
+
+export const MASTER_PROGRAM = path.resolve(__dirname, '..', '..', 'master', 'dist', 'main.js');
+
+export function spoolOf(configDir: string): Spool {
+  return new Spool(MainConfig.load(configDir).get('queue_directory'));
+}
+
+export function masterPid(spool: Spool): number | null {
+  try {
+    const pid = parseInt(fs.readFileSync(spool.pidFile(), 'utf8'), 10);
+    process.kill(pid, 0);
+    return pid;
+  } catch { return null; }
+}
+
+/** Check main.cf and master.cf; prints `file:line: problem` and returns false on an error. */
+export function checkConfig(configDir: string): boolean {
+  try {
+    MainConfig.load(configDir);
+    loadMasterCf(configDir);
+    return true;
+  } catch (e) {
+    process.stderr.write(`postern: fatal: ${(e as Error).message}\n`);
+    return false;
+  }
+}
+
+export async function startMaster(configDir: string, foreground: boolean): Promise<number> {
+  if (!checkConfig(configDir)) return 1;
+  const spool = spoolOf(configDir);
+  const running = masterPid(spool);
+  if (running) { process.stderr.write(`postern: fatal: already running (pid ${running})\n`); return 1; }
+  if (foreground) {
+    const { runMaster } = require(MASTER_PROGRAM);
+    return runMaster(configDir, true);
+  }
+  const child = spawn(process.execPath, [MASTER_PROGRAM, configDir], { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (d) => { stderr += d; });
+  const exited = new Promise<number>((r) => child.once('exit', (code) => r(code ?? 1)));
+  const deadline = Date.now() + 20000;
+  while (Date.now() < deadline) {
+    const result = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 100))]);
+    if (result !== null) { process.stderr.write(stderr || `postern: master exited with status ${result}\n`); return 1; }
+    const status = readStatus(spool);
+    if (status && status.services.every((s: any) => s.running)) {
+      child.stderr!.destroy();
+      child.unref();
+      console.log(`postern: started (master pid ${child.pid}, ${status.services.length} service processes)`);
+      return 0;
+    }
+  }
+  process.stderr.write('postern: master did not report its services running within 20 s; see the log\n');
+  child.unref();
+  return 1;
+}
+
+export async function stopMaster(configDir: string): Promise<number> {
+  const spool = spoolOf(configDir);
+  const pid = masterPid(spool);
+  if (!pid) { console.log('postern: not running'); return 0; }
+  process.kill(pid, 'SIGTERM');
+  const deadline = Date.now() + 40000;
+  while (Date.now() < deadline) {
+    try { process.kill(pid, 0); } catch { console.log('postern: stopped'); return 0; }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  process.stderr.write(`postern: master (pid ${pid}) did not stop within 40 s\n`);
+  return 1;
+}
+
+export function signalMaster(configDir: string, signal: NodeJS.Signals): number {
+  const pid = masterPid(spoolOf(configDir));
+  if (!pid) { process.stderr.write('postern: not running\n'); return 1; }
+  process.kill(pid, signal);
+  return 0;
+}
+
+export function readStatus(spool: Spool): any | null {
+  try { return JSON.parse(fs.readFileSync(spool.statusFile(), 'utf8')); } catch { return null; }
+}
+
+function userOfPid(pid: number): string {
+  try {
+    const uid = parseInt(/^Uid:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1], 10);
+    return lookupSystemUser(uid)?.name ?? String(uid);
+  } catch { return '?'; }
+}
+
+export function statusReport(configDir: string): { running: boolean; master: { pid: number; user: string } | null; services: any[] } {
+  const spool = spoolOf(configDir);
+  const pid = masterPid(spool);
+  if (!pid) return { running: false, master: null, services: [] };
+  const st = readStatus(spool) ?? { services: [] };
+  const services = st.services.map((s: any) => {
+    let alive = false;
+    if (s.pid) try { process.kill(s.pid, 0); alive = true; } catch { alive = false; }
+    return { service: s.service, type: s.type, command: s.command, pid: s.pid, running: alive, user: alive ? userOfPid(s.pid) : s.user };
+  });
+  return { running: true, master: { pid, user: userOfPid(pid) }, services };
+}

@@ -1,0 +1,113 @@
+/** `postern init DIR`: a complete, runnable instance rooted at DIR. */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { isRoot, createSystemUser, lookupSystemUser, MainConfig, serviceAccounts } from '@postern/common';
+
+export interface InitOptions {
+  hostname?: string;
+  domain?: string;
+  smtpPort?: string;
+  submissionPort?: string;
+  submissionsPort?: string;
+  unprivileged?: boolean;
+  createUsers?: boolean;
+}
+
+export const SERVICE_ACCOUNTS = ['postern', 'postern-smtpd', 'postern-relay', 'vmail'];
+
+function mainCf(dir: string, hostname: string, domain: string): string {
+  return `# Postern main.cf, written by "postern init". Parameter reference: docs/parameters.md
+# Change values with "postern -c ${dir}/etc config set name=value".
+
+config_directory = ${dir}/etc
+queue_directory = ${dir}/spool
+virtual_mailbox_base = ${dir}/mail
+maillog_file = ${dir}/postern.log
+
+myhostname = ${hostname}
+mydomain = ${domain}
+mydestination = $myhostname, localhost.$mydomain, localhost, $mydomain
+mynetworks = 127.0.0.0/8, [::1]/128
+virtual_mailbox_maps = passwd-file:$config_directory/users
+
+smtpd_tls_cert_file = $config_directory/tls/cert.pem
+smtpd_tls_key_file = $config_directory/tls/key.pem
+`;
+}
+
+function masterCf(ports: { smtp: number; submission: number; submissions: number }, loopbackOnly: boolean): string {
+  const at = (p: number) => (loopbackOnly ? `127.0.0.1:${p}` : String(p));
+  const rows = [
+    [at(ports.smtp), 'inet', '-', '1', 'smtpd'],
+    [at(ports.submission), 'inet', '-', '1', 'smtpd', '-o smtpd_tls_security_level=encrypt -o smtpd_sasl_auth_enable=yes'],
+    [at(ports.submissions), 'inet', '-', '1', 'smtpd', '-o smtpd_tls_wrappermode=yes -o smtpd_sasl_auth_enable=yes'],
+    ['cleanup', 'unix', '-', '1', 'cleanup'],
+    ['qmgr', 'unix', '-', '1', 'qmgr'],
+    ['smtp', 'unix', '-', '1', 'smtp'],
+    ['lmtp', 'unix', '-', '1', 'lmtp'],
+    ['local', 'unix', '-', '1', 'local'],
+  ];
+  const fmt = (r: string[]) => `${r[0].padEnd(18)}${r[1].padEnd(6)}${r[2].padEnd(6)}${r[3].padEnd(9)}${r.slice(4).join('  ')}`.trimEnd();
+  return `# Postern master.cf: one service per line (docs/master.md).
+# "user" - means the command's own account (smtpd: postern-smtpd, cleanup/qmgr: postern,
+# smtp/lmtp: postern-relay, local: vmail); "maxproc" is the number of processes.
+${fmt(['# service', 'type', 'user', 'maxproc', 'command [-o name=value ...]'])}
+${rows.map(fmt).join('\n')}
+`;
+}
+
+export function makeSelfSignedCertificate(tlsDir: string, hostname: string): void {
+  fs.mkdirSync(tlsDir, { recursive: true, mode: 0o755 });
+  const key = path.join(tlsDir, 'key.pem');
+  const cert = path.join(tlsDir, 'cert.pem');
+  if (fs.existsSync(key) && fs.existsSync(cert)) return;
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '3650', '-subj', `/CN=${hostname}`,
+    '-addext', `subjectAltName=DNS:${hostname}`, '-keyout', key, '-out', cert], { stdio: 'pipe' });
+  fs.chmodSync(key, 0o640);
+  fs.chmodSync(cert, 0o644);
+}
+
+/** Group-readable by exactly the services that need them (see docs/security.md). */
+export function fixConfigOwnership(configDir: string): void {
+  const config = MainConfig.load(configDir);
+  const a = serviceAccounts(config);
+  if (!a.privileged) return;
+  const users = /^passwd-file:(.+)$/.exec(config.get('virtual_mailbox_maps'))?.[1];
+  if (users && fs.existsSync(users)) { fs.chownSync(users, a.mailbox.uid, a.smtpd.gid); fs.chmodSync(users, 0o640); }
+  const key = config.get('smtpd_tls_key_file');
+  if (fs.existsSync(key)) { fs.chownSync(key, 0, a.smtpd.gid); fs.chmodSync(key, 0o640); }
+}
+
+export function initInstance(dirArg: string, o: InitOptions): string[] {
+  const dir = path.resolve(dirArg);
+  const privileged = isRoot() && !o.unprivileged;
+  const hostname = o.hostname ?? (os.hostname().includes('.') ? os.hostname() : `${os.hostname()}.localdomain`);
+  const domain = o.domain ?? (hostname.split('.').slice(1).join('.') || 'localdomain');
+  const ports = {
+    smtp: parseInt(o.smtpPort ?? (privileged ? '25' : '2525'), 10),
+    submission: parseInt(o.submissionPort ?? (privileged ? '587' : '5870'), 10),
+    submissions: parseInt(o.submissionsPort ?? (privileged ? '465' : '4650'), 10),
+  };
+  for (const [k, v] of Object.entries(ports)) if (!(v > 0 && v < 65536)) throw new Error(`--${k}-port: "${v}" is not a port number`);
+  const etc = path.join(dir, 'etc');
+  if (fs.existsSync(path.join(etc, 'main.cf'))) throw new Error(`${etc}/main.cf already exists; not overwriting an instance`);
+  const done: string[] = [];
+  if (privileged && o.createUsers) {
+    for (const u of SERVICE_ACCOUNTS) {
+      if (!lookupSystemUser(u)) { createSystemUser(u, u === 'vmail' ? path.join(dir, 'mail') : '/nonexistent'); done.push(`created system user ${u}`); }
+    }
+  }
+  for (const d of [etc, path.join(dir, 'spool'), path.join(dir, 'mail')]) fs.mkdirSync(d, { recursive: true, mode: 0o755 });
+  fs.writeFileSync(path.join(etc, 'main.cf'), mainCf(dir, hostname, domain) + (privileged ? '' : `
+# A sandbox: every service runs as the user who starts it, on unprivileged ports.
+unprivileged = yes
+`), { mode: 0o644 });
+  fs.writeFileSync(path.join(etc, 'master.cf'), masterCf(ports, !privileged), { mode: 0o644 });
+  fs.writeFileSync(path.join(etc, 'users'), '# Postern users (Dovecot passwd-file): manage with "postern user add|del|list"\n', { mode: 0o640 });
+  makeSelfSignedCertificate(path.join(etc, 'tls'), hostname);
+  if (privileged) fixConfigOwnership(etc);
+  done.push(`created instance ${dir} (${privileged ? 'system accounts' : 'sandbox: runs as the invoking user'}; ports ${ports.smtp}/${ports.submission}/${ports.submissions})`);
+  return done;
+}

@@ -1,0 +1,115 @@
+/**
+ * The wire between services: frames on a Unix stream socket.
+ *
+ *   frame = type (1 byte) + payload length (uint32 BE) + payload
+ *   'J' a JSON object (request header or reply)
+ *   'D' raw message bytes     'E' end of message bytes     'A' abort
+ *
+ * Message content travels as D frames, never JSON-encoded, and is read with
+ * the socket's own backpressure.
+ */
+import * as net from 'node:net';
+
+export type Frame =
+  | { type: 'J'; json: any }
+  | { type: 'D'; data: Buffer }
+  | { type: 'E' }
+  | { type: 'A' };
+
+const MAX_JSON = 16 * 1024 * 1024;
+const MAX_DATA = 4 * 1024 * 1024;
+
+export class FrameReader {
+  private buf: Buffer = Buffer.alloc(0);
+  private iter: AsyncIterator<Buffer>;
+
+  constructor(socket: net.Socket) {
+    this.iter = (socket as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+  }
+
+  private async fill(n: number): Promise<boolean> {
+    while (this.buf.length < n) {
+      const r = await this.iter.next();
+      if (r.done) return false;
+      this.buf = this.buf.length ? Buffer.concat([this.buf, r.value]) : r.value;
+    }
+    return true;
+  }
+
+  /** The next frame, or null at a clean end of stream. */
+  async next(): Promise<Frame | null> {
+    if (!(await this.fill(5))) {
+      if (this.buf.length) throw new Error('connection closed inside a frame');
+      return null;
+    }
+    const type = String.fromCharCode(this.buf[0]);
+    const len = this.buf.readUInt32BE(1);
+    if (len > (type === 'J' ? MAX_JSON : MAX_DATA)) throw new Error(`frame of ${len} bytes is too large`);
+    if (!(await this.fill(5 + len))) throw new Error('connection closed inside a frame');
+    const payload = this.buf.subarray(5, 5 + len);
+    this.buf = this.buf.subarray(5 + len);
+    switch (type) {
+      case 'J': return { type, json: JSON.parse(payload.toString('utf8')) };
+      case 'D': return { type, data: payload };
+      case 'E': return { type };
+      case 'A': return { type };
+      default: throw new Error(`unknown frame type ${JSON.stringify(type)}`);
+    }
+  }
+
+  /** Read a frame that must be JSON. */
+  async json(): Promise<any> {
+    const f = await this.next();
+    if (!f) throw new Error('connection closed before a reply');
+    if (f.type !== 'J') throw new Error(`expected a JSON frame, got ${f.type}`);
+    return f.json;
+  }
+}
+
+export class FrameWriter {
+  constructor(private socket: net.Socket) {}
+
+  private frame(type: string, payload: Buffer): Promise<void> {
+    const head = Buffer.alloc(5);
+    head.write(type, 0, 'latin1');
+    head.writeUInt32BE(payload.length, 1);
+    return new Promise((resolve, reject) => {
+      const ok = this.socket.write(payload.length ? Buffer.concat([head, payload]) : head, (err) => err && reject(err));
+      if (ok) resolve();
+      else {
+        // backpressure: resume when the socket drains, fail if it closes first
+        const onClose = () => reject(new Error('connection closed while writing'));
+        this.socket.once('close', onClose);
+        this.socket.once('drain', () => { this.socket.off('close', onClose); resolve(); });
+      }
+    });
+  }
+
+  json(obj: unknown): Promise<void> { return this.frame('J', Buffer.from(JSON.stringify(obj))); }
+  async data(chunk: Buffer): Promise<void> {
+    for (let off = 0; off < chunk.length; off += MAX_DATA) await this.frame('D', chunk.subarray(off, off + MAX_DATA));
+  }
+  end(): Promise<void> { return this.frame('E', Buffer.alloc(0)); }
+  abort(): Promise<void> { return this.frame('A', Buffer.alloc(0)); }
+}
+
+export function connectUnix(socketPath: string, timeoutMs = 10000): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.createConnection(socketPath);
+    const timer = setTimeout(() => { s.destroy(); reject(new Error(`connect to ${socketPath}: timed out`)); }, timeoutMs);
+    s.once('connect', () => { clearTimeout(timer); resolve(s); });
+    s.once('error', (e) => { clearTimeout(timer); reject(new Error(`connect to ${socketPath}: ${e.message}`)); });
+  });
+}
+
+/** One request, one JSON reply: for triggers and small queries. */
+export async function requestJson(socketPath: string, request: unknown, timeoutMs = 10000): Promise<any> {
+  const s = await connectUnix(socketPath, timeoutMs);
+  try {
+    s.setTimeout(timeoutMs, () => s.destroy(new Error(`${socketPath}: no reply within ${timeoutMs} ms`)));
+    await new FrameWriter(s).json(request);
+    return await new FrameReader(s).json();
+  } finally {
+    s.destroy();
+  }
+}

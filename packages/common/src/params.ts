@@ -1,0 +1,81 @@
+/**
+ * The table of main.cf parameters: name, type, default and meaning. The config
+ * parser, `postern config show --defaults` and docs/parameters.md all read this
+ * one table, so a parameter exists exactly when it is listed here.
+ */
+
+export type ParamType = 'string' | 'list' | 'int' | 'time' | 'size' | 'bool' | 'enum';
+
+export interface ParamSpec {
+  name: string;
+  type: ParamType;
+  /** Default as it would be written in main.cf ($name expansion applies). */
+  default: string;
+  description: string;
+  /** Allowed words for 'enum'. */
+  values?: string[];
+}
+
+const P = (name: string, type: ParamType, def: string, description: string, values?: string[]): ParamSpec =>
+  ({ name, type, default: def, description, values });
+
+export const PARAMETERS: readonly ParamSpec[] = [
+  // Where things are
+  P('config_directory', 'string', '/etc/postern', 'Directory holding main.cf, master.cf and the lookup tables.'),
+  P('queue_directory', 'string', '/var/spool/postern', 'Root of the mail queue (incoming, active, deferred, hold, corrupt, maildrop, private, public, pid).'),
+  P('virtual_mailbox_base', 'string', '/var/mail/vhosts', 'Root of the mailbox tree; a user\'s default home is $virtual_mailbox_base/DOMAIN/USER.'),
+  P('maillog_file', 'string', '/var/log/postern.log', 'Log file master writes when running in the background (reopened on reload); in the foreground logs go to standard output.'),
+  P('daemon_directory', 'string', '', 'Directory holding the compiled service programs; empty means the installed program tree.'),
+
+  // Identity
+  P('myhostname', 'string', 'localhost', 'This host\'s fully-qualified name, used in the SMTP greeting and Received: headers.'),
+  P('mydomain', 'string', 'localdomain', 'This host\'s mail domain.'),
+  P('myorigin', 'string', '$mydomain', 'Domain appended to unqualified sender addresses of locally submitted mail.'),
+  P('mydestination', 'list', '$myhostname, localhost.$mydomain, localhost', 'Domains delivered by this host to users of virtual_mailbox_maps.'),
+  P('virtual_mailbox_domains', 'list', '', 'Further domains whose users live in virtual_mailbox_maps.'),
+  P('virtual_mailbox_maps', 'string', 'passwd-file:$config_directory/users', 'The user table (Dovecot-compatible passwd-file): who exists, passwords, mailbox location.'),
+  P('mynetworks', 'list', '127.0.0.0/8, [::1]/128', 'Trusted client networks: may relay, skip client checks, and may send bare LF (normalised).'),
+  P('smtpd_banner', 'string', '$myhostname ESMTP Postern', 'Text after the 220 code in the SMTP greeting.'),
+
+  // Service users (used only when master runs as root)
+  P('unprivileged', 'bool', 'no', 'Sandbox mode: every service runs as the user who starts master, nothing is chowned. Implied when master is not started as root.'),
+  P('mail_owner', 'string', 'postern', 'Owner of the queue; cleanup, qmgr and pickup run as this user.'),
+  P('smtpd_user', 'string', 'postern-smtpd', 'User smtpd runs as.'),
+  P('relay_user', 'string', 'postern-relay', 'User the smtp/lmtp delivery client runs as.'),
+  P('mailbox_user', 'string', 'vmail', 'User the local delivery agent runs as; mailbox files belong to it unless the user table says otherwise.'),
+
+  // Limits
+  P('message_size_limit', 'size', '10240000', 'Largest message accepted, in bytes (headers included).'),
+  P('smtpd_recipient_limit', 'int', '1000', 'Most recipients accepted in one message.'),
+  P('smtpd_timeout', 'time', '300s', 'How long smtpd waits for a client command or data.'),
+  P('smtpd_client_connection_count_limit', 'int', '50', 'Simultaneous connections one client address may hold.'),
+  P('default_process_limit', 'int', '100', 'Default process limit for master.cf entries whose limit is "-".'),
+
+  // Queue
+  P('minimal_backoff_time', 'time', '300s', 'Shortest wait before retrying a deferred message.'),
+  P('maximal_backoff_time', 'time', '4000s', 'Longest wait between retries of a deferred message.'),
+  P('maximal_queue_lifetime', 'time', '5d', 'How long a message may stay queued before it is returned as undeliverable.'),
+  P('bounce_queue_lifetime', 'time', '5d', 'Queue lifetime for bounce messages (null sender).'),
+  P('queue_run_delay', 'time', '300s', 'How often qmgr scans the deferred queue.'),
+  P('qmgr_message_active_limit', 'int', '20000', 'Most messages qmgr keeps in the active queue at once.'),
+  P('default_destination_concurrency_limit', 'int', '20', 'Parallel deliveries to one destination.'),
+  P('local_destination_concurrency_limit', 'int', '20', 'Parallel deliveries to the local mailbox service.'),
+  P('delivery_timeout', 'time', '600s', 'How long qmgr waits for one delivery request before treating it as a temporary failure.'),
+
+  // Local delivery
+  P('mailbox_format', 'enum', 'maildir', 'Mailbox format for users whose entry does not say (userdb_mail).', ['maildir', 'mbox']),
+  P('mailbox_lock_timeout', 'time', '10s', 'How long local waits for an mbox lock before deferring.'),
+
+  // TLS (submission uses these; the MX listener offers STARTTLS when a certificate exists)
+  P('smtpd_tls_cert_file', 'string', '$config_directory/tls/cert.pem', 'PEM certificate chain for smtpd.'),
+  P('smtpd_tls_key_file', 'string', '$config_directory/tls/key.pem', 'PEM private key for smtpd.'),
+  P('smtpd_tls_security_level', 'enum', 'may', 'STARTTLS policy: none, may (offer) or encrypt (required before MAIL).', ['none', 'may', 'encrypt']),
+  P('smtpd_tls_wrappermode', 'bool', 'no', 'Speak TLS from the first byte (port 465, RFC 8314).'),
+  P('smtpd_sasl_auth_enable', 'bool', 'no', 'Offer AUTH (only after TLS) against virtual_mailbox_maps.'),
+];
+
+const byName = new Map(PARAMETERS.map((p) => [p.name, p]));
+
+export function paramSpec(name: string): ParamSpec | undefined {
+  return byName.get(name);
+}

@@ -1,0 +1,246 @@
+/**
+ * The queue file: one file per message holding the envelope, the message bytes
+ * and the per-recipient results. Format version 1 (docs/queue-file.md):
+ *
+ *   POSTERN-QUEUE 1\n
+ *   E <len>\n<envelope JSON>\n
+ *   M <16-digit len>\n<message bytes>\n
+ *   P <len>\n<header bytes>\n        0..n, headers computed after the body (DKIM, ...),
+ *                                    delivered in front of the message
+ *   X\n                              end of what cleanup wrote
+ *   S <len>\n<status JSON>\n          0..n, appended by qmgr
+ *
+ * Only qmgr appends, and a record torn by a crash is ignored, so a recipient is
+ * at worst delivered once more.
+ */
+import * as fsp from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { createReadStream } from 'node:fs';
+import { Spool, fsyncDir } from './spool.js';
+
+export const QUEUE_FILE_VERSION = 1;
+const MAGIC = Buffer.from(`POSTERN-QUEUE ${QUEUE_FILE_VERSION}\n`);
+const LEN_WIDTH = 16;
+
+export interface Recipient {
+  address: string;
+  /** Original recipient before alias expansion (DSN ORCPT). */
+  orcpt?: string;
+  notify?: string[];
+}
+
+export interface Envelope {
+  id: string;
+  sender: string;
+  recipients: Recipient[];
+  /** Arrival, ms since the epoch. */
+  arrival: number;
+  origin: 'smtpd' | 'pickup' | 'bounce' | 'local';
+  client?: { address: string; name: string; helo: string };
+  protocol?: string;
+  tls?: string | null;
+  sasl?: string;
+  dsn?: { ret?: 'FULL' | 'HDRS'; envid?: string };
+}
+
+export type RecipientStatus = 'sent' | 'bounced' | 'deferred';
+
+export type StatusRecord =
+  | { type: 'rcpt'; index: number; status: RecipientStatus; dsn: string; reason: string; relay?: string; at: number }
+  | { type: 'attempt'; at: number; attempts: number }
+  | { type: 'flags'; expire?: boolean; warned?: boolean };
+
+export class CorruptQueueFile extends Error {
+  constructor(readonly file: string, problem: string) {
+    super(`${file}: corrupt queue file: ${problem}`);
+    this.name = 'CorruptQueueFile';
+  }
+}
+
+export class QueueFileWriter {
+  private messageStart = 0;
+  private written = 0;
+  private position = 0;
+  private prepend: Buffer[] = [];
+
+  private constructor(readonly spool: Spool, readonly id: string, private fh: fsp.FileHandle) {}
+
+  /** Start a new queue file under its temporary name with the envelope written. */
+  static async create(spool: Spool, envelope: Envelope): Promise<QueueFileWriter> {
+    const fh = await fsp.open(spool.tempPathOf(envelope.id), 'wx', 0o640);
+    const w = new QueueFileWriter(spool, envelope.id, fh);
+    const env = Buffer.from(JSON.stringify(envelope));
+    const head = Buffer.concat([MAGIC, Buffer.from(`E ${env.length}\n`), env,
+      Buffer.from(`\nM ${'0'.repeat(LEN_WIDTH)}\n`)]);
+    await w.put(head);
+    w.messageStart = w.position;
+    return w;
+  }
+
+  private async put(buf: Buffer): Promise<void> {
+    let off = 0;
+    while (off < buf.length) {
+      const { bytesWritten } = await this.fh.write(buf, off, buf.length - off, this.position);
+      off += bytesWritten;
+      this.position += bytesWritten;
+    }
+  }
+
+  /** Append message bytes; awaiting each call is the backpressure. */
+  async write(chunk: Buffer): Promise<void> {
+    await this.put(chunk);
+    this.written += chunk.length;
+  }
+
+  get messageSize(): number { return this.written; }
+
+  /** Headers to deliver in front of the message, computed once the body is known. */
+  addPrependedHeaders(headers: Buffer): void { this.prepend.push(headers); }
+
+  /** Make the file durable and visible in incoming/: the point after which smtpd may say 250. */
+  async commit(): Promise<string> {
+    const len = Buffer.from(String(this.written).padStart(LEN_WIDTH, '0'));
+    await this.fh.write(len, 0, len.length, this.messageStart - LEN_WIDTH - 1);
+    const tail: Buffer[] = [Buffer.from('\n')];
+    for (const p of this.prepend) tail.push(Buffer.from(`P ${p.length}\n`), p, Buffer.from('\n'));
+    tail.push(Buffer.from('X\n'));
+    await this.put(Buffer.concat(tail));
+    await this.fh.sync();
+    await this.fh.close();
+    const final = this.spool.pathOf('incoming', this.id);
+    await fsp.rename(this.spool.tempPathOf(this.id), final);
+    await fsyncDir(this.spool.dir('incoming'));
+    return final;
+  }
+
+  async abort(): Promise<void> {
+    await this.fh.close().catch(() => undefined);
+    await fsp.unlink(this.spool.tempPathOf(this.id)).catch(() => undefined);
+  }
+}
+
+export interface QueueFileInfo {
+  file: string;
+  envelope: Envelope;
+  messageOffset: number;
+  messageLength: number;
+  /** Concatenated P records. */
+  prepend: Buffer;
+  statuses: StatusRecord[];
+  fileSize: number;
+}
+
+/** Parse `T <len>\n` at pos; returns [type, len, payloadStart]. */
+function recordHeader(buf: Buffer, pos: number, file: string): [string, number, number] {
+  const nl = buf.indexOf(10, pos);
+  if (nl < 0 || nl - pos > 24) throw new CorruptQueueFile(file, `truncated record at offset ${pos}`);
+  const m = /^([A-Z])(?: (\d+))?$/.exec(buf.toString('latin1', pos, nl));
+  if (!m) throw new CorruptQueueFile(file, `bad record header at offset ${pos}`);
+  return [m[1], m[2] === undefined ? -1 : parseInt(m[2], 10), nl + 1];
+}
+
+export async function readQueueFile(file: string): Promise<QueueFileInfo> {
+  const fh = await fsp.open(file, 'r');
+  try {
+    const { size } = await fh.stat();
+    const headLen = Math.min(size, 65536);
+    let head = Buffer.alloc(headLen);
+    await fh.read(head, 0, headLen, 0);
+    if (!head.subarray(0, MAGIC.length).equals(MAGIC)) throw new CorruptQueueFile(file, 'not a version 1 queue file');
+    let [type, envLen, envStart] = recordHeader(head, MAGIC.length, file);
+    if (type !== 'E') throw new CorruptQueueFile(file, 'envelope record missing');
+    if (envStart + envLen + 40 > head.length && size > head.length) {
+      head = Buffer.alloc(Math.min(size, envStart + envLen + 64));
+      await fh.read(head, 0, head.length, 0);
+    }
+    if (envStart + envLen + 1 > head.length) throw new CorruptQueueFile(file, 'envelope truncated');
+    let envelope: Envelope;
+    try { envelope = JSON.parse(head.toString('utf8', envStart, envStart + envLen)); } catch {
+      throw new CorruptQueueFile(file, 'envelope is not valid JSON');
+    }
+    if (!envelope || typeof envelope.sender !== 'string' || !Array.isArray(envelope.recipients) || !envelope.id) {
+      throw new CorruptQueueFile(file, 'envelope lacks sender, recipients or id');
+    }
+    const [mType, messageLength, messageOffset] = recordHeader(head, envStart + envLen + 1, file);
+    if (mType !== 'M' || messageLength < 0) throw new CorruptQueueFile(file, 'message record missing');
+    const tailStart = messageOffset + messageLength;
+    if (tailStart + 3 > size) throw new CorruptQueueFile(file, 'message truncated');
+    const tail = Buffer.alloc(size - tailStart);
+    await fh.read(tail, 0, tail.length, tailStart);
+    if (tail[0] !== 10) throw new CorruptQueueFile(file, 'message length does not match');
+    const prepend: Buffer[] = [];
+    const statuses: StatusRecord[] = [];
+    let pos = 1;
+    let ended = false;
+    while (pos < tail.length) {
+      let rec: [string, number, number];
+      try { rec = recordHeader(tail, pos, file); } catch (e) {
+        if (ended) break; // a status record torn by a crash: ignore it
+        throw e;
+      }
+      const [t, len, start] = rec;
+      if (t === 'X') { ended = true; pos = start; continue; }
+      if (len < 0 || start + len + 1 > tail.length) {
+        if (ended) break;
+        throw new CorruptQueueFile(file, `record ${t} truncated`);
+      }
+      const payload = tail.subarray(start, start + len);
+      if (t === 'P' && !ended) prepend.push(Buffer.from(payload));
+      else if (t === 'S' && ended) {
+        try { statuses.push(JSON.parse(payload.toString('utf8'))); } catch { break; }
+      } else throw new CorruptQueueFile(file, `unexpected record ${t}`);
+      pos = start + len + 1;
+    }
+    if (!ended) throw new CorruptQueueFile(file, 'end marker missing (incomplete write)');
+    return { file, envelope, messageOffset, messageLength, prepend: Buffer.concat(prepend), statuses, fileSize: size };
+  } finally {
+    await fh.close();
+  }
+}
+
+/** The message as delivered: prepended headers, then the stored bytes, streamed from disk. */
+export function openMessage(info: QueueFileInfo): Readable {
+  const body = info.messageLength > 0
+    ? createReadStream(info.file, { start: info.messageOffset, end: info.messageOffset + info.messageLength - 1, highWaterMark: 256 * 1024 })
+    : Readable.from([]);
+  if (!info.prepend.length) return body;
+  return Readable.from((async function* () {
+    yield info.prepend;
+    for await (const chunk of body) yield chunk as Buffer;
+  })());
+}
+
+export async function appendStatus(file: string, records: StatusRecord[]): Promise<void> {
+  const parts: Buffer[] = [];
+  for (const r of records) {
+    const b = Buffer.from(JSON.stringify(r));
+    parts.push(Buffer.from(`S ${b.length}\n`), b, Buffer.from('\n'));
+  }
+  const fh = await fsp.open(file, 'a');
+  try {
+    await fh.write(Buffer.concat(parts));
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Per-recipient state after replaying the status records. */
+export interface RecipientState { index: number; address: string; status: RecipientStatus | 'pending'; dsn?: string; reason?: string }
+
+export function recipientStates(info: QueueFileInfo): RecipientState[] {
+  const states: RecipientState[] = info.envelope.recipients.map((r, index) => ({ index, address: r.address, status: 'pending' }));
+  for (const s of info.statuses) {
+    if (s.type !== 'rcpt' || !states[s.index]) continue;
+    const st = states[s.index];
+    if (st.status === 'sent' || st.status === 'bounced') continue; // final states stay final
+    Object.assign(st, { status: s.status, dsn: s.dsn, reason: s.reason });
+  }
+  return states;
+}
+
+export function attemptCount(info: QueueFileInfo): number {
+  let n = 0;
+  for (const s of info.statuses) if (s.type === 'attempt') n = Math.max(n, s.attempts);
+  return n;
+}

@@ -1,0 +1,35 @@
+/**
+ * SMTP replies with their enhanced status codes (RFC 3463).
+ *
+ * smtp-server derives the enhanced code of an application's error from the
+ * reply code alone (every 554 becomes 5.6.0), so a `554 5.7.1 Relay access
+ * denied` cannot be expressed. `installEnhancedCodeShim` makes smtp-server
+ * keep a text that already starts with an enhanced code as it is; `smtpError`
+ * builds such errors.
+ */
+import { createRequire } from 'node:module';
+
+const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3} /;
+let installed = false;
+
+export function installEnhancedCodeShim(): void {
+  if (installed) return;
+  installed = true;
+  const req = createRequire(__filename);
+  const { SMTPConnection } = req('smtp-server/lib/smtp-connection.js');
+  const send = SMTPConnection.prototype.send;
+  SMTPConnection.prototype.send = function (code: number, data: unknown, context?: unknown) {
+    if (typeof data === 'string' && ENHANCED.test(data)) return send.call(this, code, data, false);
+    return send.call(this, code, data, context);
+  };
+}
+
+export interface SmtpError extends Error { responseCode: number; enhanced: string }
+
+/** An error smtp-server sends as `<code> <enhanced> <text>`. */
+export function smtpError(code: number, enhanced: string, text: string): SmtpError {
+  const e = new Error(`${enhanced} ${text}`) as SmtpError;
+  e.responseCode = code;
+  e.enhanced = enhanced;
+  return e;
+}

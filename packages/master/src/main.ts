@@ -1,0 +1,237 @@
+/**
+ * master: the supervisor. Runs as root (or as a sandbox user), binds every
+ * listener and service socket, puts the spool's owners and modes right, and
+ * forks each master.cf service under its own user with the listening handle.
+ * Restarts a crashed service with backoff, reloads on SIGHUP, stops in order
+ * on SIGTERM. Never reads a message.
+ */
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { fork, ChildProcess } from 'node:child_process';
+import {
+  MainConfig, ConfigError, MasterEntry, loadMasterCf, parseListenAddress, Spool, SERVICE_PROGRAMS,
+  serviceAccounts, ServiceAccounts, defaultAccount, socketAccess, prepareSpool, lookupSystemUser, SystemUser,
+} from '@postern/common';
+import { LogSink } from './log-sink.js';
+import { acquirePidFile, releasePidFile } from './pidfile.js';
+
+interface Slot {
+  entry: MasterEntry;
+  index: number;
+  user: SystemUser;
+  handle: any;
+  child?: ChildProcess;
+  startedAt: number;
+  failures: number;
+  timer?: NodeJS.Timeout;
+}
+
+const createServerHandle: (address: string | null, port: number, addressType: number, fd?: number, flags?: number) => any =
+  (net as any)._createServerHandle;
+
+/** A listening handle that master binds but never accepts on: the children do (see docs/master.md). */
+function bindHandle(entry: MasterEntry, spool: Spool, accounts: ServiceAccounts): any {
+  if (entry.type === 'inet') {
+    const addr = parseListenAddress(entry.service)!;
+    const host = addr.host ?? '::';
+    let h = createServerHandle(host, addr.port, net.isIPv6(host) ? 6 : 4);
+    // a previous master's children may still be closing their copies of this listener
+    for (let i = 0; h === -98 && i < 50; i++) {
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200);
+      h = createServerHandle(host, addr.port, net.isIPv6(host) ? 6 : 4);
+    }
+    if (typeof h === 'number') {
+      const code = h === -98 ? 'address already in use' : h === -13 ? 'permission denied' : `error ${h}`;
+      throw new Error(`cannot listen on ${host}:${addr.port}: ${code}`);
+    }
+    return h;
+  }
+  const sockPath = spool.privateSocket(entry.service);
+  fs.rmSync(sockPath, { force: true });
+  const h = createServerHandle(sockPath, -1, -1);
+  if (typeof h === 'number') throw new Error(`cannot create socket ${sockPath}: error ${h}`);
+  const access = socketAccess(entry.command, accounts);
+  if (accounts.privileged) fs.chownSync(sockPath, access.uid, access.gid);
+  fs.chmodSync(sockPath, access.mode);
+  return h;
+}
+
+function programPath(command: string, config: MainConfig): string {
+  const dir = config.get('daemon_directory') || path.resolve(__dirname, '..', '..');
+  return path.join(dir, SERVICE_PROGRAMS[command], 'dist', 'main.js');
+}
+
+export class Master {
+  private slots: Slot[] = [];
+  private stopping = false;
+  /** Set once the pid file is ours: only then may stop() clean the spool's sockets. */
+  private ownsSpool = false;
+  private config!: MainConfig;
+  private entries!: MasterEntry[];
+  private spool!: Spool;
+  private accounts!: ServiceAccounts;
+
+  constructor(private configDir: string, private sink: LogSink) {}
+
+  private log(fields: Record<string, unknown>, msg: string): void {
+    this.sink.event('master', fields, msg);
+  }
+
+  /** Load and check everything; throws ConfigError before anything is started. */
+  load(): void {
+    this.config = MainConfig.load(this.configDir);
+    this.entries = loadMasterCf(this.configDir);
+    for (const w of this.config.warnings) this.log({ level: 'warn' }, w);
+  }
+
+  start(): void {
+    this.spool = new Spool(this.config.get('queue_directory'));
+    this.accounts = serviceAccounts(this.config);
+    prepareSpool(this.spool, this.accounts);
+    this.prepareMailRoot();
+    acquirePidFile(this.spool.pidFile());
+    this.ownsSpool = true;
+    for (const entry of this.entries) {
+      const user = entry.user === '-' ? defaultAccount(entry.command, this.accounts)
+        : this.accounts.privileged ? lookupSystemUser(entry.user) : defaultAccount(entry.command, this.accounts);
+      if (!user) throw new ConfigError(path.join(this.configDir, 'master.cf'), entry.line, `user "${entry.user}" does not exist`);
+      const handle = bindHandle(entry, this.spool, this.accounts);
+      for (let i = 0; i < entry.maxproc; i++) this.slots.push({ entry, index: i, user, handle, startedAt: 0, failures: 0 });
+    }
+    for (const slot of this.slots) this.spawn(slot);
+    this.log({ services: this.slots.length, privileged: this.accounts.privileged }, `daemon started -- version ${version()}, configuration ${this.configDir}`);
+  }
+
+  private prepareMailRoot(): void {
+    const base = this.config.get('virtual_mailbox_base');
+    if (!fs.existsSync(base)) fs.mkdirSync(base, { recursive: true, mode: 0o755 });
+    if (this.accounts.privileged) {
+      const st = fs.statSync(base);
+      if (st.uid === 0) fs.chownSync(base, this.accounts.mailbox.uid, this.accounts.mailbox.gid);
+    }
+  }
+
+  private spawn(slot: Slot): void {
+    const { entry } = slot;
+    const overrides = Object.fromEntries(entry.overrides);
+    const child = fork(programPath(entry.command, this.config), [], {
+      env: {
+        PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
+        LANG: 'C.UTF-8',
+        TZ: process.env.TZ ?? '',
+        POSTERN_CONFIG: this.configDir,
+        POSTERN_SERVICE: entry.service,
+        POSTERN_COMMAND: entry.command,
+        POSTERN_OVERRIDES: JSON.stringify(overrides),
+      },
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+      serialization: 'advanced',
+      // libuv drops supplementary groups when it changes uid/gid
+      ...(this.accounts.privileged ? { uid: slot.user.uid, gid: slot.user.gid } : {}),
+      cwd: '/',
+    });
+    slot.child = child;
+    slot.startedAt = Date.now();
+    this.sink.attach(child, entry.command);
+    child.once('spawn', () => {
+      child.send({ type: 'listen' }, slot.handle);
+      this.writeStatus();
+    });
+    child.on('error', (err) => this.log({ level: 'error', service: entry.service, err: err.message }, 'service error'));
+    child.once('exit', (code, signal) => {
+      slot.child = undefined;
+      this.writeStatus();
+      if (this.stopping) return;
+      // backoff grows with consecutive quick failures, never a tight loop
+      slot.failures = Date.now() - slot.startedAt > 60000 ? 1 : slot.failures + 1;
+      const delay = Math.min(60000, 500 * 2 ** (slot.failures - 1));
+      this.log({ level: 'warn', service: entry.service, command: entry.command, code, signal, restart_in_ms: delay },
+        `service ${entry.command} (${entry.service}) exited; restarting`);
+      slot.timer = setTimeout(() => { slot.timer = undefined; if (!this.stopping) this.spawn(slot); }, delay);
+    });
+  }
+
+  /** services.json: what `postern status` shows. */
+  private writeStatus(): void {
+    const services = this.slots.map((s) => ({
+      service: s.entry.service, type: s.entry.type, command: s.entry.command, user: s.user.name, uid: s.user.uid,
+      pid: s.child?.pid ?? null, running: !!s.child && s.child.exitCode === null,
+    }));
+    const file = this.spool.statusFile();
+    const tmp = `${file}.tmp`;
+    fs.writeFileSync(tmp, JSON.stringify({ master: process.pid, config: this.configDir, services }, null, 1) + '\n');
+    fs.renameSync(tmp, file);
+  }
+
+  reload(): void {
+    try {
+      this.load();
+    } catch (e) {
+      this.log({ level: 'error', err: (e as Error).message }, 'reload refused: configuration error; keeping the running configuration');
+      return;
+    }
+    this.sink.reopen();
+    for (const s of this.slots) s.child?.send({ type: 'reload' });
+    this.log({}, 'reload -- configuration re-read');
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.log({}, 'terminating on signal');
+    const running = this.slots.filter((s) => s.child);
+    for (const s of this.slots) if (s.timer) clearTimeout(s.timer);
+    // smtpd first so no new mail arrives, then the rest
+    const order = (s: Slot) => (s.entry.command === 'smtpd' ? 0 : 1);
+    for (const phase of [0, 1]) {
+      const group = running.filter((s) => order(s) === phase && s.child);
+      await Promise.all(group.map((s) => new Promise<void>((resolve) => {
+        const child = s.child!;
+        const kill = setTimeout(() => child.kill('SIGKILL'), 20000);
+        child.once('exit', () => { clearTimeout(kill); resolve(); });
+        if (child.connected) child.send({ type: 'stop' }); else child.kill('SIGTERM');
+      })));
+    }
+    if (!this.ownsSpool) return;
+    for (const e of this.entries) if (e.type === 'unix') fs.rmSync(this.spool.privateSocket(e.service), { force: true });
+    fs.rmSync(this.spool.statusFile(), { force: true });
+    releasePidFile(this.spool.pidFile());
+  }
+}
+
+function version(): string {
+  try { return JSON.parse(fs.readFileSync(path.resolve(__dirname, '..', '..', '..', 'package.json'), 'utf8')).version; } catch { return 'unknown'; }
+}
+
+export async function runMaster(configDir: string, foreground: boolean): Promise<number> {
+  let config: MainConfig;
+  try { config = MainConfig.load(configDir); } catch (e) {
+    process.stderr.write(`postern: fatal: ${(e as Error).message}\n`);
+    return 1;
+  }
+  const sink = new LogSink(foreground ? null : config.get('maillog_file') || null);
+  const master = new Master(configDir, sink);
+  try {
+    master.load();
+    master.start();
+  } catch (e) {
+    process.stderr.write(`postern: fatal: ${(e as Error).message}\n`);
+    sink.event('master', { level: 'fatal', err: (e as Error).message }, 'cannot start');
+    await master.stop().catch(() => undefined);
+    return 1;
+  }
+  process.on('SIGHUP', () => master.reload());
+  return new Promise((resolve) => {
+    const stop = () => { void master.stop().then(() => { sink.close(); resolve(0); }); };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+}
+
+if (require.main === module) {
+  const args = process.argv.slice(2);
+  const configDir = args.find((a) => !a.startsWith('-')) ?? process.env.POSTERN_CONFIG ?? '/etc/postern';
+  process.title = 'postern/master';
+  runMaster(configDir, args.includes('--foreground')).then((code) => process.exit(code));
+}

@@ -1,0 +1,245 @@
+/**
+ * qmgr: the queue manager. Moves new mail from incoming/ to active/, asks the
+ * delivery agents (smtp, lmtp) to deliver each recipient group, records each
+ * recipient's result in the queue file, and then removes the file, or parks
+ * it in deferred/ until its next retry (its mtime is the retry time, as in
+ * Postfix). Reads message bodies never; talks to the network never.
+ */
+import * as net from 'node:net';
+import * as fsp from 'node:fs/promises';
+import {
+  runService, ServiceContext, RunningService, MainConfig, Spool, readQueueFile, appendStatus, recipientStates,
+  attemptCount, CorruptQueueFile, QueueFileInfo, StatusRecord, FrameReader, FrameWriter, requestJson,
+  splitAddress, delaySince, Logger, QueueName,
+} from '@postern/common';
+import { planDeliveries, DeliveryGroup } from './route.js';
+
+interface DeliveryResult { index: number; status: 'sent' | 'deferred' | 'bounced'; dsn: string; reason: string; relay?: string }
+
+/** Counting semaphore per key (transport/destination). */
+class Limits {
+  private busy = new Map<string, number>();
+  private waiters = new Map<string, (() => void)[]>();
+  async acquire(key: string, limit: number): Promise<void> {
+    while ((this.busy.get(key) ?? 0) >= limit) {
+      await new Promise<void>((r) => { const w = this.waiters.get(key) ?? []; w.push(r); this.waiters.set(key, w); });
+    }
+    this.busy.set(key, (this.busy.get(key) ?? 0) + 1);
+  }
+  release(key: string): void {
+    this.busy.set(key, (this.busy.get(key) ?? 1) - 1);
+    this.waiters.get(key)?.shift()?.();
+  }
+}
+
+export function backoffSeconds(attempts: number, config: MainConfig): number {
+  const min = config.seconds('minimal_backoff_time');
+  const max = config.seconds('maximal_backoff_time');
+  return Math.min(max, min * 2 ** Math.max(0, Math.min(attempts - 1, 30)));
+}
+
+class QueueManager {
+  /** Messages being worked on, by id: never start the same message twice. */
+  private busy = new Set<string>();
+  private limits = new Limits();
+  private scanning = false;
+  private rescan = false;
+  private stopping = false;
+  private timers: NodeJS.Timeout[] = [];
+
+  constructor(private ctx: ServiceContext) {}
+
+  get config(): MainConfig { return this.ctx.config; }
+  get spool(): Spool { return this.ctx.spool; }
+  get log(): Logger { return this.ctx.log; }
+
+  start(): void {
+    // A restarted qmgr owns whatever a previous one left in active/.
+    void this.scanQueue('active').then(() => this.scanIncoming()).then(() => this.scanDeferred());
+    this.timers.push(setInterval(() => void this.scanIncoming(), 5000));
+    this.scheduleDeferredScan();
+  }
+
+  private scheduleDeferredScan(): void {
+    const every = Math.max(1, Math.min(this.config.seconds('queue_run_delay'), this.config.seconds('minimal_backoff_time')));
+    const t = setTimeout(() => { void this.scanDeferred().finally(() => { if (!this.stopping) this.scheduleDeferredScan(); }); }, every * 1000);
+    this.timers.push(t);
+  }
+
+  /** Coalesce triggers: one scan at a time, one more if a trigger came during it. */
+  async scanIncoming(): Promise<void> {
+    if (this.scanning) { this.rescan = true; return; }
+    this.scanning = true;
+    try {
+      do {
+        this.rescan = false;
+        for (const id of (await this.spool.list('incoming')).sort()) {
+          if (this.stopping || this.busy.has(id)) continue;
+          if (this.busy.size >= this.config.int('qmgr_message_active_limit')) { this.rescan = true; break; }
+          try { await this.spool.move(id, 'incoming', 'active'); } catch { continue; }
+          this.launch(id);
+        }
+      } while (this.rescan && !this.stopping);
+    } finally {
+      this.scanning = false;
+    }
+  }
+
+  private async scanQueue(queue: QueueName): Promise<void> {
+    for (const id of await this.spool.list(queue)) if (!this.busy.has(id)) this.launch(id);
+  }
+
+  /** Deferred messages whose retry time (mtime) has come, or all of them on a flush. */
+  async scanDeferred(all = false): Promise<void> {
+    const now = Date.now();
+    for (const id of await this.spool.list('deferred')) {
+      if (this.stopping || this.busy.has(id)) continue;
+      const file = this.spool.pathOf('deferred', id);
+      const st = await fsp.stat(file).catch(() => null);
+      if (!st || (!all && st.mtimeMs > now)) continue;
+      try { await this.spool.move(id, 'deferred', 'active'); } catch { continue; }
+      this.launch(id);
+    }
+  }
+
+  private launch(id: string): void {
+    this.busy.add(id);
+    this.processMessage(id)
+      .catch((e) => this.log.error({ queue_id: id, err: (e as Error).stack }, 'message processing failed; it stays in active/ for the next start'))
+      .finally(() => this.busy.delete(id));
+  }
+
+  private async processMessage(id: string): Promise<void> {
+    const file = this.spool.pathOf('active', id);
+    let info: QueueFileInfo;
+    try {
+      info = await readQueueFile(file);
+    } catch (e) {
+      if (e instanceof CorruptQueueFile || (e as NodeJS.ErrnoException).code !== 'ENOENT') {
+        await this.spool.move(id, 'active', 'corrupt').catch(() => undefined);
+        this.log.warn({ queue_id: id, err: (e as Error).message }, 'corrupt queue file moved to corrupt/');
+      }
+      return;
+    }
+    const env = info.envelope;
+    if (env.id !== id) {
+      await this.spool.move(id, 'active', 'corrupt').catch(() => undefined);
+      this.log.warn({ queue_id: id, err: `file names queue id ${env.id}` }, 'corrupt queue file moved to corrupt/');
+      return;
+    }
+    const attempts = attemptCount(info) + 1;
+    if (attempts === 1) {
+      this.log.info({ queue_id: id, from: `<${env.sender}>`, size: info.messageLength, nrcpt: env.recipients.length }, 'queue active');
+    }
+    const pending = recipientStates(info).filter((r) => r.status === 'pending' || r.status === 'deferred');
+    const lifetime = this.config.seconds(env.sender === '' ? 'bounce_queue_lifetime' : 'maximal_queue_lifetime') * 1000;
+    const expired = Date.now() - env.arrival > lifetime || info.statuses.some((s) => s.type === 'flags' && s.expire);
+    if (pending.length && expired) {
+      const records: StatusRecord[] = pending.map((r) => ({
+        type: 'rcpt', index: r.index, status: 'bounced', dsn: r.dsn?.startsWith('4') ? '5' + r.dsn.slice(1) : '4.4.7',
+        reason: `message expired in queue${r.reason ? `: ${r.reason}` : ''}`, at: Date.now(),
+      }));
+      await appendStatus(file, records);
+      for (const r of pending) {
+        this.log.info({ queue_id: id, to: `<${r.address}>`, delay: delaySince(env.arrival), dsn: '4.4.7', status: 'expired' }, 'message expired in queue; returned to sender');
+      }
+      return this.finish(id, file);
+    }
+    const groups = planDeliveries(pending.map((r) => ({ index: r.index, address: env.recipients[r.index].address })), this.config);
+    await Promise.all(groups.map((g) => this.deliverGroup(info, g)));
+    await appendStatus(file, [{ type: 'attempt', at: Date.now(), attempts }]);
+    return this.finish(id, file, attempts);
+  }
+
+  /** After an attempt: remove a finished message, or defer it with its next retry time. */
+  private async finish(id: string, file: string, attempts = 1): Promise<void> {
+    const info = await readQueueFile(file);
+    const states = recipientStates(info);
+    if (states.every((s) => s.status === 'sent' || s.status === 'bounced')) {
+      // DSN generation for bounced recipients is the bounce service's work (issue: outbound)
+      await fsp.unlink(file);
+      this.log.info({ queue_id: id }, 'removed');
+      return;
+    }
+    const wait = backoffSeconds(attempts, this.config);
+    await this.spool.move(id, 'active', 'deferred', new Date(Date.now() + wait * 1000));
+  }
+
+  private async deliverGroup(info: QueueFileInfo, group: DeliveryGroup): Promise<void> {
+    const key = `${group.transport}:${group.nexthop}`;
+    await this.limits.acquire(key, group.concurrency);
+    let results: DeliveryResult[];
+    try {
+      results = await this.requestDelivery(info, group);
+    } catch (e) {
+      const reason = `delivery temporarily suspended: ${(e as Error).message}`;
+      this.log.warn({ queue_id: info.envelope.id, transport: group.transport, err: (e as Error).message }, 'delivery agent failed');
+      results = group.recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: '4.3.0', reason }));
+    } finally {
+      this.limits.release(key);
+    }
+    const known = new Set(group.recipients.map((r) => r.index));
+    const records: StatusRecord[] = results.filter((r) => known.has(r.index))
+      .map((r) => ({ type: 'rcpt', index: r.index, status: r.status, dsn: r.dsn, reason: r.reason, relay: r.relay, at: Date.now() }));
+    for (const r of group.recipients) {
+      if (!results.some((x) => x.index === r.index)) {
+        records.push({ type: 'rcpt', index: r.index, status: 'deferred', dsn: '4.3.0', reason: 'delivery agent gave no result', at: Date.now() });
+      }
+    }
+    if (records.length) await appendStatus(info.file, records);
+  }
+
+  private async requestDelivery(info: QueueFileInfo, group: DeliveryGroup): Promise<DeliveryResult[]> {
+    const socketPath = this.spool.privateSocket(group.transport);
+    const timeoutMs = this.config.seconds('delivery_timeout') * 1000;
+    const reply = await requestJson(socketPath, {
+      type: 'deliver',
+      queue_id: info.envelope.id,
+      file: info.file,
+      nexthop: group.nexthop,
+      recipients: group.recipients,
+    }, timeoutMs);
+    if (!Array.isArray(reply.results)) throw new Error(reply.error || 'malformed reply from delivery agent');
+    return reply.results;
+  }
+
+  handleRequest(conn: net.Socket): void {
+    const reader = new FrameReader(conn);
+    const writer = new FrameWriter(conn);
+    reader.json().then(async (req) => {
+      switch (req.type) {
+        case 'trigger': void this.scanIncoming(); break;
+        case 'flush': void this.scanDeferred(true); break;
+        default: await writer.json({ ok: false, error: `unknown request ${req.type}` }); return;
+      }
+      await writer.json({ ok: true });
+    }).catch(() => undefined).finally(() => conn.end());
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    for (const t of this.timers) clearTimeout(t);
+    // deliveries in flight finish; their files stay in active/ and are picked up at the next start
+    const deadline = Date.now() + 10000;
+    while (this.busy.size && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function start(ctx: ServiceContext): Promise<RunningService> {
+  const qmgr = new QueueManager(ctx);
+  const servers: net.Server[] = [];
+  qmgr.start();
+  return {
+    listen(h) {
+      const s = net.createServer((c) => { c.on('error', () => undefined); qmgr.handleRequest(c); });
+      s.listen(h as any);
+      servers.push(s);
+    },
+    async stop() {
+      for (const s of servers) s.close();
+      await qmgr.stop();
+    },
+  };
+}
+
+if (require.main === module) runService('qmgr', start);

@@ -1,0 +1,207 @@
+/**
+ * smtpd: the SMTP server on a listener master hands over. Decides who may
+ * send what to whom, streams the message to cleanup, and says 250 only when
+ * cleanup reports the queue file durable. Never touches the queue itself.
+ */
+import * as fs from 'node:fs';
+import { SMTPServer, SMTPServerDataStream, SMTPServerSession, SMTPServerOptions } from 'smtp-server';
+import {
+  runService, ServiceContext, RunningService, MainConfig, NetworkList, splitAddress,
+  installEnhancedCodeShim, smtpError, connectUnix, FrameReader, FrameWriter, UserTable,
+} from '@postern/common';
+
+import { LineEndingCheck } from './line-endings.js';
+
+installEnhancedCodeShim();
+
+interface Policy {
+  hostname: string;
+  localDomains: Set<string>;
+  mynetworks: NetworkList;
+  users: UserTable;
+  recipientLimit: number;
+  sizeLimit: number;
+}
+
+function userTablePath(config: MainConfig): string {
+  const spec = config.get('virtual_mailbox_maps');
+  const m = /^passwd-file:(.+)$/.exec(spec);
+  if (!m) throw new Error(`virtual_mailbox_maps: unsupported table "${spec}" (passwd-file:PATH)`);
+  return m[1];
+}
+
+function buildPolicy(config: MainConfig, previous?: Policy): Policy {
+  const file = userTablePath(config);
+  return {
+    hostname: config.get('myhostname'),
+    localDomains: new Set([...config.list('mydestination'), ...config.list('virtual_mailbox_domains')].map((d) => d.toLowerCase())),
+    mynetworks: new NetworkList(config.list('mynetworks')),
+    users: previous && previous.users.file === file ? previous.users : new UserTable(file),
+    recipientLimit: config.int('smtpd_recipient_limit'),
+    sizeLimit: config.int('message_size_limit'),
+  };
+}
+
+function clientName(session: SMTPServerSession): string {
+  return `${session.clientHostname && !/^\[/.test(session.clientHostname) ? session.clientHostname : 'unknown'}[${session.remoteAddress}]`;
+}
+
+function tlsOptions(config: MainConfig): { key?: Buffer; cert?: Buffer } {
+  const certFile = config.get('smtpd_tls_cert_file');
+  const keyFile = config.get('smtpd_tls_key_file');
+  if (config.get('smtpd_tls_security_level') === 'none' || !certFile || !fs.existsSync(certFile)) return {};
+  return { cert: fs.readFileSync(certFile), key: fs.readFileSync(keyFile) };
+}
+
+async function start(ctx: ServiceContext): Promise<RunningService> {
+  const { log } = ctx;
+  let policy = buildPolicy(ctx.config);
+  const cleanupSocket = ctx.spool.privateSocket('cleanup');
+  const servers: SMTPServer[] = [];
+
+  const makeServer = (config: MainConfig): SMTPServer => {
+    const tls = tlsOptions(config);
+    const options: SMTPServerOptions = {
+      name: config.get('myhostname'),
+      banner: config.get('smtpd_banner').replace(/^\S+\s+ESMTP\s*/, ''),
+      size: policy.sizeLimit,
+      authOptional: true,
+      disabledCommands: ['AUTH', ...(tls.cert ? [] : ['STARTTLS'])],
+      ...tls,
+      minVersion: 'TLSv1.2',
+      socketTimeout: config.seconds('smtpd_timeout') * 1000,
+      closeTimeout: 10000,
+      disableReverseLookup: true,
+      logger: false,
+      onConnect(session, cb) {
+        log.info({ client: clientName(session) }, 'connect');
+        cb();
+      },
+      onClose(session) {
+        log.info({ client: clientName(session) }, 'disconnect');
+      },
+      onMailFrom(address, session, cb) {
+        cb();
+      },
+      onRcptTo(address, session, cb) {
+        const reject = (code: number, enhanced: string, text: string) => {
+          log.info({ queue_id: 'NOQUEUE', client: clientName(session), from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
+            to: address.address, proto: session.transmissionType, helo: session.hostNameAppearsAs, dsn: enhanced, status: 'reject' },
+          `reject: RCPT from ${clientName(session)}: ${code} ${enhanced} ${text}`);
+          cb(smtpError(code, enhanced, text));
+        };
+        if (session.envelope.rcptTo.length >= policy.recipientLimit) return reject(452, '4.5.3', 'Error: too many recipients');
+        const { domain } = splitAddress(address.address);
+        if (policy.localDomains.has(domain)) {
+          let known: boolean;
+          try { known = !!policy.users.lookup(address.address); } catch (e) {
+            log.error({ err: (e as Error).message }, 'user table unavailable');
+            return reject(451, '4.3.0', `<${address.address}>: Temporary lookup failure`);
+          }
+          if (!known) {
+            return reject(550, '5.1.1', `<${address.address}>: Recipient address rejected: User unknown in virtual mailbox table`);
+          }
+          return cb();
+        }
+        if (policy.mynetworks.contains(session.remoteAddress) || session.user) return cb();
+        return reject(554, '5.7.1', `<${address.address}>: Relay access denied`);
+      },
+      onData(stream, session, cb) {
+        receiveMessage(stream, session).then((id) => cb(null, `2.0.0 Ok: queued as ${id}`), (err) => cb(err));
+      },
+    };
+    const server = new SMTPServer(options);
+    // a failed TLS handshake or a reset socket must not take the process down
+    server.on('error', (err) => log.warn({ err: err.message }, 'connection error'));
+    return server;
+  };
+
+  async function receiveMessage(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string> {
+    const trusted = policy.mynetworks.contains(session.remoteAddress);
+    const check = new LineEndingCheck(trusted);
+    const sock = await connectUnix(cleanupSocket).catch((e) => {
+      stream.resume();
+      log.error({ err: e.message }, 'cleanup is not reachable');
+      throw smtpError(451, '4.3.0', 'Error: queue file write error');
+    });
+    sock.on('error', () => undefined);
+    const writer = new FrameWriter(sock);
+    const reader = new FrameReader(sock);
+    const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
+    try {
+      await writer.json({
+        type: 'message',
+        envelope: {
+          sender: from,
+          recipients: session.envelope.rcptTo.map((r) => ({ address: r.address })),
+          origin: 'smtpd',
+          client: { address: session.remoteAddress, name: session.clientHostname && !/^\[/.test(session.clientHostname) ? session.clientHostname : 'unknown', helo: session.hostNameAppearsAs || '' },
+          protocol: session.transmissionType,
+          tls: session.secure ? describeTls(session) : null,
+          sasl: session.user ? String(session.user) : undefined,
+        },
+      });
+      let aborted = false;
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        if (aborted) continue; // drain the rest so smtp-server can reply
+        const out = check.push(chunk);
+        if (check.rejected || stream.sizeExceeded) { aborted = true; await writer.abort(); continue; }
+        if (out.length) await writer.data(out);
+      }
+      if (!aborted) {
+        const tail = check.end();
+        if (check.rejected || stream.sizeExceeded) { aborted = true; await writer.abort(); }
+        else if (tail.length) await writer.data(tail);
+      }
+      if (stream.sizeExceeded) {
+        log.info({ queue_id: 'NOQUEUE', client: clientName(session), from, size_limit: policy.sizeLimit, status: 'reject' }, 'reject: message too large');
+        throw smtpError(552, '5.3.4', 'Error: message file too big');
+      }
+      if (check.rejected) {
+        log.warn({ queue_id: 'NOQUEUE', client: clientName(session), from, status: 'reject' }, 'reject: bare <CR> or <LF> in message data (SMTP smuggling)');
+        throw smtpError(550, '5.5.2', 'Error: bare <CR> or <LF> received; message rejected');
+      }
+      await writer.end();
+      const reply = await reader.json();
+      if (!reply.ok) {
+        log.error({ err: reply.error }, 'cleanup failed to queue the message');
+        throw smtpError(451, '4.3.0', 'Error: queue file write error');
+      }
+      log.info({ queue_id: reply.queue_id, client: clientName(session), sasl_username: session.user ? String(session.user) : undefined }, 'queued');
+      return reply.queue_id as string;
+    } catch (e) {
+      if ((e as any).responseCode) throw e;
+      log.error({ err: (e as Error).message }, 'message transfer to cleanup failed');
+      throw smtpError(451, '4.3.0', 'Error: queue file write error');
+    } finally {
+      sock.destroy();
+    }
+  }
+
+  return {
+    listen(handle) {
+      const server = makeServer(ctx.config);
+      servers.push(server);
+      server.listen(handle as any);
+    },
+    reload(config) {
+      policy = buildPolicy(config, policy);
+      for (const s of servers) {
+        // new TLS material and limits apply to new connections
+        const tls = tlsOptions(config);
+        if (tls.cert) s.updateSecureContext({ cert: tls.cert, key: tls.key });
+        (s as any).options.size = policy.sizeLimit;
+      }
+    },
+    stop() {
+      return Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())))).then(() => undefined);
+    },
+  };
+}
+
+function describeTls(session: SMTPServerSession): string {
+  const c = (session as any).tlsOptions as { name?: string; version?: string; standardName?: string } | undefined;
+  return c ? `${c.version ?? 'TLS'} with cipher ${c.standardName ?? c.name ?? 'unknown'}` : 'TLS';
+}
+
+runService('smtpd', start);
