@@ -72,6 +72,29 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('smtpd_tls_security_level', 'enum', 'may', 'STARTTLS policy: none, may (offer) or encrypt (required before MAIL).', ['none', 'may', 'encrypt']),
   P('smtpd_tls_wrappermode', 'bool', 'no', 'Speak TLS from the first byte (port 465, RFC 8314).'),
   P('smtpd_sasl_auth_enable', 'bool', 'no', 'Offer AUTH (only after TLS) against virtual_mailbox_maps.'),
+  // DNS (one resolver with a TTL cache for every lookup in the project)
+  P('dns_servers', 'list', '', 'Resolvers to ask (ip or ip:port, tried in order); empty means those in /etc/resolv.conf.'),
+  P('dns_timeout', 'time', '5s', 'How long one DNS query waits for an answer before trying the next server.'),
+
+  // Outbound delivery (smtp)
+  P('relayhost', 'string', '', 'Send all non-local mail through this smart host: [host]:port (no MX lookup) or host:port (MX lookup).'),
+  P('smtp_sasl_password_maps', 'string', '', 'texthash: table of "[host]:port username:password" for AUTH to the relayhost.'),
+  P('smtp_tls_security_level', 'enum', 'may', 'Outbound TLS: none, may (opportunistic) or encrypt (required).', ['none', 'may', 'encrypt']),
+  P('smtp_tls_policy_maps', 'string', '', 'texthash: table of "domain level" overriding smtp_tls_security_level per destination.'),
+  P('smtp_helo_name', 'string', '$myhostname', 'Name sent in EHLO/HELO by the smtp client.'),
+  P('smtp_connect_timeout', 'time', '30s', 'How long the smtp client waits for a TCP connection.'),
+  P('smtp_port', 'int', '25', 'Port the smtp client connects to at an MX host (tests point it elsewhere).'),
+  P('smtp_dead_destination_time', 'time', '60s', 'How long a destination that failed at connect or greeting is not tried again.'),
+  P('smtp_connection_cache_time', 'time', '2s', 'How long an idle connection to a destination is kept for the next message.'),
+  P('delay_warning_time', 'time', '0h', 'Send the sender one warning when a message has been delayed this long; 0 turns it off.'),
+  P('bounce_template_sender', 'string', 'MAILER-DAEMON', 'Local part of the From: address of delivery status notifications.'),
+
+  // DKIM signing (cleanup)
+  P('dkim_signing_table', 'string', '$config_directory/dkim/signing.table', 'Lines "domain selector keyfile [algorithm]": which key signs mail from which sender domain.'),
+  P('dkim_key_directory', 'string', '$config_directory/dkim', 'Where "postern dkim keygen" writes private keys (readable by the queue owner only).'),
+
+  // Local submission
+  P('authorized_submit_users', 'list', 'static:anyone', 'Who may use the sendmail command (static:anyone or user names).'),
 ];
 
 const byName = new Map(PARAMETERS.map((p) => [p.name, p]));
