@@ -6,8 +6,10 @@
 import * as net from 'node:net';
 import {
   runService, ServiceContext, RunningService, FrameReader, FrameWriter, QueueFileWriter, Envelope,
-  newQueueId, rfc5322Date, headerSafe, requestJson,
+  newQueueId, rfc5322Date, headerSafe, requestJson, NetworkList,
 } from '@postern/common';
+import { HeaderFixup, missingHeaders } from './header-fixup.js';
+import { DkimKeyStore, signQueuedMessage } from './dkim.js';
 
 function receivedHeader(env: Envelope, hostname: string): string {
   const lines: string[] = [];
@@ -18,7 +20,9 @@ function receivedHeader(env: Envelope, hostname: string): string {
     if (env.sasl) lines.push(`\t(Authenticated sender: ${headerSafe(env.sasl)})`);
     lines.push(`\tby ${hostname} (Postern) with ${env.protocol || 'SMTP'} id ${env.id}`);
   } else {
-    lines.push(`Received: by ${hostname} (Postern, from userid ${headerSafe(env.sasl ?? 'unknown')})`);
+    // local submission: pickup's envelope carries the maildrop file owner's uid, as Postfix shows it
+    const userid = Number.isInteger(env.uid) ? String(env.uid) : headerSafe(env.sasl ?? 'unknown');
+    lines.push(`Received: by ${hostname} (Postern, from userid ${userid})`);
     lines.push(`\tid ${env.id}`);
   }
   const rcpt = env.recipients.length === 1 ? `\tfor <${headerSafe(env.recipients[0].address)}>; ` : '\t';
@@ -26,8 +30,25 @@ function receivedHeader(env: Envelope, hostname: string): string {
   return lines.join('\r\n') + '\r\n';
 }
 
+/**
+ * Submitted mail is fixed up and DKIM-signed: an authenticated client, a client
+ * in mynetworks, sendmail (pickup), or mail this system wrote itself. Mail
+ * from other servers is never changed beyond our Received: header.
+ */
+function isSubmission(env: Envelope, mynetworks: NetworkList): boolean {
+  if (env.sasl || env.origin === 'pickup' || env.origin === 'bounce' || env.origin === 'local') return true;
+  return !!env.client && mynetworks.contains(env.client.address);
+}
+
 async function start(ctx: ServiceContext): Promise<RunningService> {
   const { log, spool } = ctx;
+  const dkimKeys = new DkimKeyStore(log);
+  let networks = { spec: '', list: new NetworkList([]) };
+  const mynetworks = (): NetworkList => {
+    const spec = ctx.config.get('mynetworks'); // ctx.config is replaced on reload
+    if (spec !== networks.spec) networks = { spec, list: new NetworkList(ctx.config.list('mynetworks')) };
+    return networks.list;
+  };
   const servers: net.Server[] = [];
   const inFlight = new Set<Promise<void>>();
 
@@ -52,21 +73,38 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         throw new Error('envelope needs a sender and at least one recipient');
       }
       file = await QueueFileWriter.create(spool, env);
-      await file.write(Buffer.from(receivedHeader(env, ctx.config.get('myhostname'))));
+      const hostname = ctx.config.get('myhostname');
+      await file.write(Buffer.from(receivedHeader(env, hostname)));
+      const fixup = isSubmission(env, mynetworks())
+        ? new HeaderFixup((s) => missingHeaders(s, env.id, new Date(env.arrival), hostname, rfc5322Date(new Date(env.arrival))))
+        : null;
       for (;;) {
         const f = await reader.next();
         if (!f) throw new Error('sender went away before the end of the message');
-        if (f.type === 'D') await file.write(f.data);
-        else if (f.type === 'E') break;
+        if (f.type === 'D') {
+          if (!fixup) await file.write(f.data);
+          else for (const b of fixup.push(f.data)) await file.write(b);
+        }
+        else if (f.type === 'J' && f.json?.type === 'after-body') {
+          // what smtpd learnt from the whole message: headers to add (Authentication-Results:, X-Spam-*) and envelope notes
+          if (typeof f.json.headers === 'string' && f.json.headers) file.addPrependedHeaders(Buffer.from(f.json.headers));
+          if (f.json.notes && typeof f.json.notes === 'object') file.addEnvelopeNotes(f.json.notes);
+        } else if (f.type === 'E') break;
         else if (f.type === 'A') {
           await file.abort();
           file = null;
           return;
         } else throw new Error('unexpected frame inside a message');
       }
+      if (fixup) {
+        for (const b of fixup.end()) await file.write(b);
+        if (fixup.added.length) log.info({ queue_id: env.id, added: fixup.added.map((h) => h.slice(0, h.indexOf(':'))).join(',') }, 'added missing headers');
+        await signQueuedMessage(file, env, fixup.summary, ctx.config.get('dkim_signing_table'), dkimKeys, log);
+      }
       await file.commit();
       log.info({ queue_id: env.id, from: `<${env.sender}>`, size: file.messageSize, nrcpt: env.recipients.length,
-        client: env.client ? `${env.client.name}[${env.client.address}]` : undefined }, 'queued');
+        client: env.client ? `${env.client.name}[${env.client.address}]` : undefined,
+        message_id: fixup?.summary?.messageId ?? fixup?.added.find((h) => /^(Resent-)?Message-ID:/.test(h))?.replace(/^[^:]*:\s*/, '') }, 'queued');
       file = null;
       await writer.json({ ok: true, queue_id: env.id });
       wakeQmgr(env.id);

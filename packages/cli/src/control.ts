@@ -48,7 +48,8 @@ export async function startMaster(configDir: string, foreground: boolean): Promi
     const result = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 100))]);
     if (result !== null) { process.stderr.write(stderr || `postern: master exited with status ${result}\n`); return 1; }
     const status = readStatus(spool);
-    if (status && status.services.every((s: any) => s.running)) {
+    // a services.json left by a master that was killed names the old pids: only the new master's counts
+    if (status && status.master === child.pid && status.services.every((s: any) => s.running)) {
       child.stderr!.destroy();
       child.unref();
       console.log(`postern: started (master pid ${child.pid}, ${status.services.length} service processes)`);

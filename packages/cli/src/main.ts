@@ -15,6 +15,7 @@ import { initInstance, fixConfigOwnership } from './init.js';
 import { startMaster, stopMaster, signalMaster, statusReport } from './control.js';
 import { readQueue, formatMailq, formatJson, spoolReadable } from './queue.js';
 import { spoolOf } from './control.js';
+import { addDkimCommands } from './dkim.js';
 
 const program = new Command();
 program.name('postern').description('Postern mail server control')
@@ -139,6 +140,8 @@ queue.command('list').alias('mailq').description('list queued mail (mailq, postq
     const entries = await readQueue(spool);
     process.stdout.write(o.json ? formatJson(entries) : formatMailq(entries));
   });
+
+addDkimCommands(program, configDir, fail);
 
 program.parseAsync(process.argv).then(() => { process.exitCode = exitCode; }, (e) => {
   process.stderr.write(`postern: ${(e as Error).message}\n`);

@@ -179,6 +179,9 @@ export function parseMasterCf(text: string, file: string): MasterEntry[] {
     if (user !== '-' && !/^[a-z_][a-z0-9_-]*$/.test(user)) throw new ConfigError(file, line, `bad user name "${user}"`);
     const maxproc = maxprocText === '-' ? 1 : parseInt(maxprocText, 10);
     if (command === 'qmgr' && maxproc !== 1) throw new ConfigError(file, line, 'qmgr must run as exactly one process');
+    // two pickups would both take the same maildrop file and queue it twice
+    if (command === 'pickup' && maxproc !== 1) throw new ConfigError(file, line, 'pickup must run as exactly one process');
+    if (command === 'pickup' && type !== 'unix') throw new ConfigError(file, line, 'pickup takes wake-up requests on a unix socket only');
     const overrides = new Map<string, string>();
     for (let i = 0; i < args.length; i++) {
       if (args[i] !== '-o' || i + 1 >= args.length) throw new ConfigError(file, line, `unexpected argument "${args[i]}" (only -o name=value)`);

@@ -12,3 +12,8 @@ export * from './smtp-replies.js';
 export * from './headers.js';
 export * from './users.js';
 export * from './password.js';
+export * from './lookup.js';
+export * from './dns.js';
+export * from './dns-wire.js';
+export * from './dkim-table.js';
+export * from './maildrop.js';

@@ -88,6 +88,7 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('smtp_connection_cache_time', 'time', '2s', 'How long an idle connection to a destination is kept for the next message.'),
   P('delay_warning_time', 'time', '0h', 'Send the sender one warning when a message has been delayed this long; 0 turns it off.'),
   P('bounce_template_sender', 'string', 'MAILER-DAEMON', 'Local part of the From: address of delivery status notifications.'),
+  P('bounce_size_limit', 'size', '50000', 'Largest original message returned whole in a delivery status notification when the sender asked for it (DSN RET=FULL); larger ones are returned as headers only.'),
 
   // DKIM signing (cleanup)
   P('dkim_signing_table', 'string', '$config_directory/dkim/signing.table', 'Lines "domain selector keyfile [algorithm]": which key signs mail from which sender domain.'),

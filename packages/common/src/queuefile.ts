@@ -7,6 +7,8 @@
  *   M <16-digit len>\n<message bytes>\n
  *   P <len>\n<header bytes>\n        0..n, headers computed after the body (DKIM, ...),
  *                                    delivered in front of the message
+ *   N <len>\n<JSON>\n               0..n, envelope facts learnt after the body (message
+ *                                    authentication results), merged into the envelope
  *   X\n                              end of what cleanup wrote
  *   S <len>\n<status JSON>\n          0..n, appended by qmgr
  *
@@ -40,7 +42,12 @@ export interface Envelope {
   protocol?: string;
   tls?: string | null;
   sasl?: string;
+  /** Local submission (pickup): the maildrop file owner's uid and login name, the only identity trusted. */
+  uid?: number;
+  user?: string;
   dsn?: { ret?: 'FULL' | 'HDRS'; envid?: string };
+  /** Message authentication verdicts (from an N record): what no-backscatter decides on. */
+  auth?: { spf?: string; dkimAligned?: boolean; dmarc?: string };
 }
 
 export type RecipientStatus = 'sent' | 'bounced' | 'deferred';
@@ -62,6 +69,7 @@ export class QueueFileWriter {
   private written = 0;
   private position = 0;
   private prepend: Buffer[] = [];
+  private notes: Record<string, unknown>[] = [];
 
   private constructor(readonly spool: Spool, readonly id: string, private fh: fsp.FileHandle) {}
 
@@ -97,12 +105,36 @@ export class QueueFileWriter {
   /** Headers to deliver in front of the message, computed once the body is known. */
   addPrependedHeaders(headers: Buffer): void { this.prepend.push(headers); }
 
+  /**
+   * The message as it will be delivered, as far as it is known now: the prepended
+   * headers, then the bytes written, streamed back from the temporary file (DKIM
+   * signs this just before commit, without holding the body in memory).
+   */
+  openMessage(): Readable {
+    const body = this.written > 0
+      ? createReadStream(this.spool.tempPathOf(this.id), { start: this.messageStart, end: this.messageStart + this.written - 1, highWaterMark: 256 * 1024 })
+      : Readable.from([]);
+    const prepend = Buffer.concat(this.prepend);
+    if (!prepend.length) return body;
+    return Readable.from((async function* () {
+      yield prepend;
+      for await (const chunk of body) yield chunk as Buffer;
+    })());
+  }
+
+  /** Envelope facts known only after the body (e.g. authentication results). */
+  addEnvelopeNotes(notes: Record<string, unknown>): void { this.notes.push(notes); }
+
   /** Make the file durable and visible in incoming/: the point after which smtpd may say 250. */
   async commit(): Promise<string> {
     const len = Buffer.from(String(this.written).padStart(LEN_WIDTH, '0'));
     await this.fh.write(len, 0, len.length, this.messageStart - LEN_WIDTH - 1);
     const tail: Buffer[] = [Buffer.from('\n')];
     for (const p of this.prepend) tail.push(Buffer.from(`P ${p.length}\n`), p, Buffer.from('\n'));
+    for (const n of this.notes) {
+      const b = Buffer.from(JSON.stringify(n));
+      tail.push(Buffer.from(`N ${b.length}\n`), b, Buffer.from('\n'));
+    }
     tail.push(Buffer.from('X\n'));
     await this.put(Buffer.concat(tail));
     await this.fh.sync();
@@ -186,6 +218,11 @@ export async function readQueueFile(file: string): Promise<QueueFileInfo> {
       }
       const payload = tail.subarray(start, start + len);
       if (t === 'P' && !ended) prepend.push(Buffer.from(payload));
+      else if (t === 'N' && !ended) {
+        try { Object.assign(envelope, JSON.parse(payload.toString('utf8')), { id: envelope.id }); } catch {
+          throw new CorruptQueueFile(file, 'envelope note is not valid JSON');
+        }
+      }
       else if (t === 'S' && ended) {
         try { statuses.push(JSON.parse(payload.toString('utf8'))); } catch { break; }
       } else throw new CorruptQueueFile(file, `unexpected record ${t}`);

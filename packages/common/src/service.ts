@@ -64,8 +64,11 @@ export function runService(command: string, start: (ctx: ServiceContext) => Prom
       process.exit(0);
     };
     process.on('message', (msg: any, handle: any) => {
-      if (msg?.type === 'listen' && handle) svc.listen(handle);
-      else if (msg?.type === 'reload') {
+      if (msg?.type === 'listen' && handle) {
+        svc.listen(handle);
+        // master counts the service as up only now: until listen() the socket refuses connections
+        process.send?.({ type: 'listening' });
+      } else if (msg?.type === 'reload') {
         try {
           ctx.config = loadServiceConfig(configDir, process.env.POSTERN_OVERRIDES);
           Promise.resolve(svc.reload?.(ctx.config)).catch((e) => log.error({ err: String(e) }, 'reload failed'));

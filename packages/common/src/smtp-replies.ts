@@ -5,7 +5,8 @@
  * reply code alone (every 554 becomes 5.6.0), so a `554 5.7.1 Relay access
  * denied` cannot be expressed. `installEnhancedCodeShim` makes smtp-server
  * keep a text that already starts with an enhanced code as it is; `smtpError`
- * builds such errors.
+ * builds such errors. The same shim keeps AUTH out of EHLO before TLS and
+ * turns smtp-server's non-standard 538 into RFC 3207's 530.
  */
 import { createRequire } from 'node:module';
 
@@ -19,7 +20,13 @@ export function installEnhancedCodeShim(): void {
   const { SMTPConnection } = req('smtp-server/lib/smtp-connection.js');
   const send = SMTPConnection.prototype.send;
   SMTPConnection.prototype.send = function (code: number, data: unknown, context?: unknown) {
+    // 538 is not a standard reply; RFC 3207 clients expect 530 for "STARTTLS first"
+    if (code === 538) return send.call(this, 530, '5.7.0 Must issue a STARTTLS command first', false);
     if (typeof data === 'string' && ENHANCED.test(data)) return send.call(this, code, data, false);
+    // AUTH is offered only after TLS (Postfix's smtpd_tls_auth_only): smtp-server would list it before
+    if (code === 250 && Array.isArray(data) && !this.secure && !this._server.options.allowInsecureAuth) {
+      return send.call(this, code, data.filter((l: unknown) => !/^AUTH /.test(String(l))), context);
+    }
     return send.call(this, code, data, context);
   };
 }

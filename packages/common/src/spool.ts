@@ -77,15 +77,22 @@ export class Spool {
     return null;
   }
 
-  /** Move a message between queues durably: rename, then fsync both directories. */
-  async move(id: string, from: QueueName, to: QueueName, when?: Date): Promise<string> {
+  /**
+   * Move a message between queues. No directory fsync: the file's content is
+   * already durable, and a rename lost in a crash leaves it in a queue that qmgr
+   * scans at start (incoming, active or deferred), so nothing is lost — as in
+   * Postfix. Moves that an administrator orders (hold, release) pass durable=true.
+   */
+  async move(id: string, from: QueueName, to: QueueName, when?: Date, durable = false): Promise<string> {
     const src = this.pathOf(from, id);
     const dst = this.pathOf(to, id);
     if (to === 'deferred') await fsp.mkdir(path.dirname(dst), { recursive: true });
     if (when) await fsp.utimes(src, new Date(), when);
     await fsp.rename(src, dst);
-    await fsyncDir(path.dirname(dst));
-    if (path.dirname(src) !== path.dirname(dst)) await fsyncDir(path.dirname(src));
+    if (durable) {
+      await fsyncDir(path.dirname(dst));
+      if (path.dirname(src) !== path.dirname(dst)) await fsyncDir(path.dirname(src));
+    }
     return dst;
   }
 }

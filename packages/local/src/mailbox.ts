@@ -333,18 +333,22 @@ function maildirBaseName(): string {
   return `${sec}.M${usec}P${process.pid}Q${maildirCounter}.${encodedHostname()}`;
 }
 
+/** Creates dir and missing parents, mode 0700; every directory created is owned by uid/gid. */
+async function ensureOwnedDirectory(dir: string, uid: number | null, gid: number | null): Promise<void> {
+  const first = await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+  if (first === undefined) return;
+  // chown every directory this call created, from the first one down to dir.
+  const created: string[] = [];
+  for (let p = path.resolve(dir); ; p = path.dirname(p)) {
+    created.push(p);
+    if (p === path.resolve(first) || path.dirname(p) === p) break;
+  }
+  for (const p of created.reverse()) await chownPathIfRoot(p, uid, gid);
+}
+
 /** Creates maildir (and missing parents) plus tmp/new/cur, mode 0700, owned by uid/gid. */
 async function ensureMaildir(maildir: string, uid: number | null, gid: number | null): Promise<void> {
-  const first = await fsp.mkdir(maildir, { recursive: true, mode: 0o700 });
-  if (first !== undefined) {
-    // chown every directory this call created, from the first one down to maildir.
-    const created: string[] = [];
-    for (let p = path.resolve(maildir); ; p = path.dirname(p)) {
-      created.push(p);
-      if (p === path.resolve(first) || path.dirname(p) === p) break;
-    }
-    for (const p of created.reverse()) await chownPathIfRoot(p, uid, gid);
-  }
+  await ensureOwnedDirectory(maildir, uid, gid);
   for (const sub of ['tmp', 'new', 'cur']) {
     const p = path.join(maildir, sub);
     try {
@@ -656,6 +660,12 @@ function fromLineSender(sender: string): string {
 export async function deliverToMbox(mboxPath: string, input: DeliveryInput, opts?: MboxOptions): Promise<MboxResult> {
   const deadline = Date.now() + (opts?.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS);
   const locks: MboxResult['locks'] = [];
+  // A new user's home does not exist yet: the dotlock and the mbox go in it.
+  try {
+    await ensureOwnedDirectory(path.dirname(mboxPath), input.uid, input.gid);
+  } catch (err) {
+    throw toMailboxError(`cannot create directory ${path.dirname(mboxPath)}`, err);
+  }
   const dotlock = await acquireDotlock(mboxPath, deadline, input.uid, input.gid);
   locks.push('dotlock');
   try {

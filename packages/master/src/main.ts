@@ -24,6 +24,8 @@ interface Slot {
   child?: ChildProcess;
   startedAt: number;
   failures: number;
+  /** The child has called listen() on its handle: connections are accepted. */
+  listening?: boolean;
   timer?: NodeJS.Timeout;
 }
 
@@ -133,10 +135,14 @@ export class Master {
     });
     slot.child = child;
     slot.startedAt = Date.now();
+    slot.listening = false;
     this.sink.attach(child, entry.command);
     child.once('spawn', () => {
       child.send({ type: 'listen' }, slot.handle);
       this.writeStatus();
+    });
+    child.on('message', (msg: any) => {
+      if (msg?.type === 'listening' && slot.child === child) { slot.listening = true; this.writeStatus(); }
     });
     child.on('error', (err) => this.log({ level: 'error', service: entry.service, err: err.message }, 'service error'));
     child.once('exit', (code, signal) => {
@@ -156,7 +162,8 @@ export class Master {
   private writeStatus(): void {
     const services = this.slots.map((s) => ({
       service: s.entry.service, type: s.entry.type, command: s.entry.command, user: s.user.name, uid: s.user.uid,
-      pid: s.child?.pid ?? null, running: !!s.child && s.child.exitCode === null,
+      // running = serving: `postern start` returns only when every listener accepts connections
+      pid: s.child?.pid ?? null, running: !!s.child && s.child.exitCode === null && !!s.listening,
     }));
     const file = this.spool.statusFile();
     const tmp = `${file}.tmp`;

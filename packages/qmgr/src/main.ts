@@ -13,6 +13,7 @@ import {
   splitAddress, delaySince, Logger, QueueName,
 } from '@postern/common';
 import { planDeliveries, DeliveryGroup } from './route.js';
+import { notifySenderOfBounces, warnSenderOfDelay } from './bounce.js';
 
 interface DeliveryResult { index: number; status: 'sent' | 'deferred' | 'bounced'; dsn: string; reason: string; relay?: string }
 
@@ -156,10 +157,14 @@ class QueueManager {
     const info = await readQueueFile(file);
     const states = recipientStates(info);
     if (states.every((s) => s.status === 'sent' || s.status === 'bounced')) {
-      // DSN generation for bounced recipients is the bounce service's work (issue: outbound)
-      await fsp.unlink(file);
-      this.log.info({ queue_id: id }, 'removed');
-      return;
+      // the original goes only once cleanup holds the sender's notification; otherwise it waits for the next retry
+      if (await notifySenderOfBounces(this.ctx, info)) {
+        await fsp.unlink(file);
+        this.log.info({ queue_id: id }, 'removed');
+        return;
+      }
+    } else {
+      await warnSenderOfDelay(this.ctx, info);
     }
     const wait = backoffSeconds(attempts, this.config);
     await this.spool.move(id, 'active', 'deferred', new Date(Date.now() + wait * 1000));

@@ -9,6 +9,7 @@ import {
   runService, ServiceContext, RunningService, FrameReader, FrameWriter, readQueueFile, delaySince,
 } from '@postern/common';
 import { deliverByLmtp } from './lmtp.js';
+import { deliverRemote } from './remote.js';
 import { DeliveryResult } from './results.js';
 
 async function start(ctx: ServiceContext): Promise<RunningService> {
@@ -27,7 +28,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       results = await deliverByLmtp(info, spool.privateSocket(req.nexthop), `${req.nexthop}[private/${req.nexthop}]`,
         req.recipients, { name: ctx.config.get('myhostname'), timeoutMs });
     } else {
-      results = req.recipients.map((r: any) => ({ index: r.index, status: 'deferred', dsn: '4.4.0', reason: 'remote delivery is not configured' }));
+      results = await deliverRemote(info, req.nexthop, req.recipients, ctx.config, log);
     }
     for (const r of results) {
       const rcpt = req.recipients.find((x: any) => x.index === r.index);

@@ -7,10 +7,11 @@ import * as fs from 'node:fs';
 import { SMTPServer, SMTPServerDataStream, SMTPServerSession, SMTPServerOptions } from 'smtp-server';
 import {
   runService, ServiceContext, RunningService, MainConfig, NetworkList, splitAddress,
-  installEnhancedCodeShim, smtpError, connectUnix, FrameReader, FrameWriter, UserTable,
+  installEnhancedCodeShim, smtpError, connectUnix, FrameReader, FrameWriter, UserTable, verifyPassword,
 } from '@postern/common';
 
 import { LineEndingCheck } from './line-endings.js';
+import { createMessageObservers, MessageObserver } from './message-checks.js';
 
 installEnhancedCodeShim();
 
@@ -61,12 +62,24 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
 
   const makeServer = (config: MainConfig): SMTPServer => {
     const tls = tlsOptions(config);
+    const wrapper = config.bool('smtpd_tls_wrappermode');
+    const tlsRequired = config.get('smtpd_tls_security_level') === 'encrypt' || wrapper;
+    const saslEnabled = config.bool('smtpd_sasl_auth_enable');
+    if ((tlsRequired || saslEnabled) && !tls.cert) {
+      throw new Error(`listener ${ctx.name} needs TLS but ${config.get('smtpd_tls_cert_file')} is missing`);
+    }
+    // a submission listener (TLS required and AUTH offered) takes mail from authenticated users only
+    const authRequired = saslEnabled && tlsRequired;
     const options: SMTPServerOptions = {
       name: config.get('myhostname'),
       banner: config.get('smtpd_banner').replace(/^\S+\s+ESMTP\s*/, ''),
       size: policy.sizeLimit,
+      secure: wrapper,
+      hideENHANCEDSTATUSCODES: false,
       authOptional: true,
-      disabledCommands: ['AUTH', ...(tls.cert ? [] : ['STARTTLS'])],
+      authMethods: ['PLAIN', 'LOGIN'],
+      allowInsecureAuth: false,
+      disabledCommands: [...(saslEnabled ? [] : ['AUTH']), ...(tls.cert && !wrapper ? [] : ['STARTTLS'])],
       ...tls,
       minVersion: 'TLSv1.2',
       socketTimeout: config.seconds('smtpd_timeout') * 1000,
@@ -80,7 +93,29 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       onClose(session) {
         log.info({ client: clientName(session) }, 'disconnect');
       },
+      onAuth(auth, session, cb) {
+        const fail = () => {
+          log.warn({ client: clientName(session), method: auth.method, sasl_username: auth.username }, `${clientName(session)}: SASL ${auth.method} authentication failed`);
+          cb(smtpError(535, '5.7.8', 'Error: authentication failed'));
+        };
+        if (auth.method !== 'PLAIN' && auth.method !== 'LOGIN') return fail();
+        let entry;
+        try { entry = policy.users.lookup(auth.username ?? ""); } catch (e) {
+          log.error({ err: (e as Error).message }, 'user table unavailable');
+          return cb(smtpError(454, '4.7.0', 'Temporary authentication failure'));
+        }
+        if (!entry || !verifyPassword(auth.password ?? '', entry.password)) return fail();
+        cb(null, { user: entry.user });
+      },
       onMailFrom(address, session, cb) {
+        if (tlsRequired && !session.secure) return cb(smtpError(530, '5.7.0', 'Must issue a STARTTLS command first'));
+        if (authRequired && !session.user) return cb(smtpError(530, '5.7.0', 'Authentication required'));
+        if (session.user && address.address.toLowerCase() !== String(session.user).toLowerCase()) {
+          // reject_sender_login_mismatch: an authenticated user sends only as an address they own
+          log.info({ queue_id: 'NOQUEUE', client: clientName(session), sasl_username: String(session.user), from: address.address, status: 'reject' },
+            `reject: MAIL from ${clientName(session)}: 553 5.7.1 <${address.address}>: Sender address rejected: not owned by user ${session.user}`);
+          return cb(smtpError(553, '5.7.1', `<${address.address}>: Sender address rejected: not owned by user ${session.user}`));
+        }
         cb();
       },
       onRcptTo(address, session, cb) {
@@ -128,6 +163,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     const writer = new FrameWriter(sock);
     const reader = new FrameReader(sock);
     const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
+    let observers: MessageObserver[] = [];
     try {
       await writer.json({
         type: 'message',
@@ -141,17 +177,22 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
           sasl: session.user ? String(session.user) : undefined,
         },
       });
+      observers = createMessageObservers({ session, config: ctx.config, log, trusted: trusted || !!session.user });
       let aborted = false;
+      const forward = async (out: Buffer) => {
+        for (const o of observers) o.write(out);
+        await writer.data(out);
+      };
       for await (const chunk of stream as AsyncIterable<Buffer>) {
         if (aborted) continue; // drain the rest so smtp-server can reply
         const out = check.push(chunk);
         if (check.rejected || stream.sizeExceeded) { aborted = true; await writer.abort(); continue; }
-        if (out.length) await writer.data(out);
+        if (out.length) await forward(out);
       }
       if (!aborted) {
         const tail = check.end();
         if (check.rejected || stream.sizeExceeded) { aborted = true; await writer.abort(); }
-        else if (tail.length) await writer.data(tail);
+        else if (tail.length) await forward(tail);
       }
       if (stream.sizeExceeded) {
         log.info({ queue_id: 'NOQUEUE', client: clientName(session), from, size_limit: policy.sizeLimit, status: 'reject' }, 'reject: message too large');
@@ -161,6 +202,17 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         log.warn({ queue_id: 'NOQUEUE', client: clientName(session), from, status: 'reject' }, 'reject: bare <CR> or <LF> in message data (SMTP smuggling)');
         throw smtpError(550, '5.5.2', 'Error: bare <CR> or <LF> received; message rejected');
       }
+      const verdicts = await Promise.all(observers.map((o) => o.finish()));
+      observers = [];
+      const rejection = verdicts.find((v) => v.reject)?.reject;
+      if (rejection) {
+        await writer.abort();
+        log.info({ queue_id: 'NOQUEUE', client: clientName(session), from, status: 'reject' }, `reject: END-OF-MESSAGE from ${clientName(session)}: ${rejection.responseCode} ${rejection.message}`);
+        throw rejection;
+      }
+      const headers = verdicts.map((v) => v.headers ?? '').join('');
+      const notes = Object.assign({}, ...verdicts.map((v) => v.notes ?? {}));
+      if (headers || Object.keys(notes).length) await writer.json({ type: 'after-body', headers, notes });
       await writer.end();
       const reply = await reader.json();
       if (!reply.ok) {
@@ -174,6 +226,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       log.error({ err: (e as Error).message }, 'message transfer to cleanup failed');
       throw smtpError(451, '4.3.0', 'Error: queue file write error');
     } finally {
+      for (const o of observers) o.abort();
       sock.destroy();
     }
   }

@@ -1,0 +1,275 @@
+# Shared helpers for the benchmarks in bench/ (sourced, not run).
+#
+# A benchmark drives two servers with the same load on the same machine, one at a
+# time: a sandbox Postern instance and a private Postfix instance run from the
+# Debian postfix .deb unpacked by .ci/postfix-tools (never installed: the package
+# would take over /usr/sbin/sendmail). Every wait here is bounded.
+
+BENCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+POSTERN="$BENCH_ROOT/bin/postern"
+
+bench_note() { echo "bench: $*" >&2; }
+bench_die() { echo "bench: error: $*" >&2; exit 1; }
+
+# The benchmarks build nothing: they measure what `make build` produced.
+bench_require_build() {
+  local d
+  for d in cli master; do
+    [ -f "$BENCH_ROOT/packages/$d/dist/main.js" ] ||
+      bench_die "packages/$d/dist is missing: run \`make build\` first (the benchmark builds nothing itself)"
+  done
+  command -v node >/dev/null || bench_die "node is not on PATH"
+}
+
+now() { date +%s.%N; }
+# rate COUNT SECONDS -> COUNT/SECONDS with one decimal
+rate() { awk -v n="$1" -v t="$2" 'BEGIN { if (t > 0) printf "%.1f", n / t; else print "null" }'; }
+# ratio A B -> A/B with two decimals, or null when either is missing
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && a != "null" && b != "" && b != "null" && b > 0) printf "%.2f", a / b; else print "null" }'; }
+seconds_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+
+# A TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() {
+  node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });'
+}
+
+# wait_for_port PORT SECONDS: until something accepts connections on 127.0.0.1:PORT.
+wait_for_port() {
+  local port="$1" deadline=$((SECONDS + $2))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+# --- Maildir ---------------------------------------------------------------
+
+maildir_count() { # DIR (a Maildir's new/): number of delivered messages, 0 before the first
+  if [ -d "$1" ]; then find "$1" -maxdepth 1 -type f | wc -l; else echo 0; fi
+}
+
+# wait_for_maildir DIR COUNT SECONDS: until DIR holds at least COUNT messages.
+wait_for_maildir() {
+  local dir="$1" want="$2" deadline=$((SECONDS + $3))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    [ "$(maildir_count "$dir")" -ge "$want" ] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+# When the last message landed: the newest inode change time in DIR. Both
+# servers write a message in tmp/ and then link it into new/ (and unlink the tmp/
+# name), which sets the ctime, so this is the moment delivery completed, without
+# depending on how often we poll.
+last_delivery_time() {
+  find "$1" -maxdepth 1 -type f -printf '%C@\n' | sort -n | tail -n 1
+}
+
+# --- Load --------------------------------------------------------------------
+
+# Postfix's smtp-source and the extracted .deb tree it came from.
+postfix_tools() {
+  local helper="$BENCH_ROOT/.ci/postfix-tools" sbin
+  [ -x "$helper" ] || bench_die "$helper is missing (it fetches Postfix's smtp-source/smtp-sink from the postfix .deb)"
+  sbin="$(timeout 600 "$helper")" || bench_die ".ci/postfix-tools could not fetch and unpack the postfix package (see above)"
+  PFX_TREE="$(cd "$sbin/../.." && pwd)"
+  PFX_LIB="$PFX_TREE/usr/lib/postfix"
+  SMTP_SOURCE="$sbin/smtp-source"
+  [ -x "$SMTP_SOURCE" ] || bench_die "$SMTP_SOURCE is missing after unpacking postfix"
+}
+
+# smtp_source LOG TIMEOUT ARGS...: run smtp-source with its libraries, bounded in time.
+smtp_source() {
+  local log="$1" limit="$2"; shift 2
+  LD_LIBRARY_PATH="$PFX_LIB" timeout "$limit" "$SMTP_SOURCE" "$@" >"$log" 2>&1
+}
+
+# --- Postern -----------------------------------------------------------------
+
+# postern_create DIR PORT HOSTNAME: a sandbox instance (services run as the invoking user).
+postern_create() {
+  local dir="$1" port="$2" host="$3" p2 p3
+  p2="$(free_port)"; p3="$(free_port)"
+  "$POSTERN" init "$dir" --unprivileged --hostname "$host" --domain "${host#*.}" \
+    --smtp-port "$port" --submission-port "$p2" --submissions-port "$p3" >/dev/null
+}
+postern_start() { # DIR
+  timeout 60 "$POSTERN" -c "$1/etc" start >/dev/null || return 1
+  POSTERN_STATUS_JSON="$("$POSTERN" -c "$1/etc" status --json 2>/dev/null || true)"
+}
+
+postern_stop() { # DIR: graceful, then SIGKILL to the master and the services we saw start
+  local dir="$1" pids
+  [ -f "$dir/etc/main.cf" ] || return 0
+  if timeout 60 "$POSTERN" -c "$dir/etc" stop >/dev/null 2>&1; then return 0; fi
+  bench_note "postern did not stop gracefully; killing its processes"
+  pids="$(node -e 'try { const s = JSON.parse(process.argv[1]); console.log([s.master && s.master.pid, ...s.services.map((x) => x.pid)].filter(Boolean).join(" ")); } catch {}' "${POSTERN_STATUS_JSON:-}")"
+  [ -n "$pids" ] && kill -9 $pids 2>/dev/null
+  return 0
+}
+
+# The Maildir new/ directory of a Postern user, from the user table.
+postern_maildir_new() { # DIR ADDRESS
+  "$POSTERN" -c "$1/etc" user list --json |
+    node -e 'let s = ""; process.stdin.on("data", (d) => s += d).on("end", () => {
+      const u = s.trim().split("\n").map((l) => JSON.parse(l)).find((x) => x.user === process.argv[1]);
+      if (!u) process.exit(1);
+      console.log(u.home + "/Maildir/new"); });' "$2"
+}
+
+# --- Postfix -----------------------------------------------------------------
+
+# Postfix's master refuses to start without its mail_owner account and setgid group.
+# Creating them is a benchmark-only side effect, documented in bench/README.md.
+postfix_ensure_accounts() {
+  getent group postfix >/dev/null || groupadd --system postfix || return 1
+  getent passwd postfix >/dev/null ||
+    useradd --system --gid postfix --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin postfix || return 1
+  getent group postdrop >/dev/null || groupadd --system postdrop || return 1
+}
+
+# postfix_create DIR PORT HOSTNAME ADDRESS UID GID: a private Postfix instance rooted at
+# DIR (config in DIR/etc, queue in DIR/spool), run from the extracted tree, listening on
+# 127.0.0.1:PORT only, delivering ADDRESS's mail with virtual(8) to the Maildir
+# DIR/mail/DOMAIN/LOCAL/Maildir/ as UID:GID. Extra main.cf lines: $POSTFIX_EXTRA_MAIN_CF.
+postfix_create() {
+  local dir="$1" port="$2" host="$3" addr="$4" uid="$5" gid="$6"
+  local domain="${addr#*@}" local_part="${addr%@*}"
+  mkdir -p "$dir/etc" "$dir/spool" "$dir/data" "$dir/mail"
+  chown postfix "$dir/data"
+  chown "$uid:$gid" "$dir/mail"
+  echo "$addr $domain/$local_part/Maildir/" >"$dir/etc/vmailbox"
+  cat >"$dir/etc/main.cf" <<EOF
+# Written by bench/lib.sh: a private Postfix instance for the benchmark.
+compatibility_level = 3.6
+config_directory = $dir/etc
+queue_directory = $dir/spool
+data_directory = $dir/data
+command_directory = $PFX_TREE/usr/sbin
+daemon_directory = $PFX_LIB/sbin
+shlib_directory = $PFX_LIB
+meta_directory = $PFX_TREE/etc/postfix
+mail_owner = postfix
+setgid_group = postdrop
+# The extracted binaries find their libraries only through LD_LIBRARY_PATH, and
+# master passes a child only the environment named here.
+import_environment = MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C LD_LIBRARY_PATH
+maillog_file = $dir/maillog
+maillog_file_prefixes = $dir
+
+myhostname = $host
+mydomain = ${host#*.}
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+# The load generator on 127.0.0.1 is a stranger, as a remote MX client would be.
+mynetworks = 192.0.2.0/24
+alias_maps =
+alias_database =
+smtpd_tls_security_level = none
+
+virtual_mailbox_domains = $domain
+virtual_mailbox_base = $dir/mail
+virtual_mailbox_maps = texthash:$dir/etc/vmailbox
+virtual_uid_maps = static:$uid
+virtual_gid_maps = static:$gid
+${POSTFIX_EXTRA_MAIN_CF:-}
+EOF
+  # Upstream's master.cf services, none chrooted (the spool has no copy of /etc).
+  cat >"$dir/etc/master.cf" <<EOF
+# service type  private unpriv  chroot  wakeup  maxproc command + args
+127.0.0.1:$port inet n  -       n       -       -       smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+EOF
+}
+
+# The postfix command with a clean environment (it would sanitise it anyway).
+postfix_cmd() { # DIR ARGS...
+  env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LD_LIBRARY_PATH="$PFX_LIB" \
+    timeout 60 "$PFX_TREE/usr/sbin/postfix" -c "$1/etc" "${@:2}"
+}
+
+postfix_version() { # DIR
+  env -i LD_LIBRARY_PATH="$PFX_LIB" "$PFX_TREE/usr/sbin/postconf" -c "$1/etc" -h mail_version 2>/dev/null
+}
+
+postfix_master_pid() { # DIR
+  local f="$1/spool/pid/master.pid" pid
+  [ -f "$f" ] || return 1
+  pid="$(tr -d ' \n' <"$f")"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+# postfix_start DIR PORT: start, and wait (bounded) until the listener accepts.
+# On failure POSTFIX_START_ERROR says why.
+postfix_start() {
+  local dir="$1" port="$2" out
+  # The postfix command writes its errors to stderr only when that is a terminal
+  # (otherwise to the log, which postlogd is not yet running to write), so give it
+  # one with script(1) to be able to quote why it failed.
+  if ! out="$(script -qec "$(printf '%q ' env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LD_LIBRARY_PATH="$PFX_LIB" \
+      timeout 60 "$PFX_TREE/usr/sbin/postfix" -c "$dir/etc" start)" /dev/null 2>&1 </dev/null | tr -d '\r')"; then
+    POSTFIX_START_ERROR="postfix start failed: $(printf '%s\n' "$out" | grep -v 'warning: not \(owned by group postdrop\|set-gid\)' | tail -n 5)"
+    [ -f "$dir/maillog" ] && POSTFIX_START_ERROR+=" | maillog: $(grep -E 'fatal|error|panic' "$dir/maillog" | tail -n 3)"
+    return 1
+  fi
+  if ! wait_for_port "$port" 30; then
+    POSTFIX_START_ERROR="postfix started but nothing listens on 127.0.0.1:$port after 30 s | maillog: $(tail -n 5 "$dir/maillog" 2>/dev/null)"
+    return 1
+  fi
+}
+
+postfix_stop() { # DIR: postfix stop, then abort, then SIGKILL to the master, each bounded
+  local dir="$1" pid i
+  pid="$(postfix_master_pid "$dir")" || return 0
+  postfix_cmd "$dir" stop >/dev/null 2>&1 || true
+  for i in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  bench_note "postfix did not stop within 30 s; aborting"
+  postfix_cmd "$dir" abort >/dev/null 2>&1 || true
+  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+# --- Machine -----------------------------------------------------------------
+
+# machine_json DIR: what the figures depend on, as a JSON object (DIR: where the
+# spools live; fsync cost depends on its filesystem).
+machine_json() {
+  BENCH_FS="$(stat -f -c %T "$1" 2>/dev/null || echo unknown)" node -e '
+    const os = require("os"), fs = require("fs");
+    const release = (fs.readFileSync("/etc/os-release", "utf8").match(/^PRETTY_NAME="?([^"\n]*)/m) || [])[1] || null;
+    console.log(JSON.stringify({
+      nproc: os.availableParallelism ? os.availableParallelism() : os.cpus().length,
+      cpu: (os.cpus()[0] || {}).model || null,
+      memory_mib: Math.round(os.totalmem() / 1048576),
+      node: process.version,
+      kernel: os.release(),
+      os: release,
+      spool_filesystem: process.env.BENCH_FS,
+    }));'
+}

@@ -1,0 +1,152 @@
+/**
+ * DKIM signing of submitted mail (RFC 6376; Ed25519 per RFC 8463). The signing
+ * domain is the From: header's, the identity DMARC aligns on; the signing table
+ * (dkim_signing_table) says which keys sign for it. The signature is computed
+ * over the message exactly as it will be delivered (prepended headers and the
+ * fixed-up message, re-read from the queue file just before commit) and stored
+ * as a prepended header record. Signing never costs a message: a key that
+ * cannot be used is logged and the message is queued without that signature.
+ */
+import * as fsp from 'node:fs/promises';
+import { createPrivateKey } from 'node:crypto';
+import { Readable } from 'node:stream';
+import addressparser from 'nodemailer/lib/addressparser';
+import { dkimSign } from 'mailauth/lib/dkim/sign';
+import {
+  Logger, Envelope, QueueFileWriter, DkimTableEntry, DkimAlgorithm, parseDkimTable, domainOf,
+} from '@postern/common';
+import { HeaderSummary } from './header-fixup.js';
+
+export interface SigningKey {
+  domain: string;
+  selector: string;
+  algorithm: DkimAlgorithm;
+  keyFile: string;
+  /** PEM, as mailauth wants it. */
+  pem: Buffer;
+}
+
+/**
+ * The domain to sign for: the first address of the From: header (DMARC's
+ * identity); without a usable From:, the envelope sender's domain.
+ */
+export function signingDomain(summary: HeaderSummary | null, sender: string): string | null {
+  for (const value of summary?.from ?? []) {
+    const [first] = addressparser(value, { flatten: true });
+    const domain = first?.address ? domainOf(first.address) : '';
+    if (domain) return domain.replace(/\.$/, '');
+  }
+  const domain = domainOf(sender);
+  return domain || null;
+}
+
+const fileSignature = (st: { ino: number; size: number; mtimeMs: number }) => `${st.ino}:${st.size}:${st.mtimeMs}`;
+
+/** The signing table and the private keys it names, each re-read only when its file changes. */
+export class DkimKeyStore {
+  private table: { file: string; sig: string; entries: DkimTableEntry[] } | null = null;
+  private keys = new Map<string, { sig: string; pem: Buffer; type: 'rsa' | 'ed25519' }>();
+
+  constructor(private readonly log: Logger) {}
+
+  private async entries(file: string): Promise<DkimTableEntry[]> {
+    let st;
+    try { st = await fsp.stat(file); } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return []; // DKIM not configured
+      throw e;
+    }
+    const sig = fileSignature(st);
+    if (this.table?.file === file && this.table.sig === sig) return this.table.entries;
+    const parsed = parseDkimTable(await fsp.readFile(file, 'utf8'), file);
+    for (const err of parsed.errors) this.log.error({ table: file, err }, 'DKIM signing table: line ignored');
+    this.table = { file, sig, entries: parsed.entries };
+    return parsed.entries;
+  }
+
+  /** A private key file, parsed once per version of the file. */
+  private async readKey(keyFile: string): Promise<{ pem: Buffer; type: 'rsa' | 'ed25519' }> {
+    const sig = fileSignature(await fsp.stat(keyFile));
+    const cached = this.keys.get(keyFile);
+    if (cached?.sig === sig) return cached;
+    this.keys.delete(keyFile);
+    const pem = await fsp.readFile(keyFile);
+    const key = createPrivateKey({ key: pem, format: 'pem' });
+    const type = key.asymmetricKeyType;
+    if (type !== 'rsa' && type !== 'ed25519') throw new Error(`${type} keys cannot sign DKIM (rsa or ed25519)`);
+    // RFC 8301: verifiers reject RSA keys under 1024 bits
+    if (type === 'rsa' && (key.asymmetricKeyDetails?.modulusLength ?? 0) < 1024) throw new Error('RSA key shorter than 1024 bits');
+    const loaded = { sig, pem, type } as const;
+    this.keys.set(keyFile, loaded);
+    return loaded;
+  }
+
+  private async load(entry: DkimTableEntry): Promise<SigningKey> {
+    const { pem, type } = await this.readKey(entry.keyFile);
+    const algorithm: DkimAlgorithm = type === 'rsa' ? 'rsa-sha256' : 'ed25519-sha256';
+    if (entry.algorithm && entry.algorithm !== algorithm) throw new Error(`the key is ${type} but the table says ${entry.algorithm}`);
+    return { domain: entry.domain, selector: entry.selector, algorithm, keyFile: entry.keyFile, pem };
+  }
+
+  /** The usable keys for a domain, in table order; each unusable one is logged with the queue id. */
+  async keysFor(tableFile: string, domain: string, queueId: string): Promise<SigningKey[]> {
+    const out: SigningKey[] = [];
+    for (const entry of (await this.entries(tableFile)).filter((e) => e.domain === domain)) {
+      try {
+        out.push(await this.load(entry));
+      } catch (e) {
+        this.log.warn({ queue_id: queueId, dkim_domain: domain, selector: entry.selector, key_file: entry.keyFile,
+          err: (e as Error).message }, 'DKIM key unusable; not signing with it');
+      }
+    }
+    return out;
+  }
+}
+
+/** DKIM-Signature fields (CRLF-terminated) for the message as it will be delivered. */
+export async function dkimSignatures(message: Readable, keys: SigningKey[]): Promise<{ headers: string; errors: string[] }> {
+  const result = await dkimSign(message, {
+    canonicalization: 'relaxed/relaxed',
+    signatureData: keys.map((k) => ({
+      signingDomain: k.domain, selector: k.selector, privateKey: k.pem, algorithm: k.algorithm, canonicalization: 'relaxed/relaxed',
+    })),
+    // mailauth's default header list: From, Sender, Reply-To, Subject, Date, Message-ID, To, Cc,
+    // MIME-Version, Content-*, Resent-*, In-Reply-To, References, List-*
+  } as any);
+  const errors = ((result.errors ?? []) as any[]).map((e) => `s=${e.selector} d=${e.signingDomain}: ${e.err?.message ?? e.err}`);
+  const headers = result.signatures.trim() ? result.signatures.replace(/(?:\r\n)+$/, '') + '\r\n' : '';
+  return { headers, errors };
+}
+
+/**
+ * Sign a submitted message about to be committed, if its domain has keys.
+ * Never throws: the message is queued whatever happens here.
+ */
+export async function signQueuedMessage(file: QueueFileWriter, env: Envelope, summary: HeaderSummary | null,
+  tableFile: string, store: DkimKeyStore, log: Logger): Promise<void> {
+  try {
+    if (summary && !summary.complete) {
+      log.warn({ queue_id: env.id }, 'header section too large to examine; not DKIM signing');
+      return;
+    }
+    const domain = signingDomain(summary, env.sender);
+    if (!domain) return;
+    const keys = await store.keysFor(tableFile, domain, env.id);
+    if (!keys.length) return;
+    let input = file.openMessage();
+    if (summary && !summary.hasSeparator) {
+      // a header-only message: the signer (like any verifier) needs the end of the header section
+      const tail = Buffer.from(summary.endsWithNewline ? '\r\n' : '\r\n\r\n');
+      const body = input;
+      input = Readable.from((async function* () { for await (const c of body) yield c as Buffer; yield tail; })());
+    }
+    const { headers, errors } = await dkimSignatures(input, keys);
+    for (const err of errors) log.error({ queue_id: env.id, dkim_domain: domain, err }, 'DKIM signing failed for one key');
+    if (!headers) return;
+    file.addPrependedHeaders(Buffer.from(headers));
+    const signed = keys.filter((k) => !errors.some((e) => e.startsWith(`s=${k.selector} `)));
+    log.info({ queue_id: env.id, dkim_domain: domain, selectors: signed.map((k) => `${k.selector}(${k.algorithm})`).join(',') },
+      'DKIM-Signature added');
+  } catch (e) {
+    log.error({ queue_id: env.id, err: (e as Error).message }, 'DKIM signing failed; message queued unsigned');
+  }
+}

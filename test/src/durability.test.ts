@@ -1,0 +1,388 @@
+/**
+ * Durability and supervision: a stream of mail keeps flowing while services,
+ * and then the master itself, are killed; every message that got a 250 must
+ * be delivered (at most twice: the one delivery in flight at a kill), and the
+ * queue must drain. Also SIGTERM's graceful stop, restart backoff and the pid
+ * file. Runs on a sandbox instance (no root needed).
+ */
+import { test, TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { spawn } from 'node:child_process';
+import { Instance, POSTERN, ROOT, RunResult, run, waitFor } from './harness.js';
+
+const RCPT = 'stream@example.test';
+const MASTER_PROGRAM = path.join(ROOT, 'packages', 'master', 'dist', 'main.js');
+
+// ---------------------------------------------------------------------------
+// One SMTP session per message, with every way it can end told apart.
+
+type OutcomeKind =
+  | 'accepted' // 250 to the final dot
+  | 'rejected' // an SMTP error reply at some stage (421, 451, ...)
+  | 'refused' // the TCP connect failed
+  | 'closed' // the server closed the connection without a reply
+  | 'timeout'; // no reply within the step's time limit
+
+interface Outcome { token: string; kind: OutcomeKind; stage: string; reply?: string; began?: number; ended?: number }
+
+class SmtpSession {
+  private buf = '';
+  private closed = false;
+  private wake: (() => void) | null = null;
+  constructor(private sock: net.Socket) {
+    sock.on('data', (d) => { this.buf += d.toString('latin1'); this.wake?.(); });
+    sock.on('close', () => { this.closed = true; this.wake?.(); });
+    sock.on('error', () => undefined);
+  }
+
+  /** The next complete reply, or null if the connection closed or the time ran out first. */
+  async reply(timeoutMs: number): Promise<string | null | 'timeout'> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const m = /^(?:\d{3}-[^\n]*\n)*\d{3}(?: [^\n]*)?\r?\n/.exec(this.buf);
+      if (m) { this.buf = this.buf.slice(m[0].length); return m[0].trimEnd(); }
+      if (this.closed) return null;
+      const left = deadline - Date.now();
+      if (left <= 0) return 'timeout';
+      await new Promise<void>((r) => { const t = setTimeout(r, left); this.wake = () => { clearTimeout(t); r(); }; });
+      this.wake = null;
+    }
+  }
+
+  write(s: string): void { if (!this.closed) this.sock.write(s); }
+  destroy(): void { this.sock.destroy(); }
+}
+
+function messageFor(token: string): string {
+  return [
+    'From: Stream Sender <sender@example.org>',
+    `To: <${RCPT}>`,
+    `Subject: durability ${token}`,
+    `Message-ID: <${token}@example.org>`,
+    `Date: ${new Date().toUTCString()}`,
+    '',
+    `This is message ${token}.`,
+    'It must arrive once (or, if it was in flight at a kill, at most twice).',
+    '',
+  ].join('\r\n');
+}
+
+/** dotDelayMs holds the session inside DATA (body sent, final dot not yet) for that long. */
+async function sendOne(port: number, token: string, o: { stepTimeoutMs?: number; dotDelayMs?: number } = {}): Promise<Outcome> {
+  const stepTimeoutMs = o.stepTimeoutMs ?? 20000;
+  const sock = net.createConnection({ host: '127.0.0.1', port });
+  try {
+    await new Promise<void>((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject); });
+  } catch (e) {
+    return { token, kind: 'refused', stage: 'connect', reply: (e as Error).message };
+  }
+  const s = new SmtpSession(sock);
+  const steps: [string, string | null, RegExp][] = [
+    ['greeting', null, /^220/],
+    ['ehlo', 'EHLO client.example.org\r\n', /^250/],
+    ['mail', 'MAIL FROM:<sender@example.org>\r\n', /^250/],
+    ['rcpt', `RCPT TO:<${RCPT}>\r\n`, /^250/],
+    ['data', 'DATA\r\n', /^354/],
+    ['dot', '.\r\n', /^250/],
+  ];
+  try {
+    for (const [stage, line, want] of steps) {
+      if (stage === 'dot') {
+        s.write(messageFor(token));
+        if (o.dotDelayMs) await new Promise((r) => setTimeout(r, o.dotDelayMs));
+      }
+      if (line) s.write(line);
+      const r = await s.reply(stepTimeoutMs);
+      if (r === null) return { token, kind: 'closed', stage };
+      if (r === 'timeout') return { token, kind: 'timeout', stage };
+      if (!want.test(r)) return { token, kind: 'rejected', stage, reply: r };
+      if (stage === 'dot') {
+        s.write('QUIT\r\n');
+        return { token, kind: 'accepted', stage, reply: r };
+      }
+    }
+    throw new Error('not reached');
+  } finally {
+    setTimeout(() => s.destroy(), 200).unref();
+  }
+}
+
+/**
+ * Senders running side by side until told to stop (or out of count or time),
+ * each message with a unique token in its Subject and Message-ID.
+ */
+class Stream {
+  readonly outcomes: Outcome[] = [];
+  private stopped = false;
+  private seq = 0;
+  private done: Promise<void>;
+
+  constructor(private port: number, private tag: string, o: { senders: number; maxMessages: number; maxMs: number; pauseMs: number; dotDelayMs?: number }) {
+    const deadline = Date.now() + o.maxMs;
+    const loop = async (n: number) => {
+      while (!this.stopped && this.seq < o.maxMessages && Date.now() < deadline) {
+        const token = `${this.tag}-${String(++this.seq).padStart(4, '0')}-s${n}`;
+        const began = Date.now();
+        const outcome = await sendOne(this.port, token, { dotDelayMs: o.dotDelayMs });
+        this.outcomes.push({ ...outcome, began, ended: Date.now() });
+        await new Promise((r) => setTimeout(r, o.pauseMs));
+      }
+    };
+    this.done = Promise.all(Array.from({ length: o.senders }, (_, i) => loop(i))).then(() => undefined);
+  }
+
+  accepted(): Set<string> { return new Set(this.outcomes.filter((o) => o.kind === 'accepted').map((o) => o.token)); }
+  acceptedCount(): number { return this.outcomes.filter((o) => o.kind === 'accepted').length; }
+
+  async stop(): Promise<void> { this.stopped = true; await this.done; }
+  async finished(): Promise<void> { await this.done; }
+
+  summary(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const o of this.outcomes) {
+      const k = o.kind === 'accepted' ? 'accepted' : `${o.kind}@${o.stage}${o.reply && o.kind === 'rejected' ? `:${o.reply.slice(0, 3)}` : ''}`;
+      out[k] = (out[k] ?? 0) + 1;
+    }
+    return out;
+  }
+}
+
+/** Tokens found in the user's Maildir (new/ and cur/), with how many copies of each. */
+function deliveredTokens(inst: Instance, tag: string): Map<string, number> {
+  const counts = new Map<string, number>();
+  const re = new RegExp(`^Subject: durability (${tag}-\\S+)\\r?$`, 'm');
+  for (const sub of ['new', 'cur']) {
+    const dir = path.join(inst.maildir(RCPT), sub);
+    if (!fs.existsSync(dir)) continue;
+    for (const f of fs.readdirSync(dir)) {
+      const m = re.exec(fs.readFileSync(path.join(dir, f), 'latin1'));
+      if (m) counts.set(m[1], (counts.get(m[1]) ?? 0) + 1);
+    }
+  }
+  return counts;
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+
+interface ServiceStatus { service: string; type: string; command: string; pid: number | null; running: boolean }
+
+/**
+ * `postern -c ETC ARGS` without blocking this process: the senders must keep
+ * sending while the test stops, starts and inspects the instance.
+ */
+function posternAsync(inst: Instance, args: string[], timeoutMs = 120000): Promise<RunResult> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [POSTERN, '-c', inst.etc, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => { stdout += d; });
+    child.stderr.on('data', (d) => { stderr += d; });
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('close', (code) => { clearTimeout(timer); resolve({ code: code ?? -1, stdout, stderr }); });
+  });
+}
+
+async function startAsync(inst: Instance): Promise<void> {
+  const r = await posternAsync(inst, ['start']);
+  assert.equal(r.code, 0, `postern start: ${r.stderr}${r.stdout}`);
+}
+
+async function services(inst: Instance): Promise<ServiceStatus[]> {
+  const r = await posternAsync(inst, ['status', '--json']);
+  return JSON.parse(r.stdout || '{}').services ?? [];
+}
+
+async function pidOf(inst: Instance, command: string): Promise<number> {
+  const all = await services(inst);
+  const s = all.find((x) => x.command === command && x.running && x.pid);
+  assert.ok(s, `${command} is running (status: ${JSON.stringify(all)})`);
+  return s.pid!;
+}
+
+function alive(pid: number): boolean {
+  try { process.kill(pid, 0); return true; } catch { return false; }
+}
+
+/** kill -9 one service and wait until master has started a new one. */
+async function killService(t: TestContext, inst: Instance, command: string): Promise<void> {
+  const old = await pidOf(inst, command);
+  process.kill(old, 'SIGKILL');
+  const fresh = await waitFor(`master to restart ${command} (old pid ${old})`, async () => {
+    const s = (await services(inst)).find((x) => x.command === command && x.running && x.pid && x.pid !== old);
+    return s?.pid;
+  }, 30000);
+  t.diagnostic(`killed ${command} pid ${old}; restarted as pid ${fresh}`);
+}
+
+function makeInstance(): Promise<Instance> {
+  return Instance.create({ users: [{ address: RCPT }] });
+}
+
+async function waitForEmptyQueue(inst: Instance): Promise<void> {
+  await waitFor('the queue to drain (incoming/, active/, deferred/)', () => inst.queueEmpty(), 60000, 250);
+}
+
+/** Temporary files of messages that a killed cleanup never finished (not queue entries, but litter). */
+function abandonedTempFiles(inst: Instance): string[] {
+  return inst.queued('incoming').filter((f) => path.basename(f).startsWith('.'));
+}
+
+function checkDelivery(t: TestContext, inst: Instance, stream: Stream, tag: string, maxDuplicates: number): void {
+  const accepted = stream.accepted();
+  const delivered = deliveredTokens(inst, tag);
+  const missing = [...accepted].filter((tok) => !delivered.has(tok));
+  const duplicated = [...delivered].filter(([, n]) => n > 1);
+  const unacknowledged = [...delivered.keys()].filter((tok) => !accepted.has(tok));
+  t.diagnostic(`sent ${stream.outcomes.length}, got 250: ${accepted.size}, delivered: ${delivered.size} distinct ` +
+    `(${[...delivered.values()].reduce((a, b) => a + b, 0)} files), duplicates: ${duplicated.length}, ` +
+    `delivered without a 250: ${unacknowledged.length}`);
+  t.diagnostic(`outcomes: ${JSON.stringify(stream.summary())}`);
+  const litter = abandonedTempFiles(inst);
+  if (litter.length) t.diagnostic(`abandoned cleanup temp files in incoming/: ${litter.map((f) => path.basename(f)).join(' ')}`);
+  assert.deepEqual(missing, [], 'every message that got a 250 is in the Maildir');
+  assert.deepEqual(duplicated.filter(([, n]) => n > 2), [], 'no message is delivered more than twice');
+  assert.ok(duplicated.length <= maxDuplicates, `at most ${maxDuplicates} messages delivered twice, got ${duplicated.length}: ${duplicated.map(([k]) => k).join(' ')}`);
+  assert.ok(inst.queueEmpty(), 'nothing left in incoming/, active/ or deferred/');
+}
+
+// ---------------------------------------------------------------------------
+
+test('kill -9 of qmgr, local, cleanup and then master during a stream: every 250 is delivered, at most twice, queue empty', async (t) => {
+  const inst = await makeInstance();
+  t.after(() => inst.destroy());
+  await inst.start();
+
+  const stream = new Stream(inst.ports.smtp, 'kill', { senders: 3, maxMessages: 400, maxMs: 120000, pauseMs: 40 });
+  try {
+    const waitForAccepted = (n: number, what: string) =>
+      waitFor(`${n} messages accepted ${what}`, () => stream.acceptedCount() >= n, 30000, 50);
+    await waitForAccepted(15, 'before the first kill');
+    for (const command of ['qmgr', 'local', 'cleanup']) {
+      await killService(t, inst, command);
+      const now = stream.acceptedCount();
+      await waitForAccepted(now + 10, `after restarting ${command}`);
+    }
+
+    // the master: its children lose the IPC channel and exit; then a fresh start
+    const master = inst.masterPid();
+    assert.ok(master && alive(master), 'master is running');
+    const children = (await services(inst)).map((s) => s.pid).filter((p): p is number => !!p);
+    process.kill(master, 'SIGKILL');
+    await waitFor('the killed master\'s children to exit', () => [master, ...children].every((p) => !alive(p)), 30000);
+    t.diagnostic(`killed master pid ${master}; its ${children.length} children exited`);
+    await startAsync(inst);
+    const restarted = inst.masterPid();
+    assert.ok(restarted && restarted !== master && alive(restarted), 'a new master runs');
+
+    const now = stream.acceptedCount();
+    await waitForAccepted(now + 20, 'after restarting the master');
+  } finally {
+    await stream.stop();
+  }
+
+  await waitForEmptyQueue(inst);
+  checkDelivery(t, inst, stream, 'kill', 4);
+  assert.ok(stream.acceptedCount() >= 60, 'the stream kept flowing around the kills');
+});
+
+test('SIGTERM (postern stop) while mail flows: each session ends in 250 or a 4xx reply, and everything acknowledged is delivered', async (t) => {
+  const inst = await makeInstance();
+  t.after(() => inst.destroy());
+  await inst.start();
+
+  const stream = new Stream(inst.ports.smtp, 'term', { senders: 4, maxMessages: 400, maxMs: 120000, pauseMs: 20, dotDelayMs: 300 });
+  let stopped = false;
+  let stopAt = 0;
+  try {
+    await waitFor('20 messages accepted before the stop', () => stream.acceptedCount() >= 20, 30000, 50);
+    const master = inst.masterPid()!;
+    stopAt = Date.now();
+    const r = await posternAsync(inst, ['stop']);
+    assert.equal(r.code, 0, `postern stop: ${r.stderr}${r.stdout}`);
+    assert.ok(!alive(master), 'master has exited');
+    stopped = true;
+    // sessions begun during the stop run to their end against a stopped server
+    await new Promise((r) => setTimeout(r, 500));
+  } finally {
+    await stream.stop();
+  }
+  assert.ok(stopped);
+
+  // A session that got its greeting must end with a reply: a 250 or a temporary error
+  // (421 shutting down, 451 cleanup gone), never a silent close or a hang.
+  const greeted = stream.outcomes.filter((o) => !(o.kind === 'refused' || ((o.kind === 'closed' || o.kind === 'timeout') && o.stage === 'greeting')));
+  const bad = greeted.filter((o) => !(o.kind === 'accepted' || (o.kind === 'rejected' && /^4\d\d/.test(o.reply ?? ''))));
+  t.diagnostic(`outcomes across the stop: ${JSON.stringify(stream.summary())}`);
+  const inFlight = stream.outcomes.filter((o) => o.began! < stopAt && o.ended! > stopAt);
+  for (const o of stream.outcomes.filter((o) => Math.abs(o.began! - stopAt) < 3000)) t.diagnostic(`DEBUG ${o.token} ${o.kind}@${o.stage} began ${o.began! - stopAt} ended ${o.ended! - stopAt}`);
+  t.diagnostic(`sessions in progress when the stop began: ${inFlight.length} (${inFlight.map((o) => o.kind === 'accepted' ? '250' : `${o.kind}@${o.stage}`).join(', ')})`);
+  assert.deepEqual(bad, [], 'sessions that were served end with 250 or a 4xx reply');
+
+  await inst.start();
+  await waitForEmptyQueue(inst);
+  checkDelivery(t, inst, stream, 'term', 0);
+});
+
+test('a service killed again and again is restarted with growing backoff, never in a tight loop', async (t) => {
+  const inst = await makeInstance();
+  t.after(() => inst.destroy());
+  await inst.start();
+  const master = inst.masterPid();
+
+  // lmtp is the smtp program in LMTP mode: after the kills, a delivery shows it is really back
+  const pids: number[] = [];
+  for (let i = 0; i < 4; i++) {
+    const old = await pidOf(inst, 'lmtp');
+    pids.push(old);
+    process.kill(old, 'SIGKILL');
+    await waitFor(`lmtp restarted after kill ${i + 1}`, async () => {
+      const s = (await services(inst)).find((x) => x.command === 'lmtp' && x.running && x.pid && x.pid !== old);
+      return s?.pid;
+    }, 60000);
+  }
+  const restarts = inst.logs().filter((e) => e.pid === master && e.command === 'lmtp' && typeof e.restart_in_ms === 'number');
+  const delays = restarts.map((e) => e.restart_in_ms as number);
+  t.diagnostic(`killed lmtp pids ${pids.join(' ')}; master's restart_in_ms: ${delays.join(' ')}`);
+  assert.equal(restarts.length, 4, 'master logs one restart per kill');
+  for (const e of restarts) assert.equal(e.signal, 'SIGKILL', 'the log names the signal that ended the service');
+  for (let i = 1; i < delays.length; i++) assert.ok(delays[i] > delays[i - 1], `restart delays grow: ${delays.join(', ')}`);
+  assert.ok(delays[0] > 0, 'even the first restart waits');
+
+  const now = await pidOf(inst, 'lmtp');
+  assert.ok(!pids.includes(now), 'lmtp runs again under a new pid');
+  const r = await sendOne(inst.ports.smtp, 'backoff-0001');
+  assert.equal(r.kind, 'accepted', `message accepted: ${JSON.stringify(r)}`);
+  await waitFor('the message to be delivered through the restarted lmtp', () => deliveredTokens(inst, 'backoff').get('backoff-0001'), 30000);
+});
+
+test('a second start on a running instance fails with "already running"; the pid file keeps a second master out', async (t) => {
+  const inst = await makeInstance();
+  t.after(() => inst.destroy());
+  await inst.start();
+  const master = inst.masterPid()!;
+  const before = (await services(inst)).map((s) => s.pid).sort();
+
+  const again = inst.tryCli(['start']);
+  assert.equal(again.code, 1, `second postern start exits 1 (stdout: ${again.stdout})`);
+  assert.match(again.stderr, /already running/);
+
+  // the master program itself, past the CLI's check: the pid file must stop it
+  const direct = run(process.execPath, [MASTER_PROGRAM, inst.etc], { timeout: 30000 });
+  assert.equal(direct.code, 1, `a second master exits 1 (stderr: ${direct.stderr})`);
+  assert.match(direct.stderr, /already running/);
+
+  assert.equal(inst.masterPid(), master, 'the pid file still names the first master');
+  assert.ok(alive(master), 'the first master still runs');
+  const after = await services(inst);
+  assert.deepEqual(after.map((s) => s.pid).sort(), before, 'its services were not disturbed');
+  assert.ok(after.every((s) => s.running), 'every service still runs');
+  for (const s of after) if (s.type === 'unix') assert.ok(fs.existsSync(path.join(inst.spool, 'private', s.service)), `socket private/${s.service} is still there`);
+
+  const r = await sendOne(inst.ports.smtp, 'pidfile-0001');
+  assert.equal(r.kind, 'accepted', `mail still flows: ${JSON.stringify(r)}`);
+  await waitFor('the message to be delivered', () => deliveredTokens(inst, 'pidfile').get('pidfile-0001'), 30000);
+});

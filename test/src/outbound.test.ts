@@ -1,0 +1,187 @@
+/**
+ * Outbound delivery (issue 3, item 4): MX lookup through a DNS server on
+ * loopback, Postfix's smtp-sink as the remote (4xx defers then a retry
+ * delivers, 5xx bounces with a DSN, a dead MX falls through to the next), and
+ * a smart host that requires STARTTLS and AUTH.
+ */
+import { describe, it, before, after } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { spawn, ChildProcess } from 'node:child_process';
+import { SMTPServer } from 'smtp-server';
+import { simpleParser } from 'mailparser';
+import nodemailer from 'nodemailer';
+import { Instance, run, freePort, waitFor, tempDir, ROOT } from './harness.js';
+import { TestDnsServer } from './dns-server.js';
+
+const SENDER = 'alice@a.test';
+const PASS = 'alice-secret';
+
+function postfixTools(): string {
+  const r = run(path.join(ROOT, '.ci', 'postfix-tools'), []);
+  if (r.code !== 0) throw new Error(`.ci/postfix-tools failed: ${r.stderr}`);
+  return r.stdout.trim();
+}
+
+/** Postfix's smtp-sink on ADDR:PORT; `reject` = its -r (4xx) / -f (5xx) command lists. */
+class Sink {
+  proc!: ChildProcess;
+  readonly dumpDir = tempDir('sink');
+  constructor(readonly host: string, readonly port: number, readonly flags: string[] = []) {
+    fs.chmodSync(this.dumpDir, 0o777);
+  }
+  async start(): Promise<this> {
+    const sbin = postfixTools();
+    this.proc = spawn(path.join(sbin, 'smtp-sink'), ['-u', 'nobody', ...this.flags, '-d', `${this.dumpDir}/%Y%m%d%H%M%S.`, `${this.host}:${this.port}`, '50'],
+      { env: { ...process.env, LD_LIBRARY_PATH: path.join(sbin, '..', 'lib', 'postfix') }, stdio: 'ignore' });
+    await waitFor(`smtp-sink on ${this.host}:${this.port}`, () => run('ss', ['-ltn', `sport = :${this.port}`]).stdout.includes(`${this.host}:${this.port}`), 10000);
+    return this;
+  }
+  received(): string[] {
+    return fs.readdirSync(this.dumpDir).map((f) => fs.readFileSync(path.join(this.dumpDir, f), 'latin1'));
+  }
+  async stop(): Promise<void> {
+    if (this.proc.exitCode === null) {
+      this.proc.kill('SIGTERM');
+      await new Promise((r) => this.proc.once('exit', r));
+    }
+  }
+}
+
+async function submit(a: Instance, to: string, subject: string): Promise<string> {
+  const t = nodemailer.createTransport({ host: '127.0.0.1', port: a.ports.submission, secure: false, requireTLS: true,
+    auth: { user: SENDER, pass: PASS }, tls: { rejectUnauthorized: false } });
+  const info = await t.sendMail({ from: SENDER, to, subject, text: `body of ${subject}\n` });
+  const m = /queued as ([0-9A-F]{20})/.exec(info.response);
+  assert.ok(m, info.response);
+  return m[1];
+}
+
+describe('outbound delivery through MX lookup', () => {
+  let dns: TestDnsServer;
+  let a: Instance;
+  let port: number;
+
+  before(async () => {
+    port = await freePort('127.0.0.3');
+    dns = await new TestDnsServer({ records: [
+      { name: 'sink.test', type: 'MX', value: { priority: 10, exchange: 'mx.sink.test' } },
+      { name: 'mx.sink.test', type: 'A', value: '127.0.0.3' },
+      { name: 'soft.test', type: 'MX', value: { priority: 10, exchange: 'mx.soft.test' } },
+      { name: 'mx.soft.test', type: 'A', value: '127.0.0.5' },
+      { name: 'hard.test', type: 'MX', value: { priority: 10, exchange: 'mx.hard.test' } },
+      { name: 'mx.hard.test', type: 'A', value: '127.0.0.6' },
+      { name: 'dead.test', type: 'MX', value: { priority: 10, exchange: 'mx1.dead.test' } },
+      { name: 'dead.test', type: 'MX', value: { priority: 20, exchange: 'mx2.dead.test' } },
+      { name: 'mx1.dead.test', type: 'A', value: '127.0.0.4' },
+      { name: 'mx2.dead.test', type: 'A', value: '127.0.0.3' },
+      { name: 'nullmx.test', type: 'MX', value: { priority: 0, exchange: '.' } },
+    ] }).start();
+    a = await Instance.create({ domain: 'a.test', users: [{ address: SENDER, password: PASS }],
+      main: { dns_servers: dns.address, smtp_port: String(port), smtp_dead_destination_time: '60s' } });
+    await a.start();
+  });
+  after(async () => { await a.destroy(); await dns.close(); });
+
+  it('delivers to the MX host (smtp-sink)', async () => {
+    const sink = await new Sink('127.0.0.3', port).start();
+    try {
+      await submit(a, 'rcpt@sink.test', 'to the sink');
+      await waitFor('message at smtp-sink', () => sink.received().some((m) => m.includes('Subject: to the sink')), 20000);
+      await waitFor('queue empty', () => a.queueEmpty(), 10000);
+      const sent = await a.waitForLog('sent log line', (e) => e.status === 'sent' && e.to === '<rcpt@sink.test>');
+      assert.match(sent.relay, /mx\.sink\.test\[127\.0\.0\.3\]/);
+    } finally { await sink.stop(); }
+  });
+
+  it('a 4xx at RCPT defers; a later retry delivers', async () => {
+    const soft = await new Sink('127.0.0.5', port, ['-r', 'RCPT']).start();
+    let id: string;
+    try {
+      id = await submit(a, 'rcpt@soft.test', 'soft first');
+      const deferred = await a.waitForLog('deferred line', (e) => e.queue_id === id && e.status === 'deferred', 20000);
+      assert.match(deferred.dsn, /^4\./);
+      const q = JSON.parse(a.cli(['queue', 'list', '--json']).stdout.split('\n').find((l) => l.includes(id))!);
+      assert.equal(q.recipients[0].address, 'rcpt@soft.test');
+      assert.match(q.recipients[0].delay_reason, /450 4\.3\.0/);
+    } finally { await soft.stop(); }
+    const ok = await new Sink('127.0.0.5', port).start();
+    try {
+      a.cli(['config', 'set', 'smtp_dead_destination_time=1s']);
+      await waitFor('retry delivered', () => ok.received().some((m) => m.includes('Subject: soft first')), 30000);
+      await waitFor('queue empty', () => a.queueEmpty(), 10000);
+    } finally { await ok.stop(); }
+  });
+
+  it('a 5xx at RCPT bounces, and the DSN reaches the sender with Status and Action', async () => {
+    const hard = await new Sink('127.0.0.6', port, ['-f', 'RCPT']).start();
+    try {
+      const id = await submit(a, 'nobody@hard.test', 'doomed');
+      await a.waitForLog('bounced line', (e) => e.queue_id === id && e.status === 'bounced', 20000);
+      const file = await waitFor('DSN in the sender\'s Maildir', () => a.delivered(SENDER).find((f) => fs.readFileSync(f, 'utf8').includes('multipart/report')), 20000);
+      const dsn = await simpleParser(fs.readFileSync(file));
+      assert.match(String(dsn.headers.get('content-type') && (dsn.headers.get('content-type') as any).value), /multipart\/report/);
+      const raw = fs.readFileSync(file, 'utf8');
+      assert.match(raw, /Action: failed/);
+      assert.match(raw, /Status: 5\.3\.0/);
+      assert.match(raw, /Final-Recipient: rfc822; ?nobody@hard\.test/);
+      assert.match(raw, /Return-Path: <>/);
+      await waitFor('queue empty', () => a.queueEmpty(), 10000);
+    } finally { await hard.stop(); }
+  });
+
+  it('a dead MX falls through to the next MX', async () => {
+    const sink = await new Sink('127.0.0.3', port).start();
+    try {
+      await submit(a, 'rcpt@dead.test', 'via second mx');
+      await waitFor('message at the second MX', () => sink.received().some((m) => m.includes('Subject: via second mx')), 20000);
+    } finally { await sink.stop(); }
+  });
+
+  it('a null MX bounces at once', async () => {
+    const id = await submit(a, 'rcpt@nullmx.test', 'null mx');
+    const line = await a.waitForLog('bounced line', (e) => e.queue_id === id && e.status === 'bounced', 20000);
+    assert.equal(line.dsn, '5.1.10');
+  });
+});
+
+describe('relayhost: a smart host requiring STARTTLS and AUTH', () => {
+  let a: Instance;
+  let smart: SMTPServer;
+  const got: { user: string; secure: boolean; from: string; data: string }[] = [];
+
+  before(async () => {
+    const tlsDir = tempDir('smarthost');
+    run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=smart.test',
+      '-keyout', path.join(tlsDir, 'k.pem'), '-out', path.join(tlsDir, 'c.pem')]);
+    const port = await freePort();
+    smart = new SMTPServer({
+      key: fs.readFileSync(path.join(tlsDir, 'k.pem')), cert: fs.readFileSync(path.join(tlsDir, 'c.pem')),
+      authMethods: ['PLAIN', 'LOGIN'], allowInsecureAuth: false, logger: false,
+      onAuth(auth, _s, cb) { if (auth.username === 'relayuser' && auth.password === 'relaypass') cb(null, { user: 'relayuser' }); else cb(new Error('bad')); },
+      onMailFrom(_a, s, cb) { if (!s.secure) return cb(new Error('TLS required')); cb(); },
+      onData(stream, s, cb) {
+        let data = '';
+        stream.on('data', (d) => { data += d; });
+        stream.on('end', () => { got.push({ user: String(s.user), secure: s.secure, from: s.envelope.mailFrom ? s.envelope.mailFrom.address : '', data }); cb(); });
+      },
+    });
+    await new Promise<void>((r) => smart.listen(port, '127.0.0.1', r));
+    const creds = path.join(tempDir('sasl'), 'sasl_passwd');
+    fs.writeFileSync(creds, `[127.0.0.1]:${port} relayuser:relaypass\n`);
+    a = await Instance.create({ domain: 'a.test', users: [{ address: SENDER, password: PASS }],
+      main: { relayhost: `[127.0.0.1]:${port}`, smtp_sasl_password_maps: `texthash:${creds}` } });
+    await a.start();
+  });
+  after(async () => { await a.destroy(); await new Promise<void>((r) => smart.close(() => r())); });
+
+  it('sends everything through the smart host with STARTTLS and AUTH', async () => {
+    await submit(a, 'friend@far-away.test', 'through the smart host');
+    await waitFor('message at the smart host', () => got.length > 0, 20000);
+    assert.equal(got[0].user, 'relayuser');
+    assert.equal(got[0].secure, true);
+    assert.equal(got[0].from, SENDER);
+    assert.match(got[0].data, /Subject: through the smart host/);
+  });
+});
