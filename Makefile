@@ -11,7 +11,7 @@ SHELL := /bin/bash
 NODE ?= node
 # `make test TESTS="test/dist/users.test.js"` runs a subset.
 TESTS ?=
-# A backstop so a hung test cannot hang CI forever (ms per test file's tests); not an assertion.
+# A backstop so a hung test cannot hang CI forever (ms, per test); never an assertion.
 TEST_TIMEOUT ?= 900000
 
 .PHONY: deps build docs run run-deps test test-deps clean

@@ -56,13 +56,13 @@ const toLf = (b: Buffer): Buffer => Buffer.from(b.toString('latin1').replace(/\r
  * CRLF, dot-stuffs and ends with CRLF "." itself; the file has no final newline
  * because swaks would add an empty line for it.
  */
-function swaks(inst: Instance, to: string, message: Buffer, extra: string[] = []): RunResult {
+function swaks(inst: Instance, to: string, message: Buffer): RunResult {
   const dir = tempDir('swaks');
   try {
     const file = path.join(dir, 'message');
     fs.writeFileSync(file, toLf(message).subarray(0, -1));
     return run(requireTool('swaks'), ['--server', '127.0.0.1', '--port', String(inst.ports.smtp), '--helo', HELO,
-      '--from', SENDER, '--to', to, '--data', `@${file}`, '--timeout', '20', ...extra], { timeout: 60000 });
+      '--from', SENDER, '--to', to, '--data', `@${file}`, '--timeout', '20'], { timeout: 60000 });
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

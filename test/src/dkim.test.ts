@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomUUID } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import { Instance, IS_ROOT, run, requireTool, tempDir, waitFor, RunResult } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
 import { HeaderFixup, missingHeaders, HEADER_SCAN_LIMIT } from '../../packages/cleanup/dist/header-fixup.js';
@@ -20,6 +21,28 @@ const OUTSIDER = '127.0.0.2'; // a loopback address outside this instance's myne
 
 // ---------------------------------------------------------------------------
 // Clients and verifiers
+
+/**
+ * Runs a verifier without blocking the event loop: the test DNS server it
+ * queries lives in this process. Bounded by a timeout.
+ */
+function runAsync(cmd: string, args: string[], input: Buffer, timeoutMs = 60000): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.stdout.on('data', (d) => out.push(d));
+    child.stderr.on('data', (d) => err.push(d));
+    child.on('error', (e) => { clearTimeout(timer); reject(e); });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? -1, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
+    });
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(input);
+  });
+}
 
 /** dkimpy needs Debian's python3 (a pyenv shim earlier in PATH lacks the module). */
 function python3(): string {
@@ -35,7 +58,7 @@ function swaks(inst: Instance, s: Submission): RunResult {
     const file = path.join(dir, 'message');
     fs.writeFileSync(file, s.message.replace(/\r\n/g, '\n').replace(/\n$/, '')); // swaks adds CRLF.CRLF
     return run(requireTool('swaks'), ['--server', '127.0.0.1', '--port', String(s.port ?? inst.ports.smtp),
-      '--helo', 'client.example.test', '--from', s.from, '--to', s.to, '--data', `@${file}`, '--timeout', '20',
+      '--helo', 'client.example.test', '--from', s.from, '--to', s.to, '--data', `@${file}`, '--suppress-data', '--timeout', '20',
       ...(s.local ? ['--local-interface', s.local] : []), ...(s.extra ?? [])], { timeout: 60000 });
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
@@ -73,7 +96,7 @@ const all = (text: string, name: string) => headers(text).filter((h) => h.name =
 const tag = (sig: string, t: string) => new RegExp(`(?:^|;)\\s*${t}=([^;]*)`).exec(sig)?.[1].replace(/\s+/g, '');
 
 /** dkimpy's verdict for each DKIM-Signature, the keys fetched from the test DNS server over UDP. */
-function dkimpyVerify(file: string, dns: TestDnsServer): boolean[] {
+async function dkimpyVerify(file: string, dns: TestDnsServer): Promise<boolean[]> {
   const script = `
 import sys, json, dkim, dns.resolver
 r = dns.resolver.Resolver(configure=False)
@@ -91,13 +114,13 @@ n = sum(1 for line in msg.split(b'\\n') if line.lower().startswith(b'dkim-signat
 d = dkim.DKIM(msg)
 print(json.dumps([bool(d.verify(idx=i, dnsfunc=dnsfunc)) for i in range(n)]))
 `;
-  const r = run(python3(), ['-c', script, dns.host, String(dns.port)], { input: fs.readFileSync(file) });
+  const r = await runAsync(python3(), ['-c', script, dns.host, String(dns.port)], fs.readFileSync(file));
   assert.equal(r.code, 0, `dkimpy: ${r.stderr}`);
   return JSON.parse(r.stdout);
 }
 
 /** Mail::DKIM's result per signature ("s1 pass"), the keys fetched from the test DNS server. */
-function mailDkimVerify(file: string, dns: TestDnsServer): string[] {
+async function mailDkimVerify(file: string, dns: TestDnsServer): Promise<string[]> {
   const script = `
 use strict; use warnings;
 use Mail::DKIM::Verifier; use Net::DNS;
@@ -107,7 +130,7 @@ while (<STDIN>) { s/\\r?\\n$/\\r\\n/; $v->PRINT($_); }
 $v->CLOSE;
 print join(",", map { $_->selector . " " . $_->result } $v->signatures), "\\n";
 `;
-  const r = run(requireTool('perl'), ['-e', script, dns.host, String(dns.port)], { input: fs.readFileSync(file) });
+  const r = await runAsync(requireTool('perl'), ['-e', script, dns.host, String(dns.port)], fs.readFileSync(file));
   assert.equal(r.code, 0, `Mail::DKIM (libmail-dkim-perl): ${r.stderr}`);
   return r.stdout.trim().split(',').filter(Boolean);
 }
@@ -182,7 +205,7 @@ describe('header fix-up: what the message has, learnt while it streams', () => {
   it('a header section over the scan limit passes through untouched and is not examined', () => {
     const huge = 'X-Big: ' + 'a'.repeat(HEADER_SCAN_LIMIT) + '\r\n\r\nbody\r\n';
     const { out, fixup } = fix(huge, 64 * 1024);
-    assert.equal(out, huge);
+    assert.ok(out === huge, 'passed through byte for byte');
     assert.equal(fixup.summary?.complete, false);
   });
 });
@@ -270,13 +293,13 @@ describe('DKIM signing and fix-up of submitted mail', () => {
     for (const h of ['from', 'to', 'subject', 'date', 'message-id', 'mime-version', 'content-type']) {
       assert.ok(signed.includes(h), `h= covers ${h} (${signed.join(':')})`);
     }
-    assert.deepEqual(dkimpyVerify(file, dns), [true, true], 'dkimpy accepts both signatures');
-    assert.deepEqual(mailDkimVerify(file, dns), ['s1 pass', 'e1 invalid'], 'Mail::DKIM accepts the RSA signature (it has no Ed25519)');
+    assert.deepEqual(await dkimpyVerify(file, dns), [true, true], 'dkimpy accepts both signatures');
+    assert.deepEqual(await mailDkimVerify(file, dns), ['s1 pass', 'e1 invalid'], 'Mail::DKIM accepts the RSA signature (it has no Ed25519)');
 
     // the signature covers the added headers: changing one breaks it
     const tampered = path.join(tempDir('dkim'), 'tampered');
     fs.writeFileSync(tampered, fs.readFileSync(file, 'utf8').replace(/^Date: .*$/m, 'Date: Mon, 1 Jan 2001 00:00:00 +0000'));
-    assert.deepEqual(dkimpyVerify(tampered, dns), [false, false]);
+    assert.deepEqual(await dkimpyVerify(tampered, dns), [false, false]);
     fs.rmSync(path.dirname(tampered), { recursive: true, force: true });
   });
 
@@ -290,7 +313,7 @@ describe('DKIM signing and fix-up of submitted mail', () => {
     assert.deepEqual(all(text, 'date'), ['Tue, 24 Nov 2026 18:22:48 +0000']);
     assert.ok(!inst.logs().some((e) => e.queue_id === id && e.msg === 'added missing headers'));
     assert.equal(inst.logs().find((e) => e.queue_id === id && e.msg === 'queued' && e.service === 'cleanup')?.message_id, '<mine@example.test>');
-    assert.deepEqual(dkimpyVerify(file, dns), [true, true]);
+    assert.deepEqual(await dkimpyVerify(file, dns), [true, true]);
   });
 
   it('authenticated submission (587, STARTTLS + AUTH) from outside mynetworks: with ESMTPSA, fixed up and signed', async () => {
@@ -304,7 +327,22 @@ describe('DKIM signing and fix-up of submitted mail', () => {
     assert.match(received, /with ESMTPSA id /, received);
     assert.equal(all(text, 'message-id').length, 1);
     assert.equal(all(text, 'date').length, 1);
-    assert.deepEqual(dkimpyVerify(file, dns), [true, true]);
+    assert.deepEqual(await dkimpyVerify(file, dns), [true, true]);
+  });
+
+  it('sendmail (pickup): fixed up and signed like any submission', async () => {
+    const subject = `sendmail ${randomUUID()}`;
+    const r = run(process.execPath, [path.join(__dirname, '..', '..', 'bin', 'sendmail'), '-t', '-f', alice], {
+      input: `From: ${alice}\nTo: ${bob}\nSubject: ${subject}\n\nsent with sendmail\n`,
+      env: { ...process.env, POSTERN_CONFIG: inst.etc },
+    });
+    assert.equal(r.code, 0, r.stderr);
+    const file = await waitFor(`delivery of "${subject}"`, () => inst.delivered(bob).find((f) => fs.readFileSync(f, 'utf8').includes(subject)));
+    const text = fs.readFileSync(file, 'utf8');
+    assert.match(all(text, 'received')[0], /^by mx\.example\.test \(Postern, from userid \d+\)/);
+    assert.equal(all(text, 'message-id').length, 1);
+    assert.equal(all(text, 'date').length, 1);
+    assert.deepEqual(await dkimpyVerify(file, dns), [true, true]);
   });
 
   it('mail from another server is not changed: no Message-ID:, no Date:, no signature', async () => {
@@ -328,7 +366,7 @@ describe('DKIM signing and fix-up of submitted mail', () => {
 
     const noFrom = await deliver(inst, { from: alice, to: bob, message: message([`To: ${bob}`, 'Subject: no From']) });
     assert.deepEqual(all(noFrom.text, 'dkim-signature').map((s) => tag(s, 'd')), ['example.test', 'example.test']);
-    assert.deepEqual(dkimpyVerify(noFrom.file, dns), [true, true]);
+    assert.deepEqual(await dkimpyVerify(noFrom.file, dns), [true, true]);
   });
 
   it('a key file that is missing: logged, and the message is delivered unsigned', async () => {
@@ -347,7 +385,7 @@ describe('DKIM signing and fix-up of submitted mail', () => {
     inst.cli(['dkim', 'keygen', 'example.test', '--selector', 's1', '--force']);
     publishKeys(inst, dns);
     const { file } = await deliver(inst, { from: alice, to: bob, message: message([`From: ${alice}`, `To: ${bob}`, 'Subject: new key']) });
-    assert.deepEqual(dkimpyVerify(file, dns), [true, true], 'signed with the new s1 key');
+    assert.deepEqual(await dkimpyVerify(file, dns), [true, true], 'signed with the new s1 key');
   });
 });
 
@@ -401,7 +439,7 @@ describe('postern dkim keygen refuses what it cannot do', () => {
       await own.start();
       const { file } = await deliver(own, { from: 'alice@owner.test', to: 'bob@owner.test',
         message: message(['From: alice@owner.test', 'To: bob@owner.test', 'Subject: owner']) });
-      assert.deepEqual(dkimpyVerify(file, dns), [true]);
+      assert.deepEqual(await dkimpyVerify(file, dns), [true]);
     } finally {
       await own.destroy();
       await dns.close();

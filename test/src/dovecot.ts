@@ -71,14 +71,9 @@ export class Dovecot {
 /**
  * The minimal configuration: IMAP only, plaintext LOGIN on loopback, the
  * instance's passwd-file for passwords and users (its userdb_mail field says
- * Maildir or mbox per user). As root, Dovecot's login and internal processes
- * run as Debian's dovenull and dovecot accounts; auth runs as root because the
- * users file is 0640 root-owned, as `postern init` leaves it.
+ * Maildir or mbox per user).
  */
 function dovecotConf(dir: string, port: number, usersFile: string): string {
-  // not root (a developer's run): every Dovecot process runs as the invoking user
-  const me = os.userInfo().username;
-  const myGroup = IS_ROOT ? '' : run('id', ['-gn']).stdout.trim();
   return `# written by test/src/dovecot.ts
 protocols = imap
 listen = 127.0.0.1
@@ -88,17 +83,12 @@ log_path = ${dir}/dovecot.log
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain
-default_internal_user = ${IS_ROOT ? 'dovecot' : me}
-default_login_user = ${IS_ROOT ? 'dovenull' : me}
-${IS_ROOT ? '' : `default_internal_group = ${myGroup}\n`}mail_location = maildir:~/Maildir
+mail_location = maildir:~/Maildir
 service imap-login {
   inet_listener imap {
     address = 127.0.0.1
     port = ${port}
   }
-}
-service auth {
-  user = ${IS_ROOT ? 'root' : me}
 }
 passdb {
   driver = passwd-file
@@ -107,6 +97,29 @@ passdb {
 userdb {
   driver = passwd-file
   args = username_format=%u ${usersFile}
+}
+${IS_ROOT ? AS_ROOT : asInvokingUser()}`;
+}
+
+/** Debian's accounts for the login and internal processes; auth as root, since `postern init` leaves the users file 0640 root's. */
+const AS_ROOT = `default_internal_user = dovecot
+default_login_user = dovenull
+service auth {
+  user = root
+}
+`;
+
+/** Not root (a developer's run): every process runs as the invoking user, and without chroot, which needs root. */
+function asInvokingUser(): string {
+  const me = os.userInfo().username;
+  return `default_internal_user = ${me}
+default_internal_group = ${run('id', ['-gn']).stdout.trim()}
+default_login_user = ${me}
+service anvil {
+  chroot =
+}
+service imap-login {
+  chroot =
 }
 `;
 }

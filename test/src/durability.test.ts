@@ -128,7 +128,8 @@ class Stream {
         const began = Date.now();
         const outcome = await sendOne(this.port, token, { dotDelayMs: o.dotDelayMs });
         this.outcomes.push({ ...outcome, began, ended: Date.now() });
-        await new Promise((r) => setTimeout(r, o.pauseMs));
+        // a server that is down is retried gently, as a real client would
+        await new Promise((r) => setTimeout(r, outcome.kind === 'accepted' ? o.pauseMs : Math.max(o.pauseMs, 250)));
       }
     };
     this.done = Promise.all(Array.from({ length: o.senders }, (_, i) => loop(i))).then(() => undefined);
@@ -218,8 +219,12 @@ async function killService(t: TestContext, inst: Instance, command: string): Pro
   t.diagnostic(`killed ${command} pid ${old}; restarted as pid ${fresh}`);
 }
 
+/**
+ * One delivery to the mailbox at a time: then a kill catches at most one delivery
+ * in flight, and "at most one duplicate per kill" is the exact promise to check.
+ */
 function makeInstance(): Promise<Instance> {
-  return Instance.create({ users: [{ address: RCPT }] });
+  return Instance.create({ users: [{ address: RCPT }], main: { local_destination_concurrency_limit: '1' } });
 }
 
 async function waitForEmptyQueue(inst: Instance): Promise<void> {
@@ -241,6 +246,8 @@ function checkDelivery(t: TestContext, inst: Instance, stream: Stream, tag: stri
     `(${[...delivered.values()].reduce((a, b) => a + b, 0)} files), duplicates: ${duplicated.length}, ` +
     `delivered without a 250: ${unacknowledged.length}`);
   t.diagnostic(`outcomes: ${JSON.stringify(stream.summary())}`);
+  for (const tok of unacknowledged) t.diagnostic(`delivered without a 250: ${JSON.stringify(stream.outcomes.find((o) => o.token === tok))}`);
+  if (unacknowledged.length) fs.copyFileSync(inst.logFile, '/tmp/durability-debug.log');
   const litter = abandonedTempFiles(inst);
   if (litter.length) t.diagnostic(`abandoned cleanup temp files in incoming/: ${litter.map((f) => path.basename(f)).join(' ')}`);
   assert.deepEqual(missing, [], 'every message that got a 250 is in the Maildir');
@@ -256,7 +263,7 @@ test('kill -9 of qmgr, local, cleanup and then master during a stream: every 250
   t.after(() => inst.destroy());
   await inst.start();
 
-  const stream = new Stream(inst.ports.smtp, 'kill', { senders: 3, maxMessages: 400, maxMs: 120000, pauseMs: 40 });
+  const stream = new Stream(inst.ports.smtp, 'kill', { senders: 3, maxMessages: 600, maxMs: 150000, pauseMs: 40 });
   try {
     const waitForAccepted = (n: number, what: string) =>
       waitFor(`${n} messages accepted ${what}`, () => stream.acceptedCount() >= n, 30000, 50);
@@ -271,9 +278,10 @@ test('kill -9 of qmgr, local, cleanup and then master during a stream: every 250
     const master = inst.masterPid();
     assert.ok(master && alive(master), 'master is running');
     const children = (await services(inst)).map((s) => s.pid).filter((p): p is number => !!p);
+    const killedAt = Date.now();
     process.kill(master, 'SIGKILL');
     await waitFor('the killed master\'s children to exit', () => [master, ...children].every((p) => !alive(p)), 30000);
-    t.diagnostic(`killed master pid ${master}; its ${children.length} children exited`);
+    t.diagnostic(`killed master pid ${master}; its ${children.length} children exited within ${Date.now() - killedAt} ms`);
     await startAsync(inst);
     const restarted = inst.masterPid();
     assert.ok(restarted && restarted !== master && alive(restarted), 'a new master runs');
@@ -285,7 +293,7 @@ test('kill -9 of qmgr, local, cleanup and then master during a stream: every 250
   }
 
   await waitForEmptyQueue(inst);
-  checkDelivery(t, inst, stream, 'kill', 4);
+  checkDelivery(t, inst, stream, 'kill', 4); // one per kill: qmgr, local, cleanup, master
   assert.ok(stream.acceptedCount() >= 60, 'the stream kept flowing around the kills');
 });
 
@@ -318,7 +326,6 @@ test('SIGTERM (postern stop) while mail flows: each session ends in 250 or a 4xx
   const bad = greeted.filter((o) => !(o.kind === 'accepted' || (o.kind === 'rejected' && /^4\d\d/.test(o.reply ?? ''))));
   t.diagnostic(`outcomes across the stop: ${JSON.stringify(stream.summary())}`);
   const inFlight = stream.outcomes.filter((o) => o.began! < stopAt && o.ended! > stopAt);
-  for (const o of stream.outcomes.filter((o) => Math.abs(o.began! - stopAt) < 3000)) t.diagnostic(`DEBUG ${o.token} ${o.kind}@${o.stage} began ${o.began! - stopAt} ended ${o.ended! - stopAt}`);
   t.diagnostic(`sessions in progress when the stop began: ${inFlight.length} (${inFlight.map((o) => o.kind === 'accepted' ? '250' : `${o.kind}@${o.stage}`).join(', ')})`);
   assert.deepEqual(bad, [], 'sessions that were served end with 250 or a 4xx reply');
 

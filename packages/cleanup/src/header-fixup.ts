@@ -50,7 +50,7 @@ export class HeaderFixup {
     this.hold(chunk);
     for (;;) {
       const lf = this.buf.subarray(0, this.len).indexOf(10, this.lineStart);
-      if (lf < 0) break;
+      if (lf < 0 || lf >= this.limit) break;
       const boundary = this.classify(this.lineStart, lf + 1);
       if (boundary !== null) return this.release(boundary.at, boundary.blank);
       this.lineStart = lf + 1;
@@ -116,7 +116,9 @@ export class HeaderFixup {
     this.passing = true;
     this.added = this.missing(summary);
     if (!this.added.length) return [held];
-    const eol = /\r\n/.test(header.toString('latin1', 0, Math.min(header.length, 4096))) || !header.length ? '\r\n' : '\n';
+    // CRLF, as in the queue, unless the message's own lines end in a bare LF
+    const firstLf = header.indexOf(10);
+    const eol = firstLf > 0 && header[firstLf - 1] !== 13 ? '\n' : '\r\n';
     const needsEol = header.length > 0 && header[header.length - 1] !== 10;
     // a body that starts without the empty line gets one, so it is not read as part of our header
     const separator = !blank && rest.length ? eol : '';

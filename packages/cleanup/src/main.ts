@@ -9,6 +9,7 @@ import {
   newQueueId, rfc5322Date, headerSafe, requestJson, NetworkList,
 } from '@postern/common';
 import { HeaderFixup, missingHeaders } from './header-fixup.js';
+import { HeaderFieldFilter, forgedAuthResults } from './headers.js';
 import { DkimKeyStore, signQueuedMessage } from './dkim.js';
 
 function receivedHeader(env: Envelope, hostname: string): string {
@@ -78,12 +79,18 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       const fixup = isSubmission(env, mynetworks())
         ? new HeaderFixup((s) => missingHeaders(s, env.id, new Date(env.arrival), hostname, rfc5322Date(new Date(env.arrival))))
         : null;
+      // RFC 8601 5: an Authentication-Results: claiming our name that arrives with the message is forged
+      const forged = env.origin === 'smtpd' || env.origin === 'pickup' ? new HeaderFieldFilter(forgedAuthResults(hostname)) : null;
+      const put = async (data: Buffer) => {
+        if (!fixup) await file!.write(data);
+        else for (const b of fixup.push(data)) await file!.write(b);
+      };
       for (;;) {
         const f = await reader.next();
         if (!f) throw new Error('sender went away before the end of the message');
         if (f.type === 'D') {
-          if (!fixup) await file.write(f.data);
-          else for (const b of fixup.push(f.data)) await file.write(b);
+          if (!forged) await put(f.data);
+          else for (const b of forged.push(f.data)) await put(b);
         }
         else if (f.type === 'J' && f.json?.type === 'after-body') {
           // what smtpd learnt from the whole message: headers to add (Authentication-Results:, X-Spam-*) and envelope notes
@@ -95,6 +102,10 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
           file = null;
           return;
         } else throw new Error('unexpected frame inside a message');
+      }
+      if (forged) {
+        for (const b of forged.end()) await put(b);
+        if (forged.removed.length) log.info({ queue_id: env.id, removed: forged.removed.map((h) => h.slice(0, 200)) }, 'removed Authentication-Results: claiming our host name');
       }
       if (fixup) {
         for (const b of fixup.end()) await file.write(b);

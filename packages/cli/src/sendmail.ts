@@ -273,7 +273,8 @@ export async function submit(o: SendmailOptions, input: Readable): Promise<Submi
       }
     }
     const kept = o.extract ? headers.filter((f) => f.name !== 'bcc') : headers;
-    const fromAddress = qualifyAddress(o.sender ?? loginName(), myorigin);
+    // the null sender (-f "<>") still gets a From: naming the user
+    const fromAddress = qualifyAddress(o.sender || loginName(), myorigin);
     const added: string[] = [];
     if (!headers.some((f) => f.name === 'from')) {
       added.push(o.fullname ? `From: ${displayName(o.fullname)} <${fromAddress}>` : `From: ${fromAddress}`);

@@ -72,6 +72,16 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('smtpd_tls_security_level', 'enum', 'may', 'STARTTLS policy: none, may (offer) or encrypt (required before MAIL).', ['none', 'may', 'encrypt']),
   P('smtpd_tls_wrappermode', 'bool', 'no', 'Speak TLS from the first byte (port 465, RFC 8314).'),
   P('smtpd_sasl_auth_enable', 'bool', 'no', 'Offer AUTH (only after TLS) against virtual_mailbox_maps.'),
+  // Restrictions (smtpd): evaluated in order at RCPT time, as Postfix does with smtpd_delay_reject = yes
+  P('smtpd_client_restrictions', 'list', 'permit_mynetworks, permit_sasl_authenticated, reject_unknown_reverse_client_hostname', 'Checks of the client: permit_mynetworks, permit_sasl_authenticated, reject_unknown_reverse_client_hostname, reject_unknown_client_hostname, reject_rbl_client ZONE[=127.0.0.N], reject_rhsbl_client ZONE, reject_rhsbl_sender ZONE, permit, reject (any restriction may appear in any list).'),
+  P('smtpd_helo_restrictions', 'list', 'permit_mynetworks, permit_sasl_authenticated, reject_invalid_helo_hostname', 'Checks of the HELO/EHLO name: reject_invalid_helo_hostname, reject_non_fqdn_helo_hostname, ...'),
+  P('smtpd_sender_restrictions', 'list', '', 'Checks of the MAIL FROM address: reject_unknown_sender_domain, reject_rhsbl_sender ZONE, ...'),
+  P('smtpd_relay_restrictions', 'list', 'permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination', 'Relay control, before smtpd_recipient_restrictions: reject_unauth_destination refuses recipients outside our domains (554 5.7.1 Relay access denied).'),
+  P('smtpd_recipient_restrictions', 'list', '', 'Checks of the RCPT TO address, after smtpd_relay_restrictions.'),
+  P('smtpd_reject_unlisted_recipient', 'bool', 'yes', 'Refuse recipients in our domains that are not in the user table (550 5.1.1), after the restriction lists.'),
+  P('unknown_client_reject_code', 'int', '450', 'Reply code of reject_unknown_client_hostname (the client name does not resolve back to its address); DNS failures always get 450.'),
+  P('unknown_reverse_client_reject_code', 'int', '550', 'Reply code of reject_unknown_reverse_client_hostname (the client address has no PTR record); DNS failures always get 450.'),
+  P('smtpd_forbid_unauth_pipelining', 'bool', 'yes', 'Disconnect clients that talk before the greeting or send commands ahead of replies without having negotiated PIPELINING (554 5.5.0).'),
   // DNS (one resolver with a TTL cache for every lookup in the project)
   P('dns_servers', 'list', '', 'Resolvers to ask (ip or ip:port, tried in order); empty means those in /etc/resolv.conf.'),
   P('dns_timeout', 'time', '5s', 'How long one DNS query waits for an answer before trying the next server.'),
@@ -93,6 +103,17 @@ export const PARAMETERS: readonly ParamSpec[] = [
   // DKIM signing (cleanup)
   P('dkim_signing_table', 'string', '$config_directory/dkim/signing.table', 'Lines "domain selector keyfile [algorithm]": which key signs mail from which sender domain.'),
   P('dkim_key_directory', 'string', '$config_directory/dkim', 'Where "postern dkim keygen" writes private keys (readable by the queue owner only).'),
+
+  // Message checks on mail from outside (smtpd; clients in mynetworks and authenticated clients skip them)
+  P('smtpd_message_auth', 'bool', 'yes', 'Check SPF, DKIM, DMARC and ARC of mail from outside and add one Authentication-Results: header (incoming ones claiming $myhostname are removed by cleanup).'),
+  P('smtpd_dmarc_reject', 'bool', 'yes', 'Honour DMARC p=reject: a failing message gets 550 5.7.1 at the end of DATA (when no, it is treated as p=quarantine).'),
+  P('smtpd_dmarc_quarantine', 'bool', 'yes', 'Honour DMARC p=quarantine: a failing message is delivered with "X-Postern-Quarantine: dmarc" for the mailbox side to file as junk.'),
+  P('smtpd_spf_hardfail_reject', 'bool', 'no', 'Reject mail whose MAIL FROM domain says SPF -all for the client (550 5.7.23); off by default, DMARC decides.'),
+  P('spamd_address', 'string', '', 'SpamAssassin spamd to ask about each message from outside: host:port, [ipv6]:port or a Unix socket path; empty turns spam filtering off.'),
+  P('spam_reject_score', 'int', '10', 'Reject (550 5.7.1) a message spamd scores at or above this; 0 never rejects, only adds the X-Spam-* headers.'),
+  P('spamd_max_size', 'size', '512000', 'Larger messages are not sent to spamd (they pass unchecked, as with spamc).'),
+  P('spamd_timeout', 'time', '30s', 'How long to wait for spamd\'s verdict; a slower or absent spamd means the message passes unchecked.'),
+  P('backscatter_protection', 'bool', 'yes', 'Send a non-delivery notification for mail from outside only when its sender passed SPF or an aligned DKIM check; otherwise log and drop it.'),
 
   // Local submission
   P('authorized_submit_users', 'list', 'static:anyone', 'Who may use the sendmail command (static:anyone or user names).'),

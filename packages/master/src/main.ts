@@ -12,6 +12,7 @@ import { fork, ChildProcess } from 'node:child_process';
 import {
   MainConfig, ConfigError, MasterEntry, loadMasterCf, parseListenAddress, Spool, SERVICE_PROGRAMS,
   serviceAccounts, ServiceAccounts, defaultAccount, socketAccess, prepareSpool, lookupSystemUser, SystemUser,
+  checkRestrictionLists, masterCfLocation,
 } from '@postern/common';
 import { LogSink } from './log-sink.js';
 import { acquirePidFile, releasePidFile } from './pidfile.js';
@@ -37,11 +38,19 @@ function bindHandle(entry: MasterEntry, spool: Spool, accounts: ServiceAccounts)
   if (entry.type === 'inet') {
     const addr = parseListenAddress(entry.service)!;
     const host = addr.host ?? '::';
-    let h = createServerHandle(host, addr.port, net.isIPv6(host) ? 6 : 4);
+    // libuv defers a bind error to listen(); getsockname() reports it at once
+    const bind = (): any => {
+      const handle = createServerHandle(host, addr.port, net.isIPv6(host) ? 6 : 4);
+      if (typeof handle === 'number') return handle;
+      const err = handle.getsockname({});
+      if (err) { handle.close(); return err; }
+      return handle;
+    };
+    let h = bind();
     // a previous master's children may still be closing their copies of this listener
     for (let i = 0; h === -98 && i < 50; i++) {
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200);
-      h = createServerHandle(host, addr.port, net.isIPv6(host) ? 6 : 4);
+      h = bind();
     }
     if (typeof h === 'number') {
       const code = h === -98 ? 'address already in use' : h === -13 ? 'permission denied' : `error ${h}`;
@@ -84,6 +93,10 @@ export class Master {
   load(): void {
     this.config = MainConfig.load(this.configDir);
     this.entries = loadMasterCf(this.configDir);
+    // smtpd's restriction lists, as each listener sees them: a typo stops start, not mail
+    for (const e of this.entries.filter((x) => x.command === 'smtpd')) {
+      checkRestrictionLists(this.config.withOverrides(e.overrides), (name) => (e.overrides.has(name) ? masterCfLocation(this.configDir, e.line) : undefined));
+    }
     for (const w of this.config.warnings) this.log({ level: 'warn' }, w);
   }
 
@@ -189,6 +202,9 @@ export class Master {
     this.log({}, 'terminating on signal');
     const running = this.slots.filter((s) => s.child);
     for (const s of this.slots) if (s.timer) clearTimeout(s.timer);
+    // close master's own copies of the listeners: once smtpd closes its copies, new clients
+    // are refused at once instead of waiting, unanswered, in a backlog nobody accepts from
+    for (const h of new Set(this.slots.filter((s) => s.entry.type === 'inet').map((s) => s.handle))) h?.close?.();
     // smtpd first so no new mail arrives, then the rest
     const order = (s: Slot) => (s.entry.command === 'smtpd' ? 0 : 1);
     for (const phase of [0, 1]) {

@@ -12,6 +12,7 @@ import {
   MainConfig, QueueFileInfo, StatusRecord, Spool, Logger, Envelope, connectUnix, FrameReader, FrameWriter,
   rfc5322Date, headerSafe, appendStatus,
 } from '@postern/common';
+import { backscatterReason } from './backscatter.js';
 
 export type DsnKind = 'failed' | 'delayed';
 
@@ -325,6 +326,12 @@ export async function notifySenderOfBounces(ctx: DsnContext, info: QueueFileInfo
       'undeliverable mail from the null sender discarded: no notification is sent for a bounce');
     return true;
   }
+  const noDsn = backscatterReason(env, ctx.config);
+  if (noDsn) {
+    ctx.log.info({ queue_id: env.id, from: `<${env.sender}>`, to: bounced.map((r) => `<${r.address}>`).join(','), nrcpt: bounced.length,
+      status: 'bounced', spf: env.auth?.spf ?? 'unknown', dkim_aligned: env.auth?.dkimAligned ?? false }, `no DSN: ${noDsn}`);
+    return true;
+  }
   try {
     const dsnId = await queueDsn(ctx, info, bounced, 'failed');
     ctx.log.info({ queue_id: env.id, dsn_queue_id: dsnId, to: `<${env.sender}>`, nrcpt: bounced.length },
@@ -341,6 +348,7 @@ export async function notifySenderOfBounces(ctx: DsnContext, info: QueueFileInfo
 export function delayWarningDue(info: QueueFileInfo, config: MainConfig, now = Date.now()): boolean {
   const after = config.seconds('delay_warning_time');
   if (after <= 0 || info.envelope.sender === '') return false;
+  if (backscatterReason(info.envelope, config)) return false; // a warning to a sender nobody vouched for is backscatter too
   if (info.statuses.some((s) => s.type === 'flags' && s.warned)) return false;
   return now - info.envelope.arrival >= after * 1000;
 }

@@ -14,6 +14,7 @@ import {
 } from '@postern/common';
 import { planDeliveries, DeliveryGroup } from './route.js';
 import { notifySenderOfBounces, warnSenderOfDelay } from './bounce.js';
+import { QueueAdmin } from './admin.js';
 
 interface DeliveryResult { index: number; status: 'sent' | 'deferred' | 'bounced'; dsn: string; reason: string; relay?: string }
 
@@ -40,15 +41,20 @@ export function backoffSeconds(attempts: number, config: MainConfig): number {
 }
 
 class QueueManager {
-  /** Messages being worked on, by id: never start the same message twice. */
-  private busy = new Set<string>();
+  /**
+   * Messages being worked on (a delivery, a scan moving it, an administrator's
+   * operation), by id: claimed synchronously before any move, so never two at once.
+   */
+  readonly busy = new Set<string>();
   private limits = new Limits();
   private scanning = false;
   private rescan = false;
-  private stopping = false;
+  stopping = false;
   private timers: NodeJS.Timeout[] = [];
 
-  constructor(private ctx: ServiceContext) {}
+  private admin = new QueueAdmin(this);
+
+  constructor(readonly ctx: ServiceContext) {}
 
   get config(): MainConfig { return this.ctx.config; }
   get spool(): Spool { return this.ctx.spool; }
@@ -77,7 +83,8 @@ class QueueManager {
         for (const id of (await this.spool.list('incoming')).sort()) {
           if (this.stopping || this.busy.has(id)) continue;
           if (this.busy.size >= this.config.int('qmgr_message_active_limit')) { this.rescan = true; break; }
-          try { await this.spool.move(id, 'incoming', 'active'); } catch { continue; }
+          this.busy.add(id);
+          try { await this.spool.move(id, 'incoming', 'active'); } catch { await this.admin.release(id); continue; }
           this.launch(id);
         }
       } while (this.rescan && !this.stopping);
@@ -96,18 +103,21 @@ class QueueManager {
     for (const id of await this.spool.list('deferred')) {
       if (this.stopping || this.busy.has(id)) continue;
       const file = this.spool.pathOf('deferred', id);
+      this.busy.add(id);
       const st = await fsp.stat(file).catch(() => null);
-      if (!st || (!all && st.mtimeMs > now)) continue;
-      try { await this.spool.move(id, 'deferred', 'active'); } catch { continue; }
+      if (!st || (!all && st.mtimeMs > now)) { await this.admin.release(id); continue; }
+      try { await this.spool.move(id, 'deferred', 'active'); } catch { await this.admin.release(id); continue; }
       this.launch(id);
     }
   }
 
-  private launch(id: string): void {
+  /** Start an attempt on a message in active/; it holds the claim until admin's release. */
+  launch(id: string): void {
     this.busy.add(id);
     this.processMessage(id)
       .catch((e) => this.log.error({ queue_id: id, err: (e as Error).stack }, 'message processing failed; it stays in active/ for the next start'))
-      .finally(() => this.busy.delete(id));
+      // operations the administrator asked for during the attempt apply now, then the claim goes
+      .finally(() => this.admin.release(id).catch((e) => this.log.error({ queue_id: id, err: (e as Error).message }, 'queue operation failed')));
   }
 
   private async processMessage(id: string): Promise<void> {
@@ -147,8 +157,15 @@ class QueueManager {
       return this.finish(id, file);
     }
     const groups = planDeliveries(pending.map((r) => ({ index: r.index, address: env.recipients[r.index].address })), this.config);
-    await Promise.all(groups.map((g) => this.deliverGroup(info, g)));
-    await appendStatus(file, [{ type: 'attempt', at: Date.now(), attempts }]);
+    const records = (await Promise.all(groups.map((g) => this.deliverGroup(info, g)))).flat();
+    const allSentNow = pending.every((p) => records.some((r) => r.type === 'rcpt' && r.index === p.index && r.status === 'sent'));
+    if (allSentNow) {
+      // nothing left to remember: skip the status write (a crash before the unlink means one more delivery, never a loss)
+      await fsp.unlink(file);
+      this.log.info({ queue_id: id }, 'removed');
+      return;
+    }
+    await appendStatus(file, [...records, { type: 'attempt', at: Date.now(), attempts }]);
     return this.finish(id, file, attempts);
   }
 
@@ -170,7 +187,8 @@ class QueueManager {
     await this.spool.move(id, 'active', 'deferred', new Date(Date.now() + wait * 1000));
   }
 
-  private async deliverGroup(info: QueueFileInfo, group: DeliveryGroup): Promise<void> {
+  /** One delivery request; returns the status records to write (the caller writes them once). */
+  private async deliverGroup(info: QueueFileInfo, group: DeliveryGroup): Promise<StatusRecord[]> {
     const key = `${group.transport}:${group.nexthop}`;
     await this.limits.acquire(key, group.concurrency);
     let results: DeliveryResult[];
@@ -191,7 +209,7 @@ class QueueManager {
         records.push({ type: 'rcpt', index: r.index, status: 'deferred', dsn: '4.3.0', reason: 'delivery agent gave no result', at: Date.now() });
       }
     }
-    if (records.length) await appendStatus(info.file, records);
+    return records;
   }
 
   private async requestDelivery(info: QueueFileInfo, group: DeliveryGroup): Promise<DeliveryResult[]> {
@@ -214,8 +232,9 @@ class QueueManager {
     reader.json().then(async (req) => {
       switch (req.type) {
         case 'trigger': void this.scanIncoming(); break;
-        case 'flush': void this.scanDeferred(true); break;
-        default: await writer.json({ ok: false, error: `unknown request ${req.type}` }); return;
+        default: // flush, hold, release, delete, expire, requeue, deliver: see admin.ts
+          await writer.json(await this.admin.handle(req) ?? { ok: false, error: `unknown request ${req.type}` });
+          return;
       }
       await writer.json({ ok: true });
     }).catch(() => undefined).finally(() => conn.end());

@@ -6,12 +6,14 @@
 import * as fs from 'node:fs';
 import { SMTPServer, SMTPServerDataStream, SMTPServerSession, SMTPServerOptions } from 'smtp-server';
 import {
-  runService, ServiceContext, RunningService, MainConfig, NetworkList, splitAddress,
-  installEnhancedCodeShim, smtpError, connectUnix, FrameReader, FrameWriter, UserTable, verifyPassword,
+  runService, ServiceContext, RunningService, MainConfig, NetworkList,
+  installEnhancedCodeShim, smtpError, connectUnix, FrameReader, FrameWriter, UserTable, verifyPassword, sharedResolver,
 } from '@postern/common';
 
 import { LineEndingCheck } from './line-endings.js';
 import { createMessageObservers, MessageObserver } from './message-checks.js';
+import { RestrictionPolicy, restrictionPolicy, SessionClient, checkRecipient } from './restrictions.js';
+import { forbidUnauthPipelining } from './pipelining.js';
 
 installEnhancedCodeShim();
 
@@ -22,6 +24,7 @@ interface Policy {
   users: UserTable;
   recipientLimit: number;
   sizeLimit: number;
+  restrictions: RestrictionPolicy;
 }
 
 function userTablePath(config: MainConfig): string {
@@ -33,18 +36,36 @@ function userTablePath(config: MainConfig): string {
 
 function buildPolicy(config: MainConfig, previous?: Policy): Policy {
   const file = userTablePath(config);
+  const localDomains = new Set([...config.list('mydestination'), ...config.list('virtual_mailbox_domains')].map((d) => d.toLowerCase()));
+  const mynetworks = new NetworkList(config.list('mynetworks'));
   return {
     hostname: config.get('myhostname'),
-    localDomains: new Set([...config.list('mydestination'), ...config.list('virtual_mailbox_domains')].map((d) => d.toLowerCase())),
-    mynetworks: new NetworkList(config.list('mynetworks')),
+    localDomains,
+    mynetworks,
+    restrictions: restrictionPolicy(config, mynetworks, localDomains),
     users: previous && previous.users.file === file ? previous.users : new UserTable(file),
     recipientLimit: config.int('smtpd_recipient_limit'),
     sizeLimit: config.int('message_size_limit'),
   };
 }
 
+/** Each connection's client, its reverse DNS looked up once (at connect, or when a restriction first needs it). */
+const clients = new WeakMap<SMTPServerSession, SessionClient>();
+
+function sessionClient(session: SMTPServerSession, config: MainConfig): SessionClient {
+  let c = clients.get(session);
+  if (!c) clients.set(session, c = new SessionClient(session.remoteAddress, sharedResolver(config)));
+  return c;
+}
+
+/** `name[address]`: the forward-confirmed name, or unknown. */
 function clientName(session: SMTPServerSession): string {
-  return `${session.clientHostname && !/^\[/.test(session.clientHostname) ? session.clientHostname : 'unknown'}[${session.remoteAddress}]`;
+  return clients.get(session)?.label ?? `unknown[${session.remoteAddress}]`;
+}
+
+/** The client's user table entry decides whether an address in our domains exists. */
+function knownRecipient(policy: Policy, address: string): boolean {
+  return !!policy.users.lookup(address);
 }
 
 function tlsOptions(config: MainConfig): { key?: Buffer; cert?: Buffer } {
@@ -87,8 +108,13 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       disableReverseLookup: true,
       logger: false,
       onConnect(session, cb) {
-        log.info({ client: clientName(session) }, 'connect');
-        cb();
+        const client = sessionClient(session, ctx.config);
+        // Postfix names the client before the greeting; mynetworks is trusted and not looked up unless a restriction asks
+        const lookup = policy.mynetworks.contains(session.remoteAddress) ? Promise.resolve() : client.lookup();
+        lookup.catch((e) => log.error({ err: (e as Error).message }, 'client name lookup failed')).then(() => {
+          log.info({ client: clientName(session) }, `connect from ${clientName(session)}`);
+          cb();
+        });
       },
       onClose(session) {
         log.info({ client: clientName(session) }, 'disconnect');
@@ -126,26 +152,38 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
           cb(smtpError(code, enhanced, text));
         };
         if (session.envelope.rcptTo.length >= policy.recipientLimit) return reject(452, '4.5.3', 'Error: too many recipients');
-        const { domain } = splitAddress(address.address);
-        if (policy.localDomains.has(domain)) {
-          let known: boolean;
-          try { known = !!policy.users.lookup(address.address); } catch (e) {
-            log.error({ err: (e as Error).message }, 'user table unavailable');
-            return reject(451, '4.3.0', `<${address.address}>: Temporary lookup failure`);
-          }
-          if (!known) {
-            return reject(550, '5.1.1', `<${address.address}>: Recipient address rejected: User unknown in virtual mailbox table`);
-          }
-          return cb();
-        }
-        if (policy.mynetworks.contains(session.remoteAddress) || session.user) return cb();
-        return reject(554, '5.7.1', `<${address.address}>: Relay access denied`);
+        const current = policy;
+        checkRecipient(current.restrictions, {
+          resolver: sharedResolver(ctx.config),
+          knownRecipient: (a) => {
+            try { return knownRecipient(current, a); } catch (e) {
+              log.error({ err: (e as Error).message }, 'user table unavailable');
+              throw e;
+            }
+          },
+          warn: (fields, msg) => log.warn({ client: clientName(session), ...fields }, msg),
+        }, {
+          client: sessionClient(session, ctx.config),
+          helo: session.hostNameAppearsAs || '',
+          sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
+          recipient: address.address,
+          authenticated: !!session.user,
+        }).then((r) => (r ? reject(r.code, r.enhanced, r.text) : cb()), (e) => {
+          log.error({ err: (e as Error).stack ?? String(e) }, 'restriction check failed');
+          reject(451, '4.3.0', 'Error: internal error, try again later');
+        });
       },
       onData(stream, session, cb) {
         receiveMessage(stream, session).then((id) => cb(null, `2.0.0 Ok: queued as ${id}`), (err) => cb(err));
       },
     };
     const server = new SMTPServer(options);
+    if (config.bool('smtpd_forbid_unauth_pipelining')) {
+      forbidUnauthPipelining(server, (session, when, input) => {
+        log.info({ client: clientName(session), status: 'reject', input },
+          `improper command pipelining ${when} from ${clientName(session)}: ${JSON.stringify(input)}`);
+      });
+    }
     // a failed TLS handshake or a reset socket must not take the process down
     server.on('error', (err) => log.warn({ err: err.message }, 'connection error'));
     return server;
@@ -171,7 +209,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
           sender: from,
           recipients: session.envelope.rcptTo.map((r) => ({ address: r.address })),
           origin: 'smtpd',
-          client: { address: session.remoteAddress, name: session.clientHostname && !/^\[/.test(session.clientHostname) ? session.clientHostname : 'unknown', helo: session.hostNameAppearsAs || '' },
+          client: { address: session.remoteAddress, name: clients.get(session)?.name ?? 'unknown', helo: session.hostNameAppearsAs || '' },
           protocol: session.transmissionType,
           tls: session.secure ? describeTls(session) : null,
           sasl: session.user ? String(session.user) : undefined,

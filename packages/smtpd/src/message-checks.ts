@@ -7,6 +7,8 @@
  */
 import { SMTPServerSession } from 'smtp-server';
 import { MainConfig, Logger, SmtpError } from '@postern/common';
+import { createMessageAuth } from './message-auth.js';
+import { createSpamCheck } from './spamd.js';
 
 export interface ObserverVerdict {
   reject?: SmtpError;
@@ -32,7 +34,18 @@ export interface CheckContext {
   trusted: boolean;
 }
 
-/** The observers for one message; empty for trusted clients. */
-export function createMessageObservers(_c: CheckContext): MessageObserver[] {
-  return [];
+/**
+ * The observers for one message from outside, in the order their headers go
+ * in front of it: message authentication (smtpd_message_auth), then spamd
+ * (spamd_address). Trusted clients (mynetworks, authenticated: submission)
+ * get none: their mail is ours to sign, not to judge, as with Postfix and a
+ * content filter on the MX path only.
+ */
+export function createMessageObservers(c: CheckContext): MessageObserver[] {
+  if (c.trusted) return [];
+  const observers: MessageObserver[] = [];
+  if (c.config.bool('smtpd_message_auth')) observers.push(createMessageAuth(c));
+  const spam = createSpamCheck(c);
+  if (spam) observers.push(spam);
+  return observers;
 }
