@@ -11,8 +11,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { spawn } from 'node:child_process';
-import { Instance, IS_ROOT, run, requireTool, tempDir, waitFor, RunResult } from './harness.js';
+import { Instance, IS_ROOT, run, runAsync, requireTool, tempDir, waitFor, RunResult } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
 import { HeaderFixup, missingHeaders, HEADER_SCAN_LIMIT } from '../../packages/cleanup/dist/header-fixup.js';
 
@@ -26,23 +25,6 @@ const OUTSIDER = '127.0.0.2'; // a loopback address outside this instance's myne
  * Runs a verifier without blocking the event loop: the test DNS server it
  * queries lives in this process. Bounded by a timeout.
  */
-function runAsync(cmd: string, args: string[], input: Buffer, timeoutMs = 60000): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.stdout.on('data', (d) => out.push(d));
-    child.stderr.on('data', (d) => err.push(d));
-    child.on('error', (e) => { clearTimeout(timer); reject(e); });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? -1, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
-    });
-    child.stdin.on('error', () => undefined);
-    child.stdin.end(input);
-  });
-}
 
 /** dkimpy needs Debian's python3 (a pyenv shim earlier in PATH lacks the module). */
 function python3(): string {
@@ -52,14 +34,15 @@ function python3(): string {
 
 interface Submission { from: string; to: string; message: string; port?: number; local?: string; extra?: string[] }
 
-function swaks(inst: Instance, s: Submission): RunResult {
+/** swaks, run without blocking the event loop: smtpd asks the test DNS server in this process. */
+async function swaks(inst: Instance, s: Submission): Promise<RunResult> {
   const dir = tempDir('swaks');
   try {
     const file = path.join(dir, 'message');
     fs.writeFileSync(file, s.message.replace(/\r\n/g, '\n').replace(/\n$/, '')); // swaks adds CRLF.CRLF
-    return run(requireTool('swaks'), ['--server', '127.0.0.1', '--port', String(s.port ?? inst.ports.smtp),
+    return await runAsync(requireTool('swaks'), ['--server', '127.0.0.1', '--port', String(s.port ?? inst.ports.smtp),
       '--helo', 'client.example.test', '--from', s.from, '--to', s.to, '--data', `@${file}`, '--suppress-data', '--timeout', '20',
-      ...(s.local ? ['--local-interface', s.local] : []), ...(s.extra ?? [])], { timeout: 60000 });
+      ...(s.local ? ['--local-interface', s.local] : []), ...(s.extra ?? [])], Buffer.alloc(0));
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -73,7 +56,7 @@ function queueIdOf(r: RunResult): string {
 
 /** Sends, waits for the one delivery, returns the Maildir copy and its queue id. */
 async function deliver(inst: Instance, s: Submission): Promise<{ id: string; file: string; text: string }> {
-  const r = swaks(inst, s);
+  const r = await swaks(inst, s);
   assert.equal(r.code, 0, r.stdout + r.stderr);
   const id = queueIdOf(r);
   await waitFor(`delivery of ${id}`, () => inst.logs().some((e) => e.queue_id === id && e.msg === 'removed'));
@@ -217,8 +200,11 @@ describe('DKIM signing and fix-up of submitted mail', () => {
   let dns: TestDnsServer;
 
   before(async () => {
-    dns = await new TestDnsServer().start();
-    // 127.0.0.1 is trusted; 127.0.0.2 plays another server on the Internet
+    // 127.0.0.1 is trusted; 127.0.0.2 plays another server on the Internet, with a proper reverse name
+    dns = await new TestDnsServer({ records: [
+      { name: '127.0.0.2', type: 'PTR', value: 'client.example.test' },
+      { name: 'client.example.test', type: 'A', value: '127.0.0.2' },
+    ] }).start();
     inst = await Instance.create({
       users: [{ address: alice, password: PASSWORD }, { address: bob }],
       main: { mynetworks: '127.0.0.1/32, [::1]/128', dns_servers: dns.address },

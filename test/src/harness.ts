@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { spawnSync, SpawnSyncOptions } from 'node:child_process';
+import { spawn, spawnSync, SpawnSyncOptions } from 'node:child_process';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const POSTERN = path.join(ROOT, 'bin', 'postern');
@@ -18,6 +18,28 @@ export interface RunResult { code: number; stdout: string; stderr: string }
 export function run(cmd: string, args: string[], opts: SpawnSyncOptions = {}): RunResult {
   const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 120000, ...opts });
   return { code: r.status ?? -1, stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? '') };
+}
+
+/**
+ * Like run(), without blocking this process: use it whenever the command needs
+ * a server living in the test process (TestDnsServer, a test SMTP server).
+ */
+export function runAsync(cmd: string, args: string[], input: Buffer | string = '', timeoutMs = 60000): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.stdout.on('data', (d) => out.push(d));
+    child.stderr.on('data', (d) => err.push(d));
+    child.on('error', (e) => { clearTimeout(timer); reject(e); });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? -1, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
+    });
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(input);
+  });
 }
 
 export function postern(args: string[], opts: SpawnSyncOptions = {}): RunResult {

@@ -72,10 +72,13 @@ function message(from: string, subject: string, extraHeaders = ''): string {
 }
 
 async function signed(domain: string, msg: string): Promise<{ message: string; b: string }> {
-  const res = await dkimSign(msg, { signingDomain: domain, selector: 'sel', privateKey, algorithm: 'rsa-sha256', canonicalization: 'relaxed/relaxed' });
+  const res = await dkimSign(msg, {
+    // mailauth 4.13 signs only with signatureData (its type declarations name the top-level form, which signs nothing)
+    signatureData: [{ signingDomain: domain, selector: 'sel', privateKey, algorithm: 'rsa-sha256', canonicalization: 'relaxed/relaxed' }],
+  } as unknown as Parameters<typeof dkimSign>[1]);
   assert.deepEqual(res.errors, []);
-  const b = /\bb=([A-Za-z0-9+/]{8})/.exec(res.signatures.replace(/\r\n[ \t]+/g, ' ').replace(/bh=[^;]*;/, ''))![1];
-  return { message: res.signatures + msg, b };
+  const tags = res.signatures.replace(/^DKIM-Signature:/i, '').replace(/\s+/g, '');
+  return { message: res.signatures + msg, b: /(?:^|;)b=([^;]{8})/.exec(tags)![1] };
 }
 
 /** The delivered copy of a queued message in the recipient's Maildir. */
@@ -141,8 +144,9 @@ describe('message authentication of mail from outside', () => {
     const { results, text } = await deliveredWith(inst, await send(inst, { from: 'a@pass.test', message: message('a@pass.test', 'spf pass') }));
     assert.equal(results, `${HOST}; ${spfPass('a@pass.test')}; dkim=none (message not signed); dmarc=none header.from=pass.test; arc=none`);
     assert.ok(!/^X-Postern-Quarantine:/im.test(text));
-    // ours comes first, above our Received:
-    assert.match(fields(text)[0].name, /^Authentication-Results$/);
+    // ours goes in front of the message, above our Received:
+    const names = fields(text).map((f) => f.name.toLowerCase());
+    assert.ok(names.indexOf('authentication-results') < names.indexOf('received'), names.join(','));
   });
 
   it('SPF fail (-all) is reported and, by default, the message is still delivered', async () => {

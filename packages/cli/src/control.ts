@@ -82,6 +82,41 @@ export function signalMaster(configDir: string, signal: NodeJS.Signals): number 
   return 0;
 }
 
+/** The parent of a process, from /proc: a service's pid is killed only while master is its parent. */
+function parentOf(pid: number): number | null {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return parseInt(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1], 10);
+  } catch { return null; }
+}
+
+function alive(pid: number): boolean {
+  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
+}
+
+/**
+ * postfix abort: SIGKILL to master and to every service it started. A service
+ * would notice master's death (its IPC channel closes) and stop by itself, but
+ * in an orderly way, finishing work in hand; abort means now.
+ */
+export async function abortMaster(configDir: string): Promise<number> {
+  const spool = spoolOf(configDir);
+  const pid = masterPid(spool);
+  if (!pid) { process.stderr.write('postern: not running\n'); return 1; }
+  const st = readStatus(spool);
+  // services.json may be a dead master's: only children of this master are killed
+  const children: number[] = (st?.master === pid ? st.services : []).map((s: any) => s.pid)
+    .filter((p: unknown): p is number => typeof p === 'number' && parentOf(p) === pid);
+  process.kill(pid, 'SIGKILL');
+  for (const c of children) { try { process.kill(c, 'SIGKILL'); } catch { /* already gone */ } }
+  const deadline = Date.now() + 10000;
+  while ([pid, ...children].some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  const left = [pid, ...children].filter(alive);
+  if (left.length) { process.stderr.write(`postern: still running after SIGKILL: pid ${left.join(', ')}\n`); return 1; }
+  console.log(`postern: aborted (killed master pid ${pid} and ${children.length} service process${children.length === 1 ? '' : 'es'})`);
+  return 0;
+}
+
 export function readStatus(spool: Spool): any | null {
   try { return JSON.parse(fs.readFileSync(spool.statusFile(), 'utf8')); } catch { return null; }
 }
@@ -93,15 +128,26 @@ function userOfPid(pid: number): string {
   } catch { return '?'; }
 }
 
-export function statusReport(configDir: string): { running: boolean; master: { pid: number; user: string } | null; services: any[] } {
+export interface StatusReport {
+  running: boolean;
+  config: string;
+  queue_directory: string;
+  master: { pid: number; user: string } | null;
+  /** One per process (a master.cf line with a process limit of N has N). */
+  services: { service: string; type: string; command: string; pid: number | null; user: string; running: boolean }[];
+}
+
+export function statusReport(configDir: string): StatusReport {
   const spool = spoolOf(configDir);
   const pid = masterPid(spool);
-  if (!pid) return { running: false, master: null, services: [] };
-  const st = readStatus(spool) ?? { services: [] };
-  const services = st.services.map((s: any) => {
-    let alive = false;
-    if (s.pid) try { process.kill(s.pid, 0); alive = true; } catch { alive = false; }
-    return { service: s.service, type: s.type, command: s.command, pid: s.pid, running: alive, user: alive ? userOfPid(s.pid) : s.user };
+  const base = { config: configDir, queue_directory: spool.root };
+  if (!pid) return { running: false, ...base, master: null, services: [] };
+  const st = readStatus(spool);
+  // a services.json left by a killed master names dead or foreign pids
+  const services = (st?.master === pid ? st.services : []).map((s: any) => {
+    const up = typeof s.pid === 'number' && alive(s.pid) && parentOf(s.pid) === pid;
+    // running = alive and serving (master marks a service once it listens)
+    return { service: s.service, type: s.type, command: s.command, pid: up ? s.pid : null, user: up ? userOfPid(s.pid) : s.user, running: up && s.running !== false };
   });
-  return { running: true, master: { pid, user: userOfPid(pid) }, services };
+  return { running: true, ...base, master: { pid, user: userOfPid(pid) }, services };
 }

@@ -17,27 +17,58 @@ export interface InitOptions {
 
 export const SERVICE_ACCOUNTS = ['postern', 'postern-smtpd', 'postern-relay', 'vmail'];
 
-function mainCf(dir: string, hostname: string, domain: string): string {
-  return `# Postern main.cf, written by "postern init". Parameter reference: docs/parameters.md
-# Change values with "postern -c ${dir}/etc config set name=value".
+/** Where an instance keeps its files: an `init` directory or the system install. */
+export interface InstancePaths { configDir: string; queueDir: string; mailRoot: string; logFile: string }
 
-config_directory = ${dir}/etc
-queue_directory = ${dir}/spool
-virtual_mailbox_base = ${dir}/mail
-maillog_file = ${dir}/postern.log
+/** The Debian package's layout (FHS); its main.cf names these explicitly. */
+export const SYSTEM_PATHS: InstancePaths = {
+  configDir: '/etc/postern',
+  queueDir: '/var/spool/postern',
+  mailRoot: '/var/mail/vhosts',
+  // a directory of its own, so the systemd unit can grant write access to it alone
+  logFile: '/var/log/postern/postern.log',
+};
 
-myhostname = ${hostname}
-mydomain = ${domain}
-mydestination = $myhostname, localhost.$mydomain, localhost, $mydomain
+export const SYSTEM_PORTS = { smtp: 25, submission: 587, submissions: 465 };
+
+/**
+ * main.cf as `postern init` and the package write it. Without a host name
+ * (the package: it is built once for every host) the identity lines are left
+ * commented out for the administrator, and myhostname keeps its default.
+ */
+export function defaultMainCf(p: InstancePaths, identity: { hostname: string; domain: string } | null, sandbox: boolean): string {
+  const id = identity
+    ? `myhostname = ${identity.hostname}
+mydomain = ${identity.domain}
+mydestination = $myhostname, localhost.$mydomain, localhost, $mydomain`
+    : `# This host's name as the world sees it (its MX target, its PTR), and its mail domain:
+#   postern config set myhostname=mx.example.org mydomain=example.org
+#myhostname = mx.example.org
+#mydomain = example.org
+mydestination = $myhostname, localhost.$mydomain, localhost`;
+  return `# Postern main.cf${identity ? ', written by "postern init"' : ''}. Parameter reference: docs/parameters.md
+# Change values with "postern${p.configDir === SYSTEM_PATHS.configDir ? '' : ` -c ${p.configDir}`} config set name=value";
+# check the result with "postern check".
+
+config_directory = ${p.configDir}
+queue_directory = ${p.queueDir}
+virtual_mailbox_base = ${p.mailRoot}
+maillog_file = ${p.logFile}
+
+${id}
 mynetworks = 127.0.0.0/8, [::1]/128
 virtual_mailbox_maps = passwd-file:$config_directory/users
 
 smtpd_tls_cert_file = $config_directory/tls/cert.pem
 smtpd_tls_key_file = $config_directory/tls/key.pem
-`;
+${sandbox ? `
+# A sandbox: every service runs as the user who starts it, on unprivileged ports.
+unprivileged = yes
+` : ''}`;
 }
 
-function masterCf(ports: { smtp: number; submission: number; submissions: number }, loopbackOnly: boolean): string {
+/** master.cf as `postern init` and the package write it. */
+export function defaultMasterCf(ports: { smtp: number; submission: number; submissions: number }, loopbackOnly: boolean): string {
   const at = (p: number) => (loopbackOnly ? `127.0.0.1:${p}` : String(p));
   const rows = [
     [at(ports.smtp), 'inet', '-', '1', 'smtpd'],
@@ -58,6 +89,17 @@ function masterCf(ports: { smtp: number; submission: number; submissions: number
 ${fmt(['# service', 'type', 'user', 'maxproc', 'command [-o name=value ...]'])}
 ${rows.map(fmt).join('\n')}
 `;
+}
+
+export const DEFAULT_USERS_FILE = '# Postern users (Dovecot passwd-file): manage with "postern user add|del|list"\n';
+
+/** The package's /etc/postern files: the same writers as `postern init`, with the system paths and ports. */
+export function systemConfigFiles(): Record<'main.cf' | 'master.cf' | 'users', string> {
+  return {
+    'main.cf': defaultMainCf(SYSTEM_PATHS, null, false),
+    'master.cf': defaultMasterCf(SYSTEM_PORTS, false),
+    users: DEFAULT_USERS_FILE,
+  };
 }
 
 export function makeSelfSignedCertificate(tlsDir: string, hostname: string): void {
@@ -102,12 +144,10 @@ export function initInstance(dirArg: string, o: InitOptions): string[] {
     }
   }
   for (const d of [etc, path.join(dir, 'spool'), path.join(dir, 'mail')]) fs.mkdirSync(d, { recursive: true, mode: 0o755 });
-  fs.writeFileSync(path.join(etc, 'main.cf'), mainCf(dir, hostname, domain) + (privileged ? '' : `
-# A sandbox: every service runs as the user who starts it, on unprivileged ports.
-unprivileged = yes
-`), { mode: 0o644 });
-  fs.writeFileSync(path.join(etc, 'master.cf'), masterCf(ports, !privileged), { mode: 0o644 });
-  fs.writeFileSync(path.join(etc, 'users'), '# Postern users (Dovecot passwd-file): manage with "postern user add|del|list"\n', { mode: 0o640 });
+  const paths: InstancePaths = { configDir: etc, queueDir: path.join(dir, 'spool'), mailRoot: path.join(dir, 'mail'), logFile: path.join(dir, 'postern.log') };
+  fs.writeFileSync(path.join(etc, 'main.cf'), defaultMainCf(paths, { hostname, domain }, !privileged), { mode: 0o644 });
+  fs.writeFileSync(path.join(etc, 'master.cf'), defaultMasterCf(ports, !privileged), { mode: 0o644 });
+  fs.writeFileSync(path.join(etc, 'users'), DEFAULT_USERS_FILE, { mode: 0o640 });
   makeSelfSignedCertificate(path.join(etc, 'tls'), hostname);
   if (privileged) fixConfigOwnership(etc);
   done.push(`created instance ${dir} (${privileged ? 'system accounts' : 'sandbox: runs as the invoking user'}; ports ${ports.smtp}/${ports.submission}/${ports.submissions})`);

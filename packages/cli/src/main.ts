@@ -12,10 +12,12 @@ import {
   validateMailboxAddress, serviceAccounts, splitAddress, isRoot,
 } from '@postern/common';
 import { initInstance, fixConfigOwnership } from './init.js';
-import { startMaster, stopMaster, signalMaster, statusReport } from './control.js';
+import { startMaster, stopMaster, signalMaster, statusReport, abortMaster } from './control.js';
 import { readQueue, formatMailq, formatJson, spoolReadable } from './queue.js';
 import { spoolOf } from './control.js';
 import { addDkimCommands } from './dkim.js';
+import { addQueueAdminCommands } from './queue-admin.js';
+import { showLog } from './log.js';
 
 const program = new Command();
 program.name('postern').description('Postern mail server control')
@@ -55,8 +57,14 @@ program.command('start').description('start the mail system')
 program.command('stop').description('stop the mail system').action(async () => { exitCode = await stopMaster(configDir()); });
 program.command('reload').description('re-read the configuration and reopen the log (SIGHUP)')
   .action(() => { exitCode = signalMaster(configDir(), 'SIGHUP'); if (!exitCode) console.log('postern: reload requested'); });
-program.command('abort').description('stop immediately, without waiting for work in hand')
-  .action(() => { exitCode = signalMaster(configDir(), 'SIGKILL'); });
+program.command('abort').description('stop immediately: SIGKILL to master and every service, work in hand is dropped')
+  .action(async () => { exitCode = await abortMaster(configDir()); });
+program.command('log').description('the mail log (maillog_file), printed as Postfix\'s maillog reads')
+  .option('-f, --follow', 'keep printing new lines as they are logged (until interrupted)')
+  .option('--queue-id <id>', 'only lines about this message')
+  .option('-n, --lines <n>', 'only the last N lines (default: all; 10 with --follow)')
+  .option('--json', 'the JSON lines as logged')
+  .action(async (o) => { await showLog(MainConfig.load(configDir()), { follow: o.follow, queueId: o.queueId, json: o.json, lines: o.lines }); });
 program.command('status').description('which services run, their pids and users')
   .option('--json', 'one JSON object')
   .action((o) => {
@@ -140,6 +148,7 @@ queue.command('list').alias('mailq').description('list queued mail (mailq, postq
     const entries = await readQueue(spool);
     process.stdout.write(o.json ? formatJson(entries) : formatMailq(entries));
   });
+addQueueAdminCommands(queue, configDir, (code) => { exitCode = code; });
 
 addDkimCommands(program, configDir, fail);
 

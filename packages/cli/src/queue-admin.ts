@@ -8,6 +8,7 @@
  * the spool itself with the same code (common/queue-ops.ts). Only `show` and
  * `check` read the spool directly in both cases.
  */
+import * as fs from 'node:fs';
 import { Command, Option } from 'commander';
 import {
   MainConfig, Spool, QueueName, QueueOp, QueueOpOutcome, QUEUE_OP_SOURCES, QUEUE_OP_DONE, isQueueId, applyQueueOp,
@@ -101,7 +102,7 @@ function appendLog(config: MainConfig, fields: Record<string, unknown>, msg: str
   const file = config.get('maillog_file');
   if (!file) return;
   const line = JSON.stringify({ level: 'info', time: new Date().toISOString(), service: 'postern', pid: process.pid, ...fields, msg });
-  try { require('node:fs').appendFileSync(file, line + '\n'); } catch { /* not ours to create or write */ }
+  try { fs.appendFileSync(file, line + '\n'); } catch { /* not ours to create or write */ }
 }
 
 const SUMMARY: Record<QueueOp, string> = {
@@ -136,7 +137,7 @@ function report(op: QueueOp, outcomes: QueueOpOutcome[], all: boolean): number {
 }
 
 function readStdin(): string {
-  return require('node:fs').readFileSync(0, 'utf8');
+  return fs.readFileSync(0, 'utf8');
 }
 
 export function addQueueAdminCommands(queue: Command, configDir: () => string, setExit: (code: number) => void): void {

@@ -39,7 +39,8 @@ export async function readQueue(spool: Spool): Promise<QueueEntry[]> {
 
 function arrival(ts: number): string {
   // Postfix prints ctime without the year: "Wed Nov 25 00:29:40"
-  return new Date(ts * 1000).toString().slice(0, 24).replace(/ \d{4}$/, '').slice(0, 19);
+  const s = new Date(ts * 1000).toString(); // "Wed Nov 25 2026 00:29:40 GMT..."
+  return s.slice(0, 10) + s.slice(15, 24);
 }
 
 export function formatMailq(entries: QueueEntry[]): string {

@@ -46,26 +46,31 @@ export class MainConfig {
   constructor(readonly file: string, private readonly raw: Map<string, RawValue>,
     private readonly overrides: Map<string, string> = new Map()) {}
 
-  static parse(text: string, file: string): MainConfig {
+  /**
+   * Throws the first ConfigError; given `problems`, collects every one there
+   * instead (`postern check`) and returns what could be read.
+   */
+  static parse(text: string, file: string, problems?: ConfigError[]): MainConfig {
+    const report = reporter(problems);
     const raw = new Map<string, RawValue>();
     const cfg = new MainConfig(file, raw);
     for (const { text: l, line } of logicalLines(text)) {
       const m = /^([A-Za-z0-9_]+)\s*=\s*(.*)$/.exec(l);
-      if (!m) throw new ConfigError(file, line, `expected "name = value", found "${l.slice(0, 60)}"`);
+      if (!m) { report(new ConfigError(file, line, `expected "name = value", found "${l.slice(0, 60)}"`)); continue; }
       raw.set(m[1], { value: m[2].trim(), line });
       if (!paramSpec(m[1])) cfg.warnings.push(`${path.basename(file)}:${line}: unknown parameter ${m[1]} (ignored)`);
     }
-    cfg.validate();
+    cfg.validate(report);
     return cfg;
   }
 
-  static load(configDir: string): MainConfig {
+  static load(configDir: string, problems?: ConfigError[]): MainConfig {
     const file = path.join(configDir, 'main.cf');
     let text: string;
     try { text = fs.readFileSync(file, 'utf8'); } catch (e) {
       throw new ConfigError(file, 0, `cannot read: ${(e as Error).message}`);
     }
-    const cfg = MainConfig.parse(text, file);
+    const cfg = MainConfig.parse(text, file, problems);
     if (!cfg.raw.has('config_directory')) cfg.raw.set('config_directory', { value: configDir, line: 0 });
     return cfg;
   }
@@ -77,12 +82,17 @@ export class MainConfig {
     return new MainConfig(this.file, this.raw, merged);
   }
 
-  private validate(): void {
+  private validate(report: (e: ConfigError) => void): void {
     for (const [name, { value, line }] of this.raw) {
       const spec = paramSpec(name);
       if (!spec) continue;
-      const problem = checkValue(spec, this.expand(value, name, 0));
-      if (problem) throw new ConfigError(this.file, line, problem);
+      let problem: string | null;
+      try { problem = checkValue(spec, this.expand(value, name, 0)); } catch (e) {
+        if (!(e instanceof ConfigError)) throw e;
+        report(e);
+        continue;
+      }
+      if (problem) report(new ConfigError(this.file, line, problem));
     }
   }
 
@@ -128,6 +138,11 @@ export class MainConfig {
   }
 }
 
+/** Throw each problem, or collect them when the caller gave a list. */
+function reporter(problems?: ConfigError[]): (e: ConfigError) => void {
+  return (e) => { if (!problems) throw e; problems.push(e); };
+}
+
 /** All parameters with their defaults, for `config show --defaults`. */
 export function defaultParameters(): [string, string][] {
   return PARAMETERS.map((p) => [p.name, p.default]);
@@ -164,53 +179,64 @@ export function parseListenAddress(service: string): { host?: string; port: numb
   return { host: m[1] || undefined, port };
 }
 
-export function parseMasterCf(text: string, file: string): MasterEntry[] {
+/** Throws the first ConfigError; given `problems`, collects every one there instead (`postern check`). */
+export function parseMasterCf(text: string, file: string, problems?: ConfigError[]): MasterEntry[] {
+  const report = reporter(problems);
   const entries: MasterEntry[] = [];
   const seen = new Set<string>();
   for (const { text: l, line } of logicalLines(text)) {
-    const f = l.split(/\s+/);
-    if (f.length < 5) throw new ConfigError(file, line, `expected "service type user maxproc command [args]", found ${f.length} fields`);
-    const [service, type, user, maxprocText, command, ...args] = f;
-    if (type !== 'inet' && type !== 'unix') throw new ConfigError(file, line, `unknown service type "${type}" (inet or unix)`);
-    if (!SERVICE_PROGRAMS[command]) throw new ConfigError(file, line, `unknown service command "${command}"`);
-    if (type === 'inet' && !parseListenAddress(service)) throw new ConfigError(file, line, `bad listen address "${service}"`);
-    if (type === 'unix' && !/^[a-z][a-z0-9_-]*$/.test(service)) throw new ConfigError(file, line, `bad socket name "${service}"`);
-    if (maxprocText !== '-' && !/^[1-9]\d*$/.test(maxprocText)) throw new ConfigError(file, line, `bad process limit "${maxprocText}"`);
-    if (user !== '-' && !/^[a-z_][a-z0-9_-]*$/.test(user)) throw new ConfigError(file, line, `bad user name "${user}"`);
-    const maxproc = maxprocText === '-' ? 1 : parseInt(maxprocText, 10);
-    if (command === 'qmgr' && maxproc !== 1) throw new ConfigError(file, line, 'qmgr must run as exactly one process');
-    // two pickups would both take the same maildrop file and queue it twice
-    if (command === 'pickup' && maxproc !== 1) throw new ConfigError(file, line, 'pickup must run as exactly one process');
-    if (command === 'pickup' && type !== 'unix') throw new ConfigError(file, line, 'pickup takes wake-up requests on a unix socket only');
-    const overrides = new Map<string, string>();
-    for (let i = 0; i < args.length; i++) {
-      if (args[i] !== '-o' || i + 1 >= args.length) throw new ConfigError(file, line, `unexpected argument "${args[i]}" (only -o name=value)`);
-      const m = /^([A-Za-z0-9_]+)=(.*)$/.exec(args[++i]);
-      if (!m) throw new ConfigError(file, line, `bad override "${args[i]}" (want -o name=value)`);
-      const spec = paramSpec(m[1]);
-      if (!spec) throw new ConfigError(file, line, `unknown parameter ${m[1]} in -o`);
-      const problem = checkValue(spec, m[2]);
-      if (problem) throw new ConfigError(file, line, problem);
-      overrides.set(m[1], m[2]);
+    try {
+      entries.push(parseMasterLine(l, line, file, seen));
+    } catch (e) {
+      if (!(e instanceof ConfigError)) throw e;
+      report(e);
     }
-    const key = `${type}/${service}`;
-    if (seen.has(key)) throw new ConfigError(file, line, `duplicate service ${service}/${type}`);
-    seen.add(key);
-    entries.push({ service, type, user, maxproc, command, overrides, line });
   }
   for (const need of ['cleanup', 'qmgr']) {
-    if (!entries.some((e) => e.command === need)) throw new ConfigError(file, 0, `no ${need} service defined`);
+    if (!entries.some((e) => e.command === need)) report(new ConfigError(file, 0, `no ${need} service defined`));
   }
   return entries;
 }
 
-export function loadMasterCf(configDir: string): MasterEntry[] {
+function parseMasterLine(l: string, line: number, file: string, seen: Set<string>): MasterEntry {
+  const f = l.split(/\s+/);
+  if (f.length < 5) throw new ConfigError(file, line, `expected "service type user maxproc command [args]", found ${f.length} fields`);
+  const [service, type, user, maxprocText, command, ...args] = f;
+  if (type !== 'inet' && type !== 'unix') throw new ConfigError(file, line, `unknown service type "${type}" (inet or unix)`);
+  if (!SERVICE_PROGRAMS[command]) throw new ConfigError(file, line, `unknown service command "${command}"`);
+  if (type === 'inet' && !parseListenAddress(service)) throw new ConfigError(file, line, `bad listen address "${service}"`);
+  if (type === 'unix' && !/^[a-z][a-z0-9_-]*$/.test(service)) throw new ConfigError(file, line, `bad socket name "${service}"`);
+  if (maxprocText !== '-' && !/^[1-9]\d*$/.test(maxprocText)) throw new ConfigError(file, line, `bad process limit "${maxprocText}"`);
+  if (user !== '-' && !/^[a-z_][a-z0-9_-]*$/.test(user)) throw new ConfigError(file, line, `bad user name "${user}"`);
+  const maxproc = maxprocText === '-' ? 1 : parseInt(maxprocText, 10);
+  if (command === 'qmgr' && maxproc !== 1) throw new ConfigError(file, line, 'qmgr must run as exactly one process');
+  // two pickups would both take the same maildrop file and queue it twice
+  if (command === 'pickup' && maxproc !== 1) throw new ConfigError(file, line, 'pickup must run as exactly one process');
+  if (command === 'pickup' && type !== 'unix') throw new ConfigError(file, line, 'pickup takes wake-up requests on a unix socket only');
+  const overrides = new Map<string, string>();
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] !== '-o' || i + 1 >= args.length) throw new ConfigError(file, line, `unexpected argument "${args[i]}" (only -o name=value)`);
+    const m = /^([A-Za-z0-9_]+)=(.*)$/.exec(args[++i]);
+    if (!m) throw new ConfigError(file, line, `bad override "${args[i]}" (want -o name=value)`);
+    const spec = paramSpec(m[1]);
+    if (!spec) throw new ConfigError(file, line, `unknown parameter ${m[1]} in -o`);
+    const problem = checkValue(spec, m[2]);
+    if (problem) throw new ConfigError(file, line, problem);
+    overrides.set(m[1], m[2]);
+  }
+  const key = `${type}/${service}`;
+  if (seen.has(key)) throw new ConfigError(file, line, `duplicate service ${service}/${type}`);
+  seen.add(key);
+  return { service, type, user, maxproc, command, overrides, line };
+}
+
+export function loadMasterCf(configDir: string, problems?: ConfigError[]): MasterEntry[] {
   const file = path.join(configDir, 'master.cf');
   let text: string;
   try { text = fs.readFileSync(file, 'utf8'); } catch (e) {
     throw new ConfigError(file, 0, `cannot read: ${(e as Error).message}`);
   }
-  return parseMasterCf(text, file);
+  return parseMasterCf(text, file, problems);
 }
 
 /** `postconf -e`: set parameters in main.cf in place, keeping comments and order. */
@@ -227,8 +253,9 @@ export function setMainCfParameters(configDir: string, settings: [string, string
     while (end < lines.length && /^\s+\S/.test(lines[end]) && !/^\s*#/.test(lines[end])) end++;
     lines.splice(idx, end - idx, `${name} = ${value}`);
   }
+  // refuse to write a main.cf we could not read back (a value can be wrong only once expanded)
+  MainConfig.parse(lines.join('\n'), file);
   const tmp = `${file}.tmp${process.pid}`;
   fs.writeFileSync(tmp, lines.join('\n'), { mode: fs.statSync(file).mode & 0o7777 });
   fs.renameSync(tmp, file);
-  MainConfig.load(configDir); // refuse to leave a main.cf we cannot read back
 }

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MainConfig } from './config.js';
 import { Spool } from './spool.js';
-import { isRoot, lookupSystemUser, SystemUser } from './system.js';
+import { isRoot, lookupSystemUser, lookupGroupName, SystemUser } from './system.js';
 
 export interface ServiceAccounts {
   /** Queue owner: cleanup, qmgr, pickup. */
@@ -74,6 +74,42 @@ const SPOOL_DIRS: DirSpec[] = [
   { rel: 'public', uid: root, gid: root, mode: 0o755 },
   { rel: 'pid', uid: root, gid: root, mode: 0o755 },
 ];
+
+export interface SpoolDifference {
+  path: string;
+  /** What is wrong, e.g. `mode 0755, expected 02750`. */
+  problem: string;
+  /** A missing directory (master creates it at start) rather than a wrong one. */
+  missing: boolean;
+}
+
+/** How the spool differs from the layout prepareSpool makes, changing nothing (`postern check`). */
+export function spoolDifferences(spool: Spool, a: ServiceAccounts): SpoolDifference[] {
+  const out: SpoolDifference[] = [];
+  const octal = (m: number) => `0${m.toString(8)}`;
+  const who = (uid: number, gid: number) => `${lookupSystemUser(uid)?.name ?? uid}:${lookupGroupName(gid) ?? gid}`;
+  const compare = (dir: string, uid: number, gid: number, mode: number): void => {
+    let st: fs.Stats;
+    try { st = fs.lstatSync(dir); } catch {
+      out.push({ path: dir, problem: 'missing', missing: true });
+      return;
+    }
+    if (!st.isDirectory()) { out.push({ path: dir, problem: 'not a directory', missing: false }); return; }
+    if (a.privileged && (st.uid !== uid || st.gid !== gid)) {
+      out.push({ path: dir, problem: `owner ${who(st.uid, st.gid)}, expected ${who(uid, gid)}`, missing: false });
+    }
+    if ((st.mode & 0o7777) !== mode) out.push({ path: dir, problem: `mode ${octal(st.mode & 0o7777)}, expected ${octal(mode)}`, missing: false });
+  };
+  for (const d of SPOOL_DIRS) compare(path.join(spool.root, d.rel), d.uid(a), d.gid(a), d.mode);
+  // as prepareSpool: deferred's hash directories are qmgr's own in a sandbox
+  let hashDirs: string[] = [];
+  if (a.privileged) try { hashDirs = fs.readdirSync(spool.dir('deferred')); } catch { /* reported above */ }
+  for (const sub of hashDirs) {
+    const dir = path.join(spool.dir('deferred'), sub);
+    if (fs.lstatSync(dir).isDirectory()) compare(dir, a.owner.uid, a.relay.gid, 0o2750);
+  }
+  return out;
+}
 
 /** Create the spool and put every directory's owner and mode right; returns what it changed. */
 export function prepareSpool(spool: Spool, a: ServiceAccounts): string[] {

@@ -24,7 +24,7 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('config_directory', 'string', '/etc/postern', 'Directory holding main.cf, master.cf and the lookup tables.'),
   P('queue_directory', 'string', '/var/spool/postern', 'Root of the mail queue (incoming, active, deferred, hold, corrupt, maildrop, private, public, pid).'),
   P('virtual_mailbox_base', 'string', '/var/mail/vhosts', 'Root of the mailbox tree; a user\'s default home is $virtual_mailbox_base/DOMAIN/USER.'),
-  P('maillog_file', 'string', '/var/log/postern.log', 'Log file master writes when running in the background (reopened on reload); in the foreground logs go to standard output.'),
+  P('maillog_file', 'string', '/var/log/postern/postern.log', 'Log file master writes when running in the background (reopened on reload); in the foreground logs go to standard output.'),
   P('daemon_directory', 'string', '', 'Directory holding the compiled service programs; empty means the installed program tree.'),
 
   // Identity

@@ -102,7 +102,7 @@ export function masterCfLocation(configDir: string, line: number): ConfigLocatio
  * the text is not such a pattern.
  */
 export function parseAddressPattern(text: string): ((address: string) => boolean) | null {
-  const octets = text.split('.');
+  const octets = text.split(/\.(?![^[\]]*\])/); // the dots of `[2..11]` are not octet separators
   if (octets.length !== 4) return null;
   const sets: ((n: number) => boolean)[] = [];
   const byte = (s: string) => (/^\d{1,3}$/.test(s) && parseInt(s, 10) <= 255 ? parseInt(s, 10) : null);

@@ -21,6 +21,10 @@ export function lookupGroup(name: string): number | null {
   return f ? parseInt(f[2], 10) : null;
 }
 
+export function lookupGroupName(gid: number): string | null {
+  return readDb('/etc/group').find((r) => r[2] === String(gid))?.[0] ?? null;
+}
+
 export function isRoot(): boolean {
   return typeof process.getuid === 'function' && process.getuid() === 0;
 }

@@ -158,9 +158,11 @@ class QueueManager {
     }
     const groups = planDeliveries(pending.map((r) => ({ index: r.index, address: env.recipients[r.index].address })), this.config);
     const records = (await Promise.all(groups.map((g) => this.deliverGroup(info, g)))).flat();
-    const allSentNow = pending.every((p) => records.some((r) => r.type === 'rcpt' && r.index === p.index && r.status === 'sent'));
+    // every recipient delivered now, none bounced earlier (those need a DSN): nothing is left to remember
+    const allSentNow = pending.length > 0 && pending.length === env.recipients.length
+      && pending.every((p) => records.some((r) => r.type === 'rcpt' && r.index === p.index && r.status === 'sent'));
     if (allSentNow) {
-      // nothing left to remember: skip the status write (a crash before the unlink means one more delivery, never a loss)
+      // skip the status write: a crash before the unlink means one more delivery, never a loss
       await fsp.unlink(file);
       this.log.info({ queue_id: id }, 'removed');
       return;

@@ -112,6 +112,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         // Postfix names the client before the greeting; mynetworks is trusted and not looked up unless a restriction asks
         const lookup = policy.mynetworks.contains(session.remoteAddress) ? Promise.resolve() : client.lookup();
         lookup.catch((e) => log.error({ err: (e as Error).message }, 'client name lookup failed')).then(() => {
+          if (client.identity?.dnsError) log.warn({ client: clientName(session), err: client.identity.dnsError }, `${clientName(session)}: client name lookup failed temporarily`);
           log.info({ client: clientName(session) }, `connect from ${clientName(session)}`);
           cb();
         });
@@ -179,9 +180,9 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     };
     const server = new SMTPServer(options);
     if (config.bool('smtpd_forbid_unauth_pipelining')) {
-      forbidUnauthPipelining(server, (session, when, input) => {
-        log.info({ client: clientName(session), status: 'reject', input },
-          `improper command pipelining ${when} from ${clientName(session)}: ${JSON.stringify(input)}`);
+      forbidUnauthPipelining(server, (session, address, when, input) => {
+        const client = clients.get(session)?.label ?? `unknown[${address}]`;
+        log.info({ client, status: 'reject', input }, `improper command pipelining ${when} from ${client}: ${JSON.stringify(input)}`);
       });
     }
     // a failed TLS handshake or a reset socket must not take the process down

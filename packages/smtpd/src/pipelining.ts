@@ -17,7 +17,8 @@ import { SMTPServer, SMTPServerSession } from 'smtp-server';
 
 const LF = 0x0a;
 
-export type PipeliningViolation = (session: SMTPServerSession, when: string, input: string) => void;
+/** `remoteAddress` is given apart: before the greeting smtp-server has not filled in the session yet. */
+export type PipeliningViolation = (session: SMTPServerSession, remoteAddress: string, when: string, input: string) => void;
 
 /** Installs the guard on every connection `server` accepts from now on. */
 export function forbidUnauthPipelining(server: SMTPServer, onViolation: PipeliningViolation): void {
@@ -59,7 +60,7 @@ function guard(conn: any, socket: any, onViolation: PipeliningViolation): void {
     }
     if (when) {
       socket.removeListener('data', onData);
-      onViolation(conn.session, when, chunk.subarray(0, 100).toString('latin1'));
+      onViolation(conn.session, conn.remoteAddress, when, chunk.subarray(0, 100).toString('latin1'));
       conn.send(554, '5.5.0 Error: SMTP protocol synchronization');
       conn.close(); // also stops smtp-server's parser: this chunk is not executed
       return;

@@ -31,6 +31,8 @@ export interface ClientIdentity {
   reverse: 'found' | 'none' | 'temporary';
   /** Forward confirmation of the PTR name(s). */
   forward: 'confirmed' | 'unconfirmed' | 'temporary';
+  /** Why a lookup failed temporarily, for the log. */
+  dnsError?: string;
 }
 
 /** At most this many PTR names are tried for forward confirmation. */
@@ -67,23 +69,24 @@ export async function lookupClientIdentity(resolver: DnsResolver, address: strin
     ptrs = await resolver.resolvePtr(address);
   } catch (e) {
     if (!(e instanceof DnsError)) throw e;
-    return { ...unknown, reverse: e.temporary ? 'temporary' : 'none', forward: e.temporary ? 'temporary' : 'unconfirmed' };
+    if (e.temporary) return { ...unknown, reverse: 'temporary', forward: 'temporary', dnsError: e.message };
+    return { ...unknown, reverse: 'none', forward: 'unconfirmed' };
   }
   // a PTR record is written by whoever owns the address: only a proper host name is used
   const names = ptrs.map((n) => n.toLowerCase().replace(/\.$/, '')).filter(validHostname).slice(0, MAX_PTR_NAMES);
   if (!names.length) return { ...unknown, reverse: 'none', forward: 'unconfirmed' };
   const family = net.isIPv6(address) ? 'AAAA' : 'A';
-  let temporary = false;
+  let temporary: string | undefined;
   for (const name of names) {
     try {
       const addrs = family === 'A' ? await resolver.resolveA(name) : await resolver.resolveAAAA(name);
       if (addrs.some((a) => sameAddress(a, address))) return { address, name, reverseName: names[0], reverse: 'found', forward: 'confirmed' };
     } catch (e) {
       if (!(e instanceof DnsError)) throw e;
-      if (e.temporary) temporary = true;
+      if (e.temporary) temporary ??= e.message;
     }
   }
-  return { ...unknown, reverseName: names[0], reverse: 'found', forward: temporary ? 'temporary' : 'unconfirmed' };
+  return { ...unknown, reverseName: names[0], reverse: 'found', ...(temporary ? { forward: 'temporary', dnsError: temporary } : { forward: 'unconfirmed' }) };
 }
 
 /** One connection's client: its name is looked up once and kept for the session. */
