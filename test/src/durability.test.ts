@@ -10,8 +10,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { spawn } from 'node:child_process';
-import { Instance, POSTERN, ROOT, RunResult, run, waitFor } from './harness.js';
+import { Instance, POSTERN, ROOT, RunResult, run, runAsync, waitFor } from './harness.js';
 
 const RCPT = 'stream@example.test';
 const MASTER_PROGRAM = path.join(ROOT, 'packages', 'master', 'dist', 'main.js');
@@ -176,15 +175,7 @@ interface ServiceStatus { service: string; type: string; command: string; pid: n
  * sending while the test stops, starts and inspects the instance.
  */
 function posternAsync(inst: Instance, args: string[], timeoutMs = 120000): Promise<RunResult> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [POSTERN, '-c', inst.etc, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => { stdout += d; });
-    child.stderr.on('data', (d) => { stderr += d; });
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code: code ?? -1, stdout, stderr }); });
-  });
+  return runAsync(process.execPath, [POSTERN, '-c', inst.etc, ...args], '', timeoutMs);
 }
 
 async function startAsync(inst: Instance): Promise<void> {
@@ -246,8 +237,10 @@ function checkDelivery(t: TestContext, inst: Instance, stream: Stream, tag: stri
     `(${[...delivered.values()].reduce((a, b) => a + b, 0)} files), duplicates: ${duplicated.length}, ` +
     `delivered without a 250: ${unacknowledged.length}`);
   t.diagnostic(`outcomes: ${JSON.stringify(stream.summary())}`);
+  // Allowed, not asserted: cleanup killed after its queue file was durable but before its reply
+  // reached smtpd gives a 451 for a message that is then delivered (the client's retry makes the
+  // classic SMTP duplicate; Postfix has the same window).
   for (const tok of unacknowledged) t.diagnostic(`delivered without a 250: ${JSON.stringify(stream.outcomes.find((o) => o.token === tok))}`);
-  if (unacknowledged.length) fs.copyFileSync(inst.logFile, '/tmp/durability-debug.log');
   const litter = abandonedTempFiles(inst);
   if (litter.length) t.diagnostic(`abandoned cleanup temp files in incoming/: ${litter.map((f) => path.basename(f)).join(' ')}`);
   assert.deepEqual(missing, [], 'every message that got a 250 is in the Maildir');

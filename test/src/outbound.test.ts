@@ -8,6 +8,7 @@ import { describe, it, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as net from 'node:net';
 import { spawn, ChildProcess } from 'node:child_process';
 import { SMTPServer } from 'smtp-server';
 import { simpleParser } from 'mailparser';
@@ -63,8 +64,11 @@ describe('outbound delivery through MX lookup', () => {
   let a: Instance;
   let port: number;
 
+  let policyFile: string;
   before(async () => {
     port = await freePort('127.0.0.3');
+    policyFile = path.join(tempDir('tls-policy'), 'tls_policy');
+    fs.writeFileSync(policyFile, 'strict.test encrypt\n');
     dns = await new TestDnsServer({ records: [
       { name: 'sink.test', type: 'MX', value: { priority: 10, exchange: 'mx.sink.test' } },
       { name: 'mx.sink.test', type: 'A', value: '127.0.0.3' },
@@ -77,12 +81,16 @@ describe('outbound delivery through MX lookup', () => {
       { name: 'mx1.dead.test', type: 'A', value: '127.0.0.4' },
       { name: 'mx2.dead.test', type: 'A', value: '127.0.0.3' },
       { name: 'nullmx.test', type: 'MX', value: { priority: 0, exchange: '.' } },
+      { name: 'strict.test', type: 'MX', value: { priority: 10, exchange: 'mx.strict.test' } },
+      { name: 'mx.strict.test', type: 'A', value: '127.0.0.3' },
+      { name: 'badtls.test', type: 'MX', value: { priority: 10, exchange: 'mx.badtls.test' } },
+      { name: 'mx.badtls.test', type: 'A', value: '127.0.0.8' },
     ] }).start();
     a = await Instance.create({ domain: 'a.test', users: [{ address: SENDER, password: PASS }],
-      main: { dns_servers: dns.address, smtp_port: String(port), smtp_dead_destination_time: '60s' } });
+      main: { dns_servers: dns.address, smtp_port: String(port), smtp_dead_destination_time: '60s', smtp_tls_policy_maps: `texthash:${policyFile}` } });
     await a.start();
   });
-  after(async () => { await a.destroy(); await dns.close(); });
+  after(async () => { if (!process.env.KEEP) await a.destroy(); else console.log("kept", a.dir); await dns.close(); });
 
   it('delivers to the MX host (smtp-sink)', async () => {
     const sink = await new Sink('127.0.0.3', port).start();
@@ -137,6 +145,55 @@ describe('outbound delivery through MX lookup', () => {
       await submit(a, 'rcpt@dead.test', 'via second mx');
       await waitFor('message at the second MX', () => sink.received().some((m) => m.includes('Subject: via second mx')), 20000);
     } finally { await sink.stop(); }
+  });
+
+  it('smtp_tls_policy_maps "encrypt": a destination without STARTTLS is deferred, never sent in the clear', async () => {
+    const sink = await new Sink('127.0.0.3', port).start(); // smtp-sink offers no STARTTLS
+    try {
+      const id = await submit(a, 'rcpt@strict.test', 'must be encrypted');
+      const line = await a.waitForLog('deferred for TLS', (e) => e.queue_id === id && e.status === 'deferred', 20000);
+      assert.equal(line.dsn, '4.7.5');
+      assert.ok(!sink.received().some((m) => m.includes('must be encrypted')));
+      a.cli(['queue', 'delete', id]);
+    } finally { await sink.stop(); }
+  });
+
+  it('opportunistic TLS: a failed STARTTLS handshake is retried in plaintext on the same host', async () => {
+    // a server that offers STARTTLS, then answers the handshake with garbage, and takes mail in plaintext
+    let sessions = 0;
+    const got: string[] = [];
+    const server = net.createServer((c) => {
+      sessions++;
+      let buf = '';
+      let data = false;
+      c.write('220 badtls.test ESMTP\r\n');
+      c.on('data', (d) => {
+        buf += d.toString('latin1');
+        let nl: number;
+        while ((nl = buf.indexOf('\r\n')) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 2);
+          if (data) {
+            if (line === '.') { data = false; c.write('250 2.0.0 Ok\r\n'); } else got.push(line);
+            continue;
+          }
+          const cmd = line.slice(0, 4).toUpperCase();
+          if (cmd === 'EHLO') c.write('250-badtls.test\r\n250-STARTTLS\r\n250 8BITMIME\r\n');
+          else if (cmd === 'STAR') { c.write('220 2.0.0 Ready\r\n'); setTimeout(() => c.end('this is not TLS\r\n'), 50); }
+          else if (cmd === 'DATA') { data = true; c.write('354 go\r\n'); }
+          else if (cmd === 'QUIT') c.end('221 Bye\r\n');
+          else c.write('250 2.0.0 Ok\r\n');
+        }
+      });
+      c.on('error', () => undefined);
+    });
+    await new Promise<void>((r) => server.listen(port, '127.0.0.8', r));
+    try {
+      await submit(a, 'rcpt@badtls.test', 'plaintext fallback');
+      await waitFor('message over plaintext', () => got.some((l) => l === 'Subject: plaintext fallback'), 20000);
+      assert.ok(sessions >= 2, 'a second, plaintext session after the failed handshake');
+      await a.waitForLog('fallback logged', (e) => /TLS handshake failed; retrying in plaintext/.test(e.msg));
+    } finally { await new Promise((r) => server.close(r)); }
   });
 
   it('a null MX bounces at once', async () => {

@@ -6,6 +6,7 @@
 import { describe, it, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import nodemailer from 'nodemailer';
 import { Instance, run, requireTool, waitFor, RawSmtp } from './harness.js';
 
@@ -54,6 +55,22 @@ describe('submission on 587 and 465', () => {
   it('refuses a TLS version below 1.2 on 465', async () => {
     const r = run('openssl', ['s_client', '-connect', `127.0.0.1:${inst.ports.submissions}`, '-tls1_1'], { input: '' });
     assert.doesNotMatch(r.stdout, /^220 /m);
+  });
+
+  it('re-reads the certificate and key on reload (SIGHUP)', async () => {
+    const cn = (port: number) => {
+      const r = run('openssl', ['s_client', '-connect', `127.0.0.1:${port}`], { input: '' });
+      return /subject=.*CN ?= ?([^\s,/]+)/.exec(r.stdout)?.[1];
+    };
+    assert.equal(cn(inst.ports.submissions), 'mx.example.test');
+    const tls = path.join(inst.etc, 'tls');
+    const r = run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=renewed.example.test',
+      '-keyout', path.join(tls, 'key.pem.new'), '-out', path.join(tls, 'cert.pem.new')]);
+    assert.equal(r.code, 0, r.stderr);
+    fs.renameSync(path.join(tls, 'key.pem.new'), path.join(tls, 'key.pem'));
+    fs.renameSync(path.join(tls, 'cert.pem.new'), path.join(tls, 'cert.pem'));
+    inst.cli(['reload']);
+    await waitFor('the renewed certificate served', () => cn(inst.ports.submissions) === 'renewed.example.test', 10000);
   });
 
   describe('every wrong way gets its code and queues nothing', () => {

@@ -64,9 +64,6 @@ class Report {
     const prefix = `${path.basename(e.file)}:${e.line}: `;
     this.add('error', e.file, e.line, e.message.startsWith(prefix) ? e.message.slice(prefix.length) : e.message);
   }
-
-  get errors(): number { return this.complaints.filter((c) => c.level === 'error').length; }
-  get warnings(): number { return this.complaints.filter((c) => c.level === 'warning').length; }
 }
 
 /** Unix permission check for one account (services run with their primary group only: libuv drops the rest). */
@@ -227,30 +224,29 @@ function checkPasswdFile(file: string, param: string, at: Location, accounts: Se
   }
 }
 
-/** The certificate and key of each smtpd listener that will use them. */
+/** The certificate and key of each smtpd listener (main.cf's, or its own through -o). */
 function checkTls(views: View[], accounts: ServiceAccounts | null, report: Report, now: Date): void {
-  const done = new Set<string>();
+  const checked = new Set<string>();
   for (const v of views) {
-    if (v.entry && v.entry.command !== 'smtpd') continue;
+    if (v.entry?.command !== 'smtpd') continue;
     const c = v.config;
     const wrapper = c.bool('smtpd_tls_wrappermode');
-    const level = c.get('smtpd_tls_security_level');
-    if (level === 'none' && !wrapper) continue;
-    const required = wrapper || level === 'encrypt' || c.bool('smtpd_sasl_auth_enable');
+    if (c.get('smtpd_tls_security_level') === 'none' && !wrapper) continue;
+    // smtpd refuses to start such a listener without a certificate (AUTH is offered only over TLS)
+    const required = wrapper || c.get('smtpd_tls_security_level') === 'encrypt' || c.bool('smtpd_sasl_auth_enable');
     const certFile = c.get('smtpd_tls_cert_file');
     const keyFile = c.get('smtpd_tls_key_file');
     const certAt = v.where('smtpd_tls_cert_file');
     const keyAt = v.where('smtpd_tls_key_file');
-    const id = `${certFile}\0${keyFile}\0${required}`;
-    if (done.has(id)) continue;
-    done.add(id);
-    if (!v.entry && !required && !fs.existsSync(certFile)) {
-      report.warning(certAt, `smtpd_tls_cert_file: ${certFile} does not exist: STARTTLS is not offered`);
+    if (!fs.existsSync(certFile)) {
+      if (required) report.error(certAt, `smtpd_tls_cert_file: ${certFile} does not exist, and the ${v.entry.service} listener needs TLS`);
+      else report.warning(certAt, `smtpd_tls_cert_file: ${certFile} does not exist: STARTTLS is not offered`);
       continue;
     }
-    if (!v.entry) continue; // the listeners say whether they need it; main.cf alone only if no listener reads it
-    if (!required && !fs.existsSync(certFile)) continue; // warned above
-    const certPem = readOrNull(certFile, report, certAt, `smtpd_tls_cert_file: certificate${required ? ' (this listener needs TLS)' : ''}`);
+    const pair = `${certFile}\0${keyFile}`;
+    if (checked.has(pair)) continue;
+    checked.add(pair);
+    const certPem = readOrNull(certFile, report, certAt, 'smtpd_tls_cert_file: certificate');
     const keyPem = readOrNull(keyFile, report, keyAt, 'smtpd_tls_key_file: private key');
     let cert: X509Certificate | null = null;
     let key: KeyObject | null = null;
@@ -319,7 +315,12 @@ function checkSpool(config: MainConfig, accounts: ServiceAccounts, report: Repor
     report.warning(at, `queue_directory: ${root} does not exist (master creates it at start; "postern setup" now)`);
     return;
   }
-  for (const d of spoolDifferences(new Spool(root), accounts)) {
+  const differences = spoolDifferences(new Spool(root), accounts);
+  if (differences.length > 1 && differences.every((d) => d.missing || d.path === root)) {
+    report.warning(at, `queue_directory: ${root} is not set up yet (master creates it at start; "postern setup" now)`);
+    return;
+  }
+  for (const d of differences) {
     // master makes a missing directory at start; anything else someone changed ("postern queue check" puts it back)
     if (d.missing) report.warning({ file: d.path, line: 0 }, 'missing (master creates it at start)');
     else report.error({ file: d.path, line: 0 }, `${d.problem} ("postern queue check" fixes it)`);

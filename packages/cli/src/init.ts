@@ -103,14 +103,18 @@ export function systemConfigFiles(): Record<'main.cf' | 'master.cf' | 'users', s
 }
 
 export function makeSelfSignedCertificate(tlsDir: string, hostname: string): void {
-  fs.mkdirSync(tlsDir, { recursive: true, mode: 0o755 });
-  const key = path.join(tlsDir, 'key.pem');
-  const cert = path.join(tlsDir, 'cert.pem');
-  if (fs.existsSync(key) && fs.existsSync(cert)) return;
+  makeSelfSignedPair(path.join(tlsDir, 'cert.pem'), path.join(tlsDir, 'key.pem'), hostname);
+}
+
+/** A self-signed certificate and its key at these paths, unless both exist; true when it made them. */
+export function makeSelfSignedPair(cert: string, key: string, hostname: string): boolean {
+  for (const d of new Set([path.dirname(cert), path.dirname(key)])) fs.mkdirSync(d, { recursive: true, mode: 0o755 });
+  if (fs.existsSync(key) && fs.existsSync(cert)) return false;
   execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '3650', '-subj', `/CN=${hostname}`,
     '-addext', `subjectAltName=DNS:${hostname}`, '-keyout', key, '-out', cert], { stdio: 'pipe' });
   fs.chmodSync(key, 0o640);
   fs.chmodSync(cert, 0o644);
+  return true;
 }
 
 /** Group-readable by exactly the services that need them (see docs/security.md). */

@@ -16,6 +16,8 @@ import { startMaster, stopMaster, signalMaster, statusReport, abortMaster } from
 import { readQueue, formatMailq, formatJson, spoolReadable } from './queue.js';
 import { spoolOf } from './control.js';
 import { addDkimCommands } from './dkim.js';
+import { addCheckCommand } from './check.js';
+import { addSetupCommand } from './setup.js';
 import { addQueueAdminCommands } from './queue-admin.js';
 import { showLog } from './log.js';
 
@@ -151,6 +153,8 @@ queue.command('list').alias('mailq').description('list queued mail (mailq, postq
 addQueueAdminCommands(queue, configDir, (code) => { exitCode = code; });
 
 addDkimCommands(program, configDir, fail);
+addCheckCommand(program, configDir, (code) => { exitCode = code; });
+addSetupCommand(program, configDir);
 
 program.parseAsync(process.argv).then(() => { process.exitCode = exitCode; }, (e) => {
   process.stderr.write(`postern: ${(e as Error).message}\n`);

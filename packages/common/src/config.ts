@@ -245,7 +245,8 @@ export function setMainCfParameters(configDir: string, settings: [string, string
   const lines = fs.readFileSync(file, 'utf8').split('\n');
   for (const [name, value] of settings) {
     if (!paramSpec(name)) throw new Error(`unknown parameter ${name}`);
-    const problem = checkValue(paramSpec(name)!, value);
+    // a value with $name is checked once expanded, below
+    const problem = value.includes('$') ? null : checkValue(paramSpec(name)!, value);
     if (problem) throw new Error(problem);
     const idx = lines.findIndex((l) => new RegExp(`^${name}\\s*=`).test(l));
     if (idx < 0) { lines.splice(lines[lines.length - 1] === '' ? lines.length - 1 : lines.length, 0, `${name} = ${value}`); continue; }

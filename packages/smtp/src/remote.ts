@@ -156,6 +156,8 @@ export async function deliverRemote(info: QueueFileInfo, domain: string, recipie
         conn = await connect(t, rt.tls, false, config);
       } catch (e) {
         const err = e as any;
+        // nodemailer reports a handshake broken after STARTTLS as ESOCKET with OpenSSL's text
+        if (err.code === 'ESOCKET' && /SSL|TLS|certificate|handshake/i.test(String(err.message))) err.code = 'ETLS';
         if (err.code === 'ETLS' && rt.tls === 'may') {
           // opportunistic TLS: a failed handshake means the same host in plaintext, as Postfix does
           log.info({ relay, err: oneLine(err.message) }, 'TLS handshake failed; retrying in plaintext');
