@@ -3,6 +3,7 @@
 #   make build   npm ci (when needed) + tsc -b + docs/parameters.md
 #   make run     a sandbox instance under var/sandbox, in the foreground
 #   make test    Debian test tools (when missing) + build + every test, one file at a time
+#   make deb     the Debian package build/postern_<version>_all.deb (scripts/build-deb)
 #   make clean   remove build output (node_modules, var/ and .cache/ stay)
 
 SHELL := /bin/bash
@@ -14,7 +15,7 @@ TESTS ?=
 # A backstop so a hung test cannot hang CI forever (ms, per test); never an assertion.
 TEST_TIMEOUT ?= 900000
 
-.PHONY: deps build docs run run-deps test test-deps clean
+.PHONY: deps build docs run run-deps test test-deps deb clean
 
 # npm ci only when node_modules is missing or the lock file changed since the last install
 # (npm ci writes node_modules/.package-lock.json).
@@ -43,6 +44,10 @@ run: run-deps build
 test-deps:
 	@.ci/install-test-deps
 
+# dpkg-deb is part of dpkg; no network beyond npm (scripts/build-deb)
+deb: build
+	@scripts/build-deb
+
 # Sequential on purpose: the tests start real servers.
 test: test-deps build
 	@files="$(TESTS)"; \
@@ -53,5 +58,5 @@ test: test-deps build
 
 clean:
 	-[ -x node_modules/.bin/tsc ] && node_modules/.bin/tsc -b --clean
-	rm -rf packages/*/dist test/dist
+	rm -rf packages/*/dist test/dist build
 	find . -name '*.tsbuildinfo' -not -path './node_modules/*' -delete

@@ -78,7 +78,9 @@ async function signed(domain: string, msg: string): Promise<{ message: string; b
   } as unknown as Parameters<typeof dkimSign>[1]);
   assert.deepEqual(res.errors, []);
   const tags = res.signatures.replace(/^DKIM-Signature:/i, '').replace(/\s+/g, '');
-  return { message: res.signatures + msg, b: /(?:^|;)b=([^;]{8})/.exec(tags)![1] };
+  const b = /(?:^|;)b=([^;]{8})/.exec(tags)![1];
+  // header.b is a MIME token; base64's "/" is a special, so such a value is quoted (RFC 8601 2.2)
+  return { message: res.signatures + msg, b: b.includes('/') ? `"${b}"` : b };
 }
 
 /** The delivered copy of a queued message in the recipient's Maildir. */

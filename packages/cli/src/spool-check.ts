@@ -47,7 +47,7 @@ export async function checkSpool(config: MainConfig, spool: Spool, running: bool
   const checkFile = async (file: string, id: string, home: string): Promise<void> => {
     if (file !== home) {
       if (fs.existsSync(home)) return toCorrupt(file, `a second copy of ${id} (${rel(home)} exists)`);
-      await fsp.mkdir(path.dirname(home), { recursive: true });
+      await fsp.mkdir(path.dirname(home), { recursive: true, mode: 0o750 });
       try { await fsp.rename(file, home); } catch { return; }
       actions.push(`moved ${rel(file)} to ${rel(home)}: the place its id says`);
       if (accounts.privileged) prepareSpool(spool, accounts); // a new hash directory gets its owner

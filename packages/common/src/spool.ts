@@ -86,7 +86,8 @@ export class Spool {
   async move(id: string, from: QueueName, to: QueueName, when?: Date, durable = false): Promise<string> {
     const src = this.pathOf(from, id);
     const dst = this.pathOf(to, id);
-    if (to === 'deferred') await fsp.mkdir(path.dirname(dst), { recursive: true });
+    // a new hash directory: the mode layout.ts gives it (the setgid bit comes from deferred/)
+    if (to === 'deferred') await fsp.mkdir(path.dirname(dst), { recursive: true, mode: 0o750 });
     if (when) await fsp.utimes(src, new Date(), when);
     await fsp.rename(src, dst);
     if (durable) {

@@ -106,6 +106,7 @@ export class Master {
     prepareSpool(this.spool, this.accounts);
     this.prepareMailRoot();
     acquirePidFile(this.spool.pidFile());
+    this.awaitOldGeneration();
     this.ownsSpool = true;
     for (const entry of this.entries) {
       const user = entry.user === '-' ? defaultAccount(entry.command, this.accounts)
@@ -116,6 +117,24 @@ export class Master {
     }
     for (const slot of this.slots) this.spawn(slot);
     this.log({ services: this.slots.length, privileged: this.accounts.privileged }, `daemon started -- version ${version()}, configuration ${this.configDir}`);
+  }
+
+  /**
+   * After a crash of master, its children exit when they notice (their IPC
+   * channel closes), finishing the delivery in hand. Wait for them (bounded),
+   * so a new qmgr does not take up a message the old one is still delivering.
+   */
+  private awaitOldGeneration(): void {
+    let old: { services?: { pid: number | null }[] } = {};
+    try { old = JSON.parse(fs.readFileSync(this.spool.statusFile(), 'utf8')); } catch { return; }
+    const alive = (pid: number) => {
+      try { return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('postern'); } catch { return false; }
+    };
+    const pids = (old.services ?? []).map((s) => s.pid).filter((p): p is number => !!p && alive(p));
+    const deadline = Date.now() + 20000;
+    while (pids.some(alive) && Date.now() < deadline) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+    const left = pids.filter(alive);
+    if (left.length) this.log({ level: 'warn', pids: left }, 'services of a previous master are still running');
   }
 
   private prepareMailRoot(): void {
@@ -157,7 +176,7 @@ export class Master {
     child.on('message', (msg: any) => {
       if (msg?.type === 'listening' && slot.child === child) { slot.listening = true; this.writeStatus(); }
     });
-    child.on('error', (err) => this.log({ level: 'error', service: entry.service, err: err.message }, 'service error'));
+    child.on('error', (err) => this.log({ level: 'error', listener: entry.service, command: entry.command, child: child.pid, err: err.message }, 'service error'));
     child.once('exit', (code, signal) => {
       slot.child = undefined;
       this.writeStatus();
@@ -165,7 +184,7 @@ export class Master {
       // backoff grows with consecutive quick failures, never a tight loop
       slot.failures = Date.now() - slot.startedAt > 60000 ? 1 : slot.failures + 1;
       const delay = Math.min(60000, 500 * 2 ** (slot.failures - 1));
-      this.log({ level: 'warn', service: entry.service, command: entry.command, code, signal, restart_in_ms: delay },
+      this.log({ level: 'warn', listener: entry.service, command: entry.command, child: child.pid, code, signal, restart_in_ms: delay },
         `service ${entry.command} (${entry.service}) exited; restarting`);
       slot.timer = setTimeout(() => { slot.timer = undefined; if (!this.stopping) this.spawn(slot); }, delay);
     });

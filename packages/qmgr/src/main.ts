@@ -64,6 +64,8 @@ class QueueManager {
     // A restarted qmgr owns whatever a previous one left in active/.
     void this.scanQueue('active').then(() => this.scanIncoming()).then(() => this.scanDeferred());
     this.timers.push(setInterval(() => void this.scanIncoming(), 5000));
+    void this.removeAbandonedTempFiles();
+    this.timers.push(setInterval(() => void this.removeAbandonedTempFiles(), 3600 * 1000));
     this.scheduleDeferredScan();
   }
 
@@ -71,6 +73,23 @@ class QueueManager {
     const every = Math.max(1, Math.min(this.config.seconds('queue_run_delay'), this.config.seconds('minimal_backoff_time')));
     const t = setTimeout(() => { void this.scanDeferred().finally(() => { if (!this.stopping) this.scheduleDeferredScan(); }); }, every * 1000);
     this.timers.push(t);
+  }
+
+  /**
+   * A cleanup killed while writing leaves incoming/.ID behind: never acknowledged,
+   * so nobody is owed it. Remove those untouched for an hour.
+   */
+  private async removeAbandonedTempFiles(): Promise<void> {
+    const dir = this.spool.dir('incoming');
+    for (const name of await fsp.readdir(dir).catch(() => [] as string[])) {
+      if (!name.startsWith('.')) continue;
+      const file = `${dir}/${name}`;
+      const st = await fsp.stat(file).catch(() => null);
+      if (st && Date.now() - st.mtimeMs > 3600 * 1000) {
+        await fsp.unlink(file).catch(() => undefined);
+        this.log.info({ file }, 'removed abandoned temporary queue file');
+      }
+    }
   }
 
   /** Coalesce triggers: one scan at a time, one more if a trigger came during it. */

@@ -45,6 +45,12 @@ function comment(v: string): string {
   return `(${v.replace(/[\x00-\x1f\x7f]+/g, ' ').replace(/\s+/g, ' ').trim().replace(/[\\()]/g, (c) => `\\${c}`)})`;
 }
 
+/** A signature's result; a body hash mismatch is a failure (RFC 6376 6.1.3), not mailauth's neutral. */
+function dkimOutcome(r: DKIMResult): string {
+  const st = r.status as DKIMResult['status'] & { comment?: string };
+  return st.result === 'neutral' && st.comment === 'body hash did not verify' ? 'fail' : st.result || 'none';
+}
+
 /**
  * One resinfo per DKIM signature, naming the signing domain as header.d (RFC
  * 8601 2.7.1). A body hash mismatch is `fail`: RFC 6376 6.1.3 makes it a
@@ -52,9 +58,7 @@ function comment(v: string): string {
  */
 export function dkimResinfo(r: DKIMResult): string {
   const st = r.status as DKIMResult['status'] & { comment?: string; header?: Record<string, string | false>; policy?: Record<string, string> };
-  let result = st.result || 'none';
-  if (result === 'neutral' && st.comment === 'body hash did not verify') result = 'fail';
-  const parts = [`dkim=${result}`];
+  const parts = [`dkim=${dkimOutcome(r)}`];
   if (st.comment) parts.push(comment(st.comment));
   if (r.signingDomain) parts.push(`header.d=${propValue(r.signingDomain)}`);
   if (r.selector) parts.push(`header.s=${propValue(r.selector)}`);
@@ -202,7 +206,7 @@ export function createMessageAuth(c: CheckContext): MessageObserver {
       }, clientIp);
       log.info({
         client, from: `<${sender}>`, spf: notes.spf,
-        dkim: (res.dkim?.results ?? []).filter((r) => r.signingDomain).map((r) => `${dkimResinfo(r).split(' ')[0].slice(5)}:${r.signingDomain}`).join(',') || 'none',
+        dkim: (res.dkim?.results ?? []).filter((r) => r.signingDomain).map((r) => `${dkimOutcome(r)}:${r.signingDomain}`).join(',') || 'none',
         dkim_aligned: notes.dkimAligned, dmarc: notes.dmarc, arc: res.arc ? res.arc.status?.result : 'none',
         action: decision.reject ? 'reject' : decision.quarantine ? 'quarantine' : 'accept', reason: decision.reason,
         ms: Date.now() - started,

@@ -44,8 +44,13 @@ export interface CheckContext {
 export function createMessageObservers(c: CheckContext): MessageObserver[] {
   if (c.trusted) return [];
   const observers: MessageObserver[] = [];
-  if (c.config.bool('smtpd_message_auth')) observers.push(createMessageAuth(c));
-  const spam = createSpamCheck(c);
-  if (spam) observers.push(spam);
+  const add = (what: string, make: () => MessageObserver | null) => {
+    // a check that cannot even start (say, a bad dns_servers) is skipped, never a reason to refuse mail
+    try { const o = make(); if (o) observers.push(o); } catch (e) {
+      c.log.error({ err: (e as Error).message }, `${what} unavailable; message passes unchecked`);
+    }
+  };
+  if (c.config.bool('smtpd_message_auth')) add('message authentication', () => createMessageAuth(c));
+  add('spam check', () => createSpamCheck(c));
   return observers;
 }

@@ -12,7 +12,7 @@
  * spam filtering never costs a message.
  */
 import * as net from 'node:net';
-import { MainConfig, smtpError, headerSafe, rfc5322Date } from '@postern/common';
+import { smtpError, headerSafe, rfc5322Date } from '@postern/common';
 import type { CheckContext, MessageObserver, ObserverVerdict } from './message-checks.js';
 
 export type SpamdAddress = { path: string } | { host: string; port: number };
@@ -108,10 +108,6 @@ function receivedLine(c: CheckContext): string {
   const name = s.clientHostname && !/^\[/.test(s.clientHostname) ? s.clientHostname : 'unknown';
   return `Received: from ${headerSafe(s.hostNameAppearsAs || name)} (${headerSafe(name)} [${s.remoteAddress}])\r\n`
     + `\tby ${c.config.get('myhostname')} (Postern) with ${s.transmissionType || 'SMTP'}; ${rfc5322Date()}\r\n`;
-}
-
-export function spamdEnabled(config: MainConfig): boolean {
-  return config.get('spamd_address').trim() !== '';
 }
 
 /** The spam check for one message; null when spamd_address is empty. */
