@@ -16,6 +16,8 @@ import { generateKeyPairSync } from 'node:crypto';
 import { dkimSign } from 'mailauth';
 import { Instance, RawSmtp, waitFor } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
+import { decide } from '../../packages/smtpd/dist/message-auth.js';
+import { HeaderFieldFilter, forgedAuthResults, authservId } from '../../packages/cleanup/dist/headers.js';
 
 const HOST = 'mx.example.test';
 const BOB = 'bob@example.test';          // receives the test messages
@@ -252,5 +254,46 @@ describe('message authentication of mail from outside', () => {
     assert.equal(s.reply, '550 5.7.23 Rejected by SPF policy for fail.test: 127.0.0.1 is not a permitted sender');
     // a passing sender is unaffected
     await deliveredWith(inst, await send(inst, { from: 'a@pass.test', message: message('a@pass.test', 'after reload') }));
+  });
+});
+
+describe('message authentication pieces', () => {
+  const dmarcFail = (policy: string, pct?: number) => ({
+    spf: { domain: 'x.test', status: { result: 'fail' } },
+    dkim: { headerFrom: ['a@x.test'], results: [] },
+    dmarc: { domain: 'x.test', policy, p: policy, sp: policy, pct, status: { result: 'fail', header: { from: 'x.test', d: 'x.test' } } },
+    arc: false, bimi: false, headers: '',
+  }) as unknown as Parameters<typeof decide>[0];
+  const on = { dmarcReject: true, dmarcQuarantine: true, spfHardfailReject: false };
+
+  it('DMARC policy decisions: reject, reject turned off, quarantine turned off, pct sampling', () => {
+    assert.equal(decide(dmarcFail('reject'), on, '192.0.2.1').reject?.message, '5.7.1 Rejected by DMARC policy for x.test');
+    assert.equal(decide(dmarcFail('reject'), { ...on, dmarcReject: false }, '192.0.2.1').quarantine, 'X-Postern-Quarantine: dmarc (policy of x.test)\r\n');
+    assert.deepEqual(decide(dmarcFail('quarantine'), { ...on, dmarcQuarantine: false }, '192.0.2.1'), {});
+    assert.deepEqual(decide(dmarcFail('none'), on, '192.0.2.1'), {});
+    // outside a pct=10 sample (the draw is 50): one step milder
+    assert.ok(decide(dmarcFail('reject', 10), on, '192.0.2.1', () => 0.5).quarantine);
+    assert.deepEqual(decide(dmarcFail('quarantine', 10), on, '192.0.2.1', () => 0.5), {});
+    assert.ok(decide(dmarcFail('reject', 10), on, '192.0.2.1', () => 0.05).reject, 'inside the sample');
+    assert.equal(decide(dmarcFail('none'), { ...on, spfHardfailReject: true }, '192.0.2.1').reject?.message,
+      '5.7.23 Rejected by SPF policy for x.test: 192.0.2.1 is not a permitted sender');
+  });
+
+  it('cleanup drops Authentication-Results: claiming our name, whatever the chunking', () => {
+    const msg = 'Authentication-Results: (c) MX.Example.Test.;\r\n dkim=pass\r\nAuthentication-Results: other.example; spf=pass\r\n'
+      + 'From: a@b.test\r\nauthentication-results: "mx.example.test"; none\r\nSubject: x\r\n\r\n'
+      + 'Authentication-Results: mx.example.test; this is the body\r\n';
+    const want = 'Authentication-Results: other.example; spf=pass\r\nFrom: a@b.test\r\nSubject: x\r\n\r\n'
+      + 'Authentication-Results: mx.example.test; this is the body\r\n';
+    for (const size of [1, 2, 7, 64, msg.length]) {
+      const f = new HeaderFieldFilter(forgedAuthResults(HOST));
+      const out: Buffer[] = [];
+      for (let i = 0; i < msg.length; i += size) out.push(...f.push(Buffer.from(msg.slice(i, i + size))));
+      out.push(...f.end());
+      assert.equal(Buffer.concat(out).toString(), want, `chunks of ${size}`);
+      assert.equal(f.removed.length, 2);
+    }
+    assert.equal(authservId(' (a (nested) comment) host.example 1; spf=pass'), 'host.example');
+    assert.equal(authservId('"quoted.example"; none'), 'quoted.example');
   });
 });

@@ -14,9 +14,8 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { randomUUID } from 'node:crypto';
-import { execFile } from 'node:child_process';
 import nodemailer from 'nodemailer';
-import { Instance, RawSmtp, requireTool, waitFor } from './harness.js';
+import { Instance, RawSmtp, requireTool, runAsync, waitFor } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
 import { DnsResolver, MainConfig, ConfigError, NetworkList, parseRestrictionList, parseAddressPattern, ptrName } from '../../packages/common/dist/index.js';
 import {
@@ -379,11 +378,10 @@ describe('client, HELO and sender checks on the MX listener', () => {
   it('nmap smtp-open-relay finds no relay (a client outside mynetworks, on the MX listener)', async () => {
     const nmap = requireTool('nmap');
     for (const domain of ['relay-target.test', 'example.test']) {
-      // not spawnSync: the test DNS server in this process must keep answering smtpd's lookups meanwhile
-      const r = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => execFile(nmap,
-        ['-Pn', '-sT', '-n', '-p', String(inst.ports.smtp), '--script', '+smtp-open-relay',
-          '--script-args', `smtp-open-relay.domain=${domain},smtp-open-relay.ip=127.0.0.1`, '127.0.0.1'],
-        { timeout: 120000 }, (err, stdout, stderr) => resolve({ code: err ? Number((err as any).code ?? 1) : 0, stdout, stderr })));
+      // asynchronously: the test DNS server in this process must keep answering smtpd's lookups meanwhile.
+      // `+` runs the script although the port is not 25/465/587.
+      const r = await runAsync(nmap, ['-Pn', '-sT', '-n', '-p', String(inst.ports.smtp), '--script', '+smtp-open-relay',
+        '--script-args', `smtp-open-relay.domain=${domain},smtp-open-relay.ip=127.0.0.1`, '127.0.0.1'], '', 120000);
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stdout, /smtp-open-relay: Server doesn't seem to be an open relay, all tests failed/, r.stdout);
       // what refused them was relay control, not a client check: nmap's client has a proper name

@@ -70,8 +70,19 @@ async function askQmgr(t: QueueTarget, req: object, timeoutMs = 60000): Promise<
   return reply;
 }
 
+/** Refuse up front, rather than report an unreadable queue as an empty one. */
+function requireSpoolAccess(spool: Spool, queues: readonly QueueName[], write: boolean): void {
+  for (const q of queues) {
+    try { fs.accessSync(spool.dir(q), fs.constants.R_OK | fs.constants.X_OK | (write ? fs.constants.W_OK : 0)); } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new Error(`${spool.dir(q)}: ${code === 'ENOENT' ? 'no such directory (is queue_directory right?)' : 'permission denied (run as root or the queue owner)'}`);
+    }
+  }
+}
+
 /** The same operations on a stopped system, straight on the spool. */
 async function applyDirectly(t: QueueTarget, op: QueueOp, ids: string[] | 'ALL', queues: readonly QueueName[]): Promise<QueueOpOutcome[]> {
+  requireSpoolAccess(t.spool, ['incoming', 'deferred', 'hold'], true);
   const list = ids === 'ALL' ? (await listQueued(t.spool, queues)).map((x) => x.id) : ids;
   const out: QueueOpOutcome[] = [];
   for (const id of list) {
@@ -205,6 +216,7 @@ export function addQueueAdminCommands(queue: Command, configDir: () => string, s
     .action(async (id: string, o) => {
       if (!isQueueId(id)) return fail(new BadQueueId(id).message);
       const t = target(configDir());
+      try { requireSpoolAccess(t.spool, ['incoming', 'active', 'deferred', 'hold'], false); } catch (e) { return fail((e as Error).message); }
       const parts = { envelope: !!o.envelope, headers: !!o.headers, body: !!o.body };
       if (!parts.envelope && !parts.headers && !parts.body) Object.assign(parts, { envelope: true, headers: true, body: true });
       const found = await showMessage(t.spool, id, parts, !!o.json, process.stdout);
@@ -214,6 +226,7 @@ export function addQueueAdminCommands(queue: Command, configDir: () => string, s
   queue.command('check').description('repair the spool: owners and modes, stale temporary files, misplaced and corrupt files (postsuper -s)')
     .action(async () => {
       const t = target(configDir());
+      try { requireSpoolAccess(t.spool, ['incoming', 'active', 'deferred', 'hold', 'corrupt'], true); } catch (e) { return fail((e as Error).message); }
       const actions = await checkSpool(t.config, t.spool, !!t.running);
       for (const a of actions) console.log(`postern: ${a}`);
       console.log(`postern: spool check: ${actions.length ? `${actions.length} repair${actions.length === 1 ? '' : 's'}` : 'nothing to repair'}`);

@@ -158,6 +158,8 @@ export class Master {
         POSTERN_SERVICE: entry.service,
         POSTERN_COMMAND: entry.command,
         POSTERN_OVERRIDES: JSON.stringify(overrides),
+        // fsync runs on libuv's thread pool: 4 threads would serialise a busy queue's syncs
+        UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16',
       },
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       serialization: 'advanced',
