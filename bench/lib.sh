@@ -12,11 +12,15 @@ bench_note() { echo "bench: $*" >&2; }
 bench_die() { echo "bench: error: $*" >&2; exit 1; }
 
 # The benchmarks build nothing: they measure what `make build` produced.
+# Extra arguments: more built files the benchmark needs (paths below the repository).
 bench_require_build() {
-  local d
+  local d f
   for d in cli master; do
     [ -f "$BENCH_ROOT/packages/$d/dist/main.js" ] ||
       bench_die "packages/$d/dist is missing: run \`make build\` first (the benchmark builds nothing itself)"
+  done
+  for f in "$@"; do
+    [ -f "$BENCH_ROOT/$f" ] || bench_die "$f is missing: run \`make build\` first (the benchmark builds nothing itself)"
   done
   command -v node >/dev/null || bench_die "node is not on PATH"
 }
@@ -33,11 +37,12 @@ free_port() {
   node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });'
 }
 
-# wait_for_port PORT SECONDS: until something accepts connections on 127.0.0.1:PORT.
+# wait_for_port PORT SECONDS [ADDRESS]: until something accepts connections on
+# ADDRESS:PORT (default 127.0.0.1).
 wait_for_port() {
-  local port="$1" deadline=$((SECONDS + $2))
+  local port="$1" deadline=$((SECONDS + $2)) addr="${3:-127.0.0.1}"
   while [ "$SECONDS" -lt "$deadline" ]; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    if (exec 3<>"/dev/tcp/$addr/$port") 2>/dev/null; then return 0; fi
     sleep 0.1
   done
   return 1
@@ -77,7 +82,9 @@ postfix_tools() {
   PFX_TREE="$(cd "$sbin/../.." && pwd)"
   PFX_LIB="$PFX_TREE/usr/lib/postfix"
   SMTP_SOURCE="$sbin/smtp-source"
+  SMTP_SINK="$sbin/smtp-sink"
   [ -x "$SMTP_SOURCE" ] || bench_die "$SMTP_SOURCE is missing after unpacking postfix"
+  [ -x "$SMTP_SINK" ] || bench_die "$SMTP_SINK is missing after unpacking postfix"
 }
 
 # smtp_source LOG TIMEOUT ARGS...: run smtp-source with its libraries, bounded in time.
@@ -88,12 +95,15 @@ smtp_source() {
 
 # --- Postern -----------------------------------------------------------------
 
-# postern_create DIR PORT HOSTNAME: a sandbox instance (services run as the invoking user).
+# postern_create DIR PORT HOSTNAME: a sandbox instance (services run as the invoking user),
+# its MX listener on 127.0.0.1:PORT; the submission ports it chose are left in
+# POSTERN_SUBMISSION_PORT (587's role) and POSTERN_SUBMISSIONS_PORT (465's).
 postern_create() {
   local dir="$1" port="$2" host="$3" p2 p3
   p2="$(free_port)"; p3="$(free_port)"
   "$POSTERN" init "$dir" --unprivileged --hostname "$host" --domain "${host#*.}" \
-    --smtp-port "$port" --submission-port "$p2" --submissions-port "$p3" >/dev/null
+    --smtp-port "$port" --submission-port "$p2" --submissions-port "$p3" >/dev/null || return 1
+  POSTERN_SUBMISSION_PORT="$p2"; POSTERN_SUBMISSIONS_PORT="$p3"
 }
 postern_start() { # DIR
   timeout 60 "$POSTERN" -c "$1/etc" start >/dev/null || return 1
@@ -133,7 +143,8 @@ postfix_ensure_accounts() {
 # postfix_create DIR PORT HOSTNAME ADDRESS UID GID: a private Postfix instance rooted at
 # DIR (config in DIR/etc, queue in DIR/spool), run from the extracted tree, listening on
 # 127.0.0.1:PORT only, delivering ADDRESS's mail with virtual(8) to the Maildir
-# DIR/mail/DOMAIN/LOCAL/Maildir/ as UID:GID. Extra main.cf lines: $POSTFIX_EXTRA_MAIN_CF.
+# DIR/mail/DOMAIN/LOCAL/Maildir/ as UID:GID. Extra main.cf lines: $POSTFIX_EXTRA_MAIN_CF;
+# extra master.cf services (e.g. a submission listener): $POSTFIX_EXTRA_MASTER_CF.
 postfix_create() {
   local dir="$1" port="$2" host="$3" addr="$4" uid="$5" gid="$6"
   local domain="${addr#*@}" local_part="${addr%@*}"
@@ -205,6 +216,7 @@ lmtp      unix  -       -       n       -       -       lmtp
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+${POSTFIX_EXTRA_MASTER_CF:-}
 EOF
 }
 
@@ -253,6 +265,130 @@ postfix_stop() { # DIR: postfix stop, then abort, then SIGKILL to the master, ea
   postfix_cmd "$dir" abort >/dev/null 2>&1 || true
   for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
   kill -9 "$pid" 2>/dev/null || true
+}
+
+# --- Helper servers ----------------------------------------------------------
+# smtp-sink, Dovecot's auth service and the loopback DNS server run in the
+# background of the benchmark's shell, each under timeout(1) so that none can
+# outlive a benchmark whose clean-up never ran. Their pids (timeout's, which
+# passes a TERM on) are kept in BENCH_BG_PIDS for bench_stop_background.
+BENCH_BG_LIMIT="${BENCH_BG_LIMIT:-7200}"
+BENCH_BG_PIDS=""
+
+bench_kill() { # PID: TERM, up to 10 s, then KILL (the pid is timeout's: TERM reaches its child)
+  local pid="$1" i
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null || true
+}
+
+bench_stop_background() { # every helper server still running
+  local pid
+  for pid in $BENCH_BG_PIDS; do bench_kill "$pid"; done
+  BENCH_BG_PIDS=""
+}
+
+# Postfix's smtp-sink as the remote MX: it counts the messages it takes ("-c": its
+# running counters, mesg=N, are what "has received them all" means) and dumps
+# each one to a file under DIR/dump ("-d"), whose inode change time says when it
+# arrived. sink_start DIR ADDRESS PORT; sets SINK_PID. As root smtp-sink must drop
+# to another user (-u nobody).
+sink_start() {
+  local dir="$1" addr="$2" port="$3" user=()
+  mkdir -p "$dir/dump"
+  chmod 777 "$dir/dump"
+  [ "$(id -u)" = 0 ] && user=(-u nobody)
+  LD_LIBRARY_PATH="$PFX_LIB" timeout "$BENCH_BG_LIMIT" "$SMTP_SINK" "${user[@]}" -c -d "$dir/dump/%Y%m%d%H%M%S." \
+    "$addr:$port" 256 >"$dir/sink.out" 2>&1 </dev/null &
+  SINK_PID=$!
+  BENCH_BG_PIDS+=" $SINK_PID"
+  wait_for_port "$port" 15 "$addr" || { cat "$dir/sink.out" >&2; return 1; }
+}
+sink_messages() { # DIR: messages smtp-sink has taken so far
+  local n
+  n="$(tr '\r' '\n' <"$1/sink.out" 2>/dev/null | sed -n 's/.*mesg=\([0-9][0-9]*\).*/\1/p' | tail -n 1)"
+  echo "${n:-0}"
+}
+sink_wait() { # DIR COUNT SECONDS: until smtp-sink has taken COUNT messages in all
+  local deadline=$((SECONDS + $3))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    [ "$(sink_messages "$1")" -ge "$2" ] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+sink_dumps() { find "$1/dump" -type f | wc -l; }                      # DIR
+sink_clear() { find "$1/dump" -type f -delete; }                       # DIR
+sink_last_time() { last_delivery_time "$1/dump"; }                     # DIR: when the last one arrived
+sink_any_dump() { find "$1/dump" -type f -print -quit; }               # DIR
+
+# Dovecot's auth service alone (no IMAP, no POP3), as the SASL server Postfix's smtpd
+# asks (smtpd_sasl_type = dovecot), checking passwords against USERS_FILE (Postern's
+# passwd-file: the same users and passwords on both sides).
+# dovecot_auth_start DIR USERS_FILE; sets DOVECOT_PID and DOVECOT_AUTH_SOCKET.
+dovecot_auth_start() {
+  local dir="$1" users="$2" i
+  command -v dovecot >/dev/null || { echo "dovecot is not installed (Debian: apt-get install dovecot-core)" >&2; return 1; }
+  mkdir -p "$dir"
+  DOVECOT_AUTH_SOCKET="$dir/auth-client"
+  cat >"$dir/dovecot.conf" <<EOF
+# Written by bench/lib.sh: Dovecot's auth service only, for Postfix's smtpd.
+protocols =
+listen = 127.0.0.1
+base_dir = $dir/run
+state_dir = $dir/state
+log_path = $dir/dovecot.log
+ssl = no
+auth_mechanisms = plain login
+default_internal_user = dovecot
+default_login_user = dovenull
+passdb {
+  driver = passwd-file
+  args = scheme=SHA512-CRYPT $users
+}
+userdb {
+  driver = static
+  args = uid=nobody gid=nogroup home=/nonexistent
+}
+# root reads the passwd-file, as Postern's own root-run sandbox does; smtpd (user
+# postfix) connects to the socket.
+service auth {
+  user = root
+  unix_listener $DOVECOT_AUTH_SOCKET {
+    mode = 0666
+  }
+}
+EOF
+  timeout "$BENCH_BG_LIMIT" dovecot -F -c "$dir/dovecot.conf" >"$dir/dovecot.out" 2>&1 </dev/null &
+  DOVECOT_PID=$!
+  BENCH_BG_PIDS+=" $DOVECOT_PID"
+  for i in $(seq 1 75); do
+    [ -S "$DOVECOT_AUTH_SOCKET" ] && return 0
+    kill -0 "$DOVECOT_PID" 2>/dev/null || break
+    sleep 0.2
+  done
+  cat "$dir/dovecot.out" "$dir/dovecot.log" >&2 2>/dev/null
+  return 1
+}
+
+# The tests' DNS server (bench/dns-server.js) on ADDRESS, serving RECORDS (a JSON
+# array of {name, type, value}). dns_start DIR ADDRESS RECORDS; sets DNS_PID, DNS_PORT.
+dns_start() {
+  local dir="$1" addr="$2" records="$3" i
+  mkdir -p "$dir"
+  timeout "$BENCH_BG_LIMIT" node "$BENCH_ROOT/bench/dns-server.js" "$addr" "$records" >"$dir/dns.out" 2>&1 </dev/null &
+  DNS_PID=$!
+  BENCH_BG_PIDS+=" $DNS_PID"
+  for i in $(seq 1 75); do
+    DNS_PORT="$(sed -n '1{/^[0-9][0-9]*$/p}' "$dir/dns.out" 2>/dev/null)"
+    [ -n "$DNS_PORT" ] && return 0
+    kill -0 "$DNS_PID" 2>/dev/null || break
+    sleep 0.2
+  done
+  cat "$dir/dns.out" >&2
+  return 1
 }
 
 # --- Machine -----------------------------------------------------------------

@@ -112,7 +112,7 @@ describe('submission on 587 and 465', () => {
     });
 
     it('relay through port 25 without AUTH from outside mynetworks is still denied', async () => {
-      inst.cli(['config', 'set', 'mynetworks=10.255.255.0/24']);
+      inst.cli(['config', 'set', 'mynetworks=10.255.255.0/24', 'smtpd_client_restrictions=permit_mynetworks']);
       inst.cli(['reload']);
       await new Promise((r) => setTimeout(r, 1500));
       const c = await RawSmtp.connect(inst.ports.smtp);
@@ -120,7 +120,7 @@ describe('submission on 587 and 465', () => {
       await c.command('MAIL FROM:<x@remote.test>');
       assert.match(await c.command('RCPT TO:<y@elsewhere.test>'), /^554 5\.7\.1/);
       c.close();
-      inst.cli(['config', 'set', 'mynetworks=127.0.0.0/8, [::1]/128']);
+      inst.cli(['config', 'set', 'mynetworks=127.0.0.0/8, [::1]/128', 'smtpd_client_restrictions=permit_mynetworks, permit_sasl_authenticated, reject_unknown_reverse_client_hostname']);
       inst.cli(['reload']);
     });
   });

@@ -1,0 +1,295 @@
+#!/bin/bash
+# bench/submission.sh: submission (587: STARTTLS + AUTH) and outbound delivery,
+# Postern side by side with Postfix.
+#
+# bench/submit-load.js submits N messages of SIZE bytes over SESSIONS parallel sessions
+# (each: STARTTLS, AUTH PLAIN, then its messages on the one connection, RSET between)
+# to a sandbox Postern instance, which relays them to Postfix's smtp-sink on
+# 127.0.0.9; then the same load to a private Postfix instance (run from the unpacked
+# Debian package, SASL by Dovecot's auth service) relaying to its own smtp-sink.
+# Reports submitted and end-to-end messages per second for each, and Postern/Postfix.
+#
+#   bench/submission.sh [--postern-only] [--mx] [--keep] [--messages N] [--size BYTES]
+#                       [--sessions N] [--warmup N] [--timeout SECONDS]
+#
+# Needs `make build` first; see bench/README.md.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+MESSAGES="${BENCH_MESSAGES:-2000}"
+SIZE="${BENCH_SIZE:-4096}"
+SESSIONS="${BENCH_SESSIONS:-20}"
+WARMUP="${BENCH_WARMUP:-200}"
+TIMEOUT="${BENCH_TIMEOUT:-600}"   # bound on each of: submitting, waiting for the sink
+POSTERN_ONLY=no
+MX=no
+KEEP=no
+USER_ADDR=bench@example.test
+PASSWORD=bench-password
+RECIPIENT=someone@sink.test
+SINK_ADDR=127.0.0.9   # the "remote" MX: another loopback address, as mx.sink.test
+
+usage() { sed -n '12,13p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --postern-only) POSTERN_ONLY=yes ;;
+    --mx) MX=yes ;;
+    --keep) KEEP=yes ;;
+    --messages) MESSAGES="$2"; shift ;;
+    --size) SIZE="$2"; shift ;;
+    --sessions) SESSIONS="$2"; shift ;;
+    --warmup) WARMUP="$2"; shift ;;
+    --timeout) TIMEOUT="$2"; shift ;;
+    -h|--help) usage ;;
+    *) echo "bench: unknown argument $1" >&2; usage ;;
+  esac
+  shift
+done
+for v in MESSAGES SIZE SESSIONS TIMEOUT; do
+  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || bench_die "${v,,} must be a positive whole number, not \"${!v}\""
+done
+[[ "$WARMUP" =~ ^[0-9]+$ ]] || bench_die "warmup must be a whole number, not \"$WARMUP\""
+
+bench_require_build test/dist/dns-server.js
+[ -f "$BENCH_ROOT/node_modules/nodemailer/package.json" ] ||
+  bench_die "node_modules/nodemailer is missing: run \`make build\` first"
+postfix_tools
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/postern-bench.XXXXXX")"
+chmod 755 "$WORK"   # smtp-sink (nobody) writes below it; Postfix's smtpd (postfix) reaches Dovecot's socket
+PT="$WORK/postern"
+PF="$WORK/postfix"
+
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  postern_stop "$PT" || true
+  postfix_stop "$PF" || true
+  bench_stop_background
+  if [ "$KEEP" = yes ]; then bench_note "kept $WORK"; else rm -rf "$WORK"; fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# submit LOG-PREFIX PORT COUNT: run the load generator; its JSON report goes to LOG-PREFIX.json.
+submit() {
+  BENCH_PASSWORD="$PASSWORD" timeout $((TIMEOUT + 60)) node "$BENCH_ROOT/bench/submit-load.js" \
+    --port "$2" --user "$USER_ADDR" --from "$USER_ADDR" --to "$RECIPIENT" \
+    --messages "$3" --sessions "$SESSIONS" --size "$SIZE" --timeout "$TIMEOUT" >"$1.json" 2>"$1.err"
+}
+load_field() { node -e 'const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); const v = r[process.argv[2]]; console.log(typeof v === "object" ? JSON.stringify(v) : v);' "$1" "$2"; }
+load_failure() { # LOG-PREFIX: why a load run failed, in one line
+  { load_field "$1.json" errors 2>/dev/null || true; tail -n 3 "$1.err" 2>/dev/null; } | tr '\n' ' '
+}
+
+# measure NAME PORT SINKDIR: warm up, then the timed load; sets M_* or MEASURE_ERROR.
+measure() {
+  local name="$1" port="$2" sink="$3" log base t0 tl dump
+  if [ "$WARMUP" -gt 0 ]; then
+    log="$WORK/$name-warmup.load"
+    if ! submit "$log" "$port" "$WARMUP"; then
+      MEASURE_ERROR="warm-up: submission failed: $(load_failure "$log")"; return 1
+    fi
+    if ! sink_wait "$sink" "$WARMUP" "$TIMEOUT"; then
+      MEASURE_ERROR="warm-up: smtp-sink got only $(sink_messages "$sink") of $WARMUP messages within $TIMEOUT s"; return 1
+    fi
+    sink_clear "$sink"
+  fi
+  base="$(sink_messages "$sink")"
+  log="$WORK/$name.load"
+  if ! submit "$log" "$port" "$MESSAGES"; then
+    MEASURE_ERROR="submission failed or took over $TIMEOUT s: $(load_failure "$log")"; return 1
+  fi
+  if ! sink_wait "$sink" $((base + MESSAGES)) "$TIMEOUT"; then
+    MEASURE_ERROR="smtp-sink got only $(( $(sink_messages "$sink") - base )) of $MESSAGES messages within $TIMEOUT s of the end of submission"; return 1
+  fi
+  t0="$(awk -v ms="$(load_field "$log.json" start_ms)" 'BEGIN { printf "%.3f", ms / 1000 }')"
+  tl="$(sink_last_time "$sink")"
+  M_SUBMIT_S="$(load_field "$log.json" seconds)"
+  M_E2E_S="$(seconds_between "$t0" "$tl")"
+  M_SUBMITTED="$(rate "$MESSAGES" "$M_SUBMIT_S")"
+  M_END_TO_END="$(rate "$MESSAGES" "$M_E2E_S")"
+  M_RECEIVED="$(( $(sink_messages "$sink") - base ))"
+  M_TLS="$(load_field "$log.json" tls)"
+  # What reached the sink: signed or not (Postern signs when the sender's domain has a
+  # key; the benchmark gives it none), and submitted with authentication.
+  dump="$(sink_any_dump "$sink")"
+  M_DKIM=false; M_ESMTPSA=false
+  if [ -n "$dump" ]; then
+    grep -qi '^DKIM-Signature:' "$dump" && M_DKIM=true
+    grep -q 'with ESMTPSA' "$dump" && M_ESMTPSA=true
+  fi
+  return 0
+}
+
+result_json() { # ERROR-or-empty [VERSION]
+  if [ -n "$1" ]; then
+    node -e 'console.log(JSON.stringify({ error: process.argv[1], version: process.argv[2] || null }))' "$1" "${2:-}"
+  else
+    node -e 'const [a, e, s, t, r, tls, dkim, sa, v] = process.argv.slice(1);
+      console.log(JSON.stringify({ version: v || null, submitted_per_s: +a, end_to_end_per_s: +e,
+        submit_seconds: +s, end_to_end_seconds: +t, sink_received: +r, tls: JSON.parse(tls),
+        dkim_signed: dkim === "true", received_with_esmtpsa: sa === "true" }))' \
+      "$M_SUBMITTED" "$M_END_TO_END" "$M_SUBMIT_S" "$M_E2E_S" "$M_RECEIVED" "$M_TLS" "$M_DKIM" "$M_ESMTPSA" "${2:-}"
+  fi
+}
+
+# --- DNS ---------------------------------------------------------------------
+# Postern resolves through this server (dns_servers): the client's reverse name as
+# Postfix finds it in /etc/hosts (127.0.0.1 = localhost), and, with --mx, sink.test's
+# MX. Postfix uses the system resolver and /etc/hosts.
+DNS_RECORDS='[
+  {"name": "127.0.0.1", "type": "PTR", "value": "localhost"},
+  {"name": "localhost", "type": "A", "value": "127.0.0.1"},
+  {"name": "sink.test", "type": "MX", "value": "10 mx.sink.test"},
+  {"name": "mx.sink.test", "type": "A", "value": "'"$SINK_ADDR"'"}
+]'
+dns_start "$WORK/dns" 127.0.0.1 "$DNS_RECORDS" || bench_die "the loopback DNS server (bench/dns-server.js) did not start"
+
+# --- Postern -----------------------------------------------------------------
+bench_note "Postern: sandbox instance in $PT"
+PT_PORT="$(free_port)"
+PT_SINK_PORT="$(free_port)"
+postern_create "$PT" "$PT_PORT" postern.bench.test || bench_die "postern init failed"
+PT_SUB_PORT="$POSTERN_SUBMISSION_PORT"
+"$POSTERN" -c "$PT/etc" user add "$USER_ADDR" --password-stdin <<<"$PASSWORD" >/dev/null ||
+  bench_die "postern user add $USER_ADDR failed"
+# The client must authenticate to relay (not in mynetworks), as a user's mail client would.
+if [ "$MX" = yes ]; then
+  ROUTE="MX lookup of sink.test through a DNS server on loopback (mx.sink.test = $SINK_ADDR), smtp_port = the sink's port"
+  PT_ROUTING=("smtp_port=$PT_SINK_PORT")
+else
+  ROUTE="relayhost = [$SINK_ADDR]:PORT on both (no MX lookup)"
+  PT_ROUTING=("relayhost=[$SINK_ADDR]:$PT_SINK_PORT")
+fi
+"$POSTERN" -c "$PT/etc" config set "mynetworks=192.0.2.0/24" "dns_servers=127.0.0.1:$DNS_PORT" "${PT_ROUTING[@]}" ||
+  bench_die "postern config set failed"
+[ -s "$PT/etc/dkim/signing.table" ] && bench_die "the new instance has a DKIM signing table; the benchmark expects none"
+sink_start "$WORK/sink-postern" "$SINK_ADDR" "$PT_SINK_PORT" || bench_die "smtp-sink did not start on $SINK_ADDR:$PT_SINK_PORT"
+postern_start "$PT" || bench_die "postern start failed; log: $(tail -n 5 "$PT/postern.log" 2>/dev/null)"
+PT_VERSION="$(node -p 'require(process.argv[1]).version' "$BENCH_ROOT/package.json")+$(git -C "$BENCH_ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+bench_note "Postern: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PT_SUB_PORT, relayed to smtp-sink on $SINK_ADDR:$PT_SINK_PORT"
+if ! measure postern "$PT_SUB_PORT" "$WORK/sink-postern"; then
+  bench_die "Postern: $MEASURE_ERROR (log: $PT/postern.log$([ "$KEEP" = yes ] || echo ', rerun with --keep to keep it'))"
+fi
+POSTERN_JSON="$(result_json "" "$PT_VERSION")"
+PT_SUBMITTED="$M_SUBMITTED"; PT_E2E="$M_END_TO_END"
+postern_stop "$PT"
+bench_kill "$SINK_PID"
+
+# --- Postfix -----------------------------------------------------------------
+PF_ERROR=""
+PF_VERSION=""
+if [ "$POSTERN_ONLY" = yes ]; then
+  PF_ERROR="not run (--postern-only)"
+elif [ "$MX" = yes ]; then
+  PF_ERROR="not run (--mx): Postfix resolves through /etc/resolv.conf, which cannot name a DNS server's port; without --mx both use relayhost"
+elif [ "$(id -u)" != 0 ]; then
+  PF_ERROR="not run: Postfix's master must be started as root (it drops to the postfix user itself); run as root, or pass --postern-only"
+elif ! postfix_ensure_accounts; then
+  PF_ERROR="could not create the postfix user and the postfix/postdrop groups Postfix's master requires"
+elif ! dovecot_auth_start "$WORK/dovecot" "$PT/etc/users" 2>"$WORK/dovecot-start.err"; then
+  PF_ERROR="Dovecot's auth service (Postfix's SASL) did not start: $(tail -n 3 "$WORK/dovecot-start.err" | tr '\n' ' ')"
+else
+  bench_note "Postfix: private instance in $PF (SASL: Dovecot auth at $DOVECOT_AUTH_SOCKET)"
+  PF_PORT="$(free_port)"
+  PF_SUB_PORT="$(free_port)"
+  PF_SINK_PORT="$(free_port)"
+  MAIL_UID="$(id -u nobody)"; MAIL_GID="$(id -g nobody)"
+  # The submission service as Postfix's own master.cf suggests it, with Postern's
+  # defaults where they differ: AUTH only after TLS, the sender must be the login's.
+  POSTFIX_EXTRA_MAIN_CF="
+smtpd_tls_cert_file = $PF/etc/tls/cert.pem
+smtpd_tls_key_file = $PF/etc/tls/key.pem
+smtpd_tls_auth_only = yes
+smtpd_sasl_type = dovecot
+smtpd_sasl_path = $DOVECOT_AUTH_SOCKET
+smtpd_sender_login_maps = texthash:$PF/etc/senders
+relayhost = [$SINK_ADDR]:$PF_SINK_PORT
+smtp_tls_security_level = may"
+  POSTFIX_EXTRA_MASTER_CF="127.0.0.1:$PF_SUB_PORT inet n  -       n       -       -       smtpd
+  -o syslog_name=postfix/submission
+  -o smtpd_tls_security_level=encrypt
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_client_restrictions=permit_sasl_authenticated,reject
+  -o smtpd_sender_restrictions=reject_sender_login_mismatch
+  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject"
+  postfix_create "$PF" "$PF_PORT" postfix.bench.test "$USER_ADDR" "$MAIL_UID" "$MAIL_GID"
+  echo "$USER_ADDR $USER_ADDR" >"$PF/etc/senders"
+  # The same certificate and key as Postern's.
+  mkdir -p "$PF/etc/tls"
+  cp "$PT/etc/tls/cert.pem" "$PT/etc/tls/key.pem" "$PF/etc/tls/"
+  chmod 600 "$PF/etc/tls/key.pem"
+  PF_VERSION="$(postfix_version "$PF")"
+  if ! sink_start "$WORK/sink-postfix" "$SINK_ADDR" "$PF_SINK_PORT"; then
+    PF_ERROR="smtp-sink did not start on $SINK_ADDR:$PF_SINK_PORT"
+  elif ! postfix_start "$PF" "$PF_SUB_PORT"; then
+    PF_ERROR="$POSTFIX_START_ERROR"
+  else
+    bench_note "Postfix $PF_VERSION: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PF_SUB_PORT, relayed to smtp-sink on $SINK_ADDR:$PF_SINK_PORT"
+    if measure postfix "$PF_SUB_PORT" "$WORK/sink-postfix"; then
+      POSTFIX_JSON="$(result_json "" "$PF_VERSION")"
+      PF_SUBMITTED="$M_SUBMITTED"; PF_E2E="$M_END_TO_END"
+    else
+      PF_ERROR="$MEASURE_ERROR (maillog: $(grep -E 'fatal|panic|error|warning: SASL' "$PF/maillog" 2>/dev/null | tail -n 2))"
+    fi
+  fi
+  postfix_stop "$PF"
+fi
+bench_stop_background
+[ -n "$PF_ERROR" ] && POSTFIX_JSON="$(result_json "$PF_ERROR" "$PF_VERSION")"
+R_SUBMITTED="$(ratio "$PT_SUBMITTED" "${PF_SUBMITTED:-}")"
+R_E2E="$(ratio "$PT_E2E" "${PF_E2E:-}")"
+
+# --- Report ------------------------------------------------------------------
+DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+MACHINE_JSON="$(machine_json "$WORK")"
+mkdir -p "$BENCH_ROOT/bench/out"
+OUT="$BENCH_ROOT/bench/out/submission-$(date -u +%Y%m%dT%H%M%SZ).json"
+node -e '
+  const [date, messages, size, sessions, warmup, route, machine, postern, postfix, rSub, rE2e] = process.argv.slice(1);
+  const num = (x) => (x === "null" ? null : +x);
+  const report = {
+    benchmark: "submission", date,
+    load: { tool: "bench/submit-load.js (nodemailer SMTPConnection)", messages: +messages, body_bytes: +size,
+            sessions: +sessions, per_session: "STARTTLS, AUTH PLAIN, then its messages on one connection with RSET between",
+            warmup_messages: +warmup, delivery: "smtp-sink (Postfix) on 127.0.0.9", routing: route },
+    machine: JSON.parse(machine),
+    postern: JSON.parse(postern),
+    postfix: JSON.parse(postfix),
+    ratio_postern_to_postfix: { submitted: num(rSub), end_to_end: num(rE2e) },
+  };
+  process.stdout.write(JSON.stringify(report, null, 2) + "\n");' \
+  "$DATE" "$MESSAGES" "$SIZE" "$SESSIONS" "$WARMUP" "$ROUTE" "$MACHINE_JSON" "$POSTERN_JSON" "$POSTFIX_JSON" "$R_SUBMITTED" "$R_E2E" >"$OUT"
+
+node -e '
+  const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+  const m = r.machine, pt = r.postern, pf = r.postfix, q = r.ratio_postern_to_postfix;
+  const col = (v, w) => String(v ?? "-").padStart(w);
+  const pfName = "Postfix" + (pf.version ? " " + pf.version : "");
+  const w = Math.max(9, pfName.length);
+  console.log(`Postern submission benchmark, ${r.date}`);
+  console.log(`load     ${r.load.messages} messages, ${r.load.body_bytes}-byte bodies, ${r.load.sessions} parallel sessions (STARTTLS + AUTH PLAIN, RSET between messages), after ${r.load.warmup_messages} warm-up messages`);
+  console.log(`route    ${r.load.routing}, to smtp-sink`);
+  console.log(`machine  ${m.nproc} CPUs (${m.cpu}), ${m.memory_mib} MiB, Node ${m.node}, Linux ${m.kernel}, spools on ${m.spool_filesystem}`);
+  console.log("");
+  console.log(`${"".padEnd(24)}${col("Postern", 10)}  ${col(pfName, w)}  ${col("Postern/Postfix", 15)}`);
+  const fx = (v, d) => (typeof v === "number" ? v.toFixed(d) : v);
+  const row = (label, d, a, b, ratio) =>
+    console.log(`${label.padEnd(24)}${col(fx(a, d), 10)}  ${col(fx(b, d), w)}  ${col(fx(ratio, 2), 15)}`);
+  row("submitted msg/s", 1, pt.submitted_per_s, pf.submitted_per_s, q.submitted);
+  row("end-to-end msg/s", 1, pt.end_to_end_per_s, pf.end_to_end_per_s, q.end_to_end);
+  row("submitting took s", 2, pt.submit_seconds, pf.submit_seconds, null);
+  row("last at sink after s", 2, pt.end_to_end_seconds, pf.end_to_end_seconds, null);
+  const tls = (x) => (x.tls ? `${x.tls.version} ${x.tls.cipher}` : "-");
+  console.log(`${"TLS".padEnd(24)}${tls(pt)} / ${tls(pf)}`);
+  if (pt.dkim_signed || pf.dkim_signed) console.log("note: DKIM-signed mail reached the sink (unexpected: no key was configured)");
+  if (pf.error) console.log(`\nPostfix: ${pf.error}`);
+  console.log(`\nwritten to ${process.argv[1]}`);' "$OUT"
+
+if [ -n "$PF_ERROR" ] && [ "$POSTERN_ONLY" != yes ] && [ "$MX" != yes ]; then
+  bench_note "the Postfix half did not run: $PF_ERROR"
+  exit 1
+fi
