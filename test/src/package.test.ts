@@ -193,7 +193,9 @@ test('installed into Debian 12: accounts, spool and modes; start, deliver on por
   expectDir('/var/spool/postern/hold', 'postern', 'postern', 0o700);
   expectDir('/var/spool/postern/maildrop', 'postern', 'postern', 0o1733);
   expectDir('/var/spool/postern/private', 'root', 'root', 0o755);
-  expectDir('/var/mail/vhosts', 'vmail', 'vmail', 0o755);
+  // /var/mail is setgid (2775 root:mail) on Debian, and the mail root inherits the bit
+  const mailRoot = fs.statSync(at('/var/mail/vhosts'));
+  assert.deepEqual([mailRoot.uid, mailRoot.gid, mailRoot.mode & 0o777], [users.get('vmail'), groups.get('vmail'), 0o755]);
   const usersFile = fs.statSync(at('/etc/postern/users'));
   assert.deepEqual([usersFile.uid, usersFile.gid, usersFile.mode & 0o777], [users.get('vmail'), groups.get('postern-smtpd'), 0o640]);
   const key = fs.statSync(at('/etc/postern/tls/key.pem'));

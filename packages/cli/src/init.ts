@@ -79,6 +79,7 @@ export function defaultMasterCf(ports: { smtp: number; submission: number; submi
     ['smtp', 'unix', '-', '1', 'smtp'],
     ['lmtp', 'unix', '-', '1', 'lmtp'],
     ['local', 'unix', '-', '1', 'local'],
+    ['showq', 'unix', '-', '1', 'showq'],
     ['pickup', 'unix', '-', '1', 'pickup'],
   ];
   const fmt = (r: string[]) => `${r[0].padEnd(18)}${r[1].padEnd(6)}${r[2].padEnd(6)}${r[3].padEnd(9)}${r.slice(4).join('  ')}`.trimEnd();

@@ -13,7 +13,7 @@ import {
 } from '@postern/common';
 import { initInstance, fixConfigOwnership } from './init.js';
 import { startMaster, stopMaster, signalMaster, statusReport, abortMaster } from './control.js';
-import { readQueue, formatMailq, formatJson, spoolReadable } from './queue.js';
+import { listQueue, formatMailq, formatJson } from './queue.js';
 import { spoolOf } from './control.js';
 import { addDkimCommands } from './dkim.js';
 import { addCheckCommand } from './check.js';
@@ -146,8 +146,8 @@ queue.command('list').alias('mailq').description('list queued mail (mailq, postq
   .option('--json', 'one JSON object per message, postqueue -j fields')
   .action(async (o) => {
     const spool = spoolOf(configDir());
-    if (!spoolReadable(spool)) return fail(`${spool.root}: permission denied (run as root or the queue owner)`);
-    const entries = await readQueue(spool);
+    let entries;
+    try { entries = await listQueue(spool); } catch (e) { return fail((e as Error).message); }
     process.stdout.write(o.json ? formatJson(entries) : formatMailq(entries));
   });
 addQueueAdminCommands(queue, configDir, (code) => { exitCode = code; });

@@ -1,41 +1,8 @@
-/** `postern queue list` (mailq / postqueue -j): what is in the queue, read from the spool. */
+/** `postern queue list` (mailq / postqueue -j): the queue, from the spool or, for users who cannot read it, from showq. */
 import * as fs from 'node:fs';
-import { Spool, QueueName, readQueueFile, recipientStates, CorruptQueueFile } from '@postern/common';
+import { Spool, QueueEntry, readQueue, requestJson } from '@postern/common';
 
-export interface QueueEntry {
-  queue_name: QueueName;
-  queue_id: string;
-  arrival_time: number;
-  message_size: number;
-  forced_expire: boolean;
-  sender: string;
-  recipients: { address: string; delay_reason?: string }[];
-}
-
-const LISTED: QueueName[] = ['incoming', 'active', 'deferred', 'hold'];
-
-export async function readQueue(spool: Spool): Promise<QueueEntry[]> {
-  const out: QueueEntry[] = [];
-  for (const q of LISTED) {
-    for (const id of (await spool.list(q)).sort()) {
-      try {
-        const info = await readQueueFile(spool.pathOf(q, id));
-        const pending = recipientStates(info).filter((r) => r.status === 'pending' || r.status === 'deferred');
-        out.push({
-          queue_name: q, queue_id: id, arrival_time: Math.floor(info.envelope.arrival / 1000),
-          message_size: info.messageLength + info.prepend.length,
-          forced_expire: info.statuses.some((s) => s.type === 'flags' && !!s.expire),
-          sender: info.envelope.sender,
-          recipients: pending.map((r) => (r.reason ? { address: r.address, delay_reason: r.reason } : { address: r.address })),
-        });
-      } catch (e) {
-        // moved or removed while we looked, or not ours to judge: qmgr handles corrupt files
-        if (!(e instanceof CorruptQueueFile) && (e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-      }
-    }
-  }
-  return out;
-}
+export type { QueueEntry };
 
 function arrival(ts: number): string {
   // Postfix prints ctime without the year: "Wed Nov 25 00:29:40"
@@ -68,4 +35,21 @@ export function formatJson(entries: QueueEntry[]): string {
 
 export function spoolReadable(spool: Spool): boolean {
   try { fs.accessSync(spool.dir('active'), fs.constants.R_OK | fs.constants.X_OK); return true; } catch { return false; }
+}
+
+/**
+ * The queue listing: read directly when this user may read the spool (root,
+ * the queue owner), else asked of the showq service over public/showq, as
+ * Postfix's mailq does for ordinary users.
+ */
+export async function listQueue(spool: Spool): Promise<QueueEntry[]> {
+  if (spoolReadable(spool)) return readQueue(spool);
+  let reply: any;
+  try {
+    reply = await requestJson(spool.publicSocket('showq'), { type: 'list' }, 30000);
+  } catch (e) {
+    throw new Error(`cannot read ${spool.root} (permission denied) and showq did not answer: ${(e as Error).message}`);
+  }
+  if (!reply.ok || !Array.isArray(reply.entries)) throw new Error(`showq: ${reply.error ?? 'malformed reply'}`);
+  return reply.entries;
 }

@@ -16,7 +16,7 @@ import {
   MainConfig, Spool, newQueueId, fsyncDir, requestJson, lookupSystemUser, MaildropHeader, formatMaildropHeader,
   envelopeAddressProblem, qualifyAddress, DSN_NOTIFY,
 } from '@postern/common';
-import { readQueue, formatMailq, spoolReadable } from './queue.js';
+import { listQueue as queueEntries, formatMailq } from './queue.js';
 
 // sysexits.h, as Sendmail and Postfix exit
 const EX_USAGE = 64;
@@ -327,8 +327,9 @@ async function listQueue(o: SendmailOptions): Promise<number> {
   let config: MainConfig;
   try { config = MainConfig.load(o.configDir); } catch (e) { throw new SendmailError((e as Error).message, EX_CONFIG); }
   const spool = new Spool(config.get('queue_directory'));
-  if (!spoolReadable(spool)) throw new SendmailError(`${spool.root}: permission denied (run as root or the queue owner)`, 1);
-  process.stdout.write(formatMailq(await readQueue(spool)));
+  let entries;
+  try { entries = await queueEntries(spool); } catch (e) { throw new SendmailError((e as Error).message, 1); }
+  process.stdout.write(formatMailq(entries));
   return 0;
 }
 

@@ -19,3 +19,4 @@ export * from './restriction-lists.js';
 export * from './dns-wire.js';
 export * from './dkim-table.js';
 export * from './maildrop.js';
+export * from './queue-list.js';

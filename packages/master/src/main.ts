@@ -58,7 +58,7 @@ function bindHandle(entry: MasterEntry, spool: Spool, accounts: ServiceAccounts)
     }
     return h;
   }
-  const sockPath = spool.privateSocket(entry.service);
+  const sockPath = socketPathOf(entry, spool);
   fs.rmSync(sockPath, { force: true });
   const h = createServerHandle(sockPath, -1, -1);
   if (typeof h === 'number') throw new Error(`cannot create socket ${sockPath}: error ${h}`);
@@ -66,6 +66,11 @@ function bindHandle(entry: MasterEntry, spool: Spool, accounts: ServiceAccounts)
   if (accounts.privileged) fs.chownSync(sockPath, access.uid, access.gid);
   fs.chmodSync(sockPath, access.mode);
   return h;
+}
+
+/** Public services (showq) take requests from any local user; the rest sit in private/. */
+function socketPathOf(entry: MasterEntry, spool: Spool): string {
+  return entry.command === 'showq' ? spool.publicSocket(entry.service) : spool.privateSocket(entry.service);
 }
 
 function programPath(command: string, config: MainConfig): string {
@@ -238,7 +243,7 @@ export class Master {
       })));
     }
     if (!this.ownsSpool) return;
-    for (const e of this.entries) if (e.type === 'unix') fs.rmSync(this.spool.privateSocket(e.service), { force: true });
+    for (const e of this.entries) if (e.type === 'unix') fs.rmSync(socketPathOf(e, this.spool), { force: true });
     fs.rmSync(this.spool.statusFile(), { force: true });
     releasePidFile(this.spool.pidFile());
   }
