@@ -83,6 +83,8 @@ function noteError(where, e) {
 }
 
 const call = (fn) => new Promise((resolve, reject) => fn((err, v) => (err ? reject(err) : resolve(v))));
+// Exit non-zero whatever way the process ends, unless report() says all went well.
+process.exitCode = 1;
 
 async function session(id) {
   if (remaining <= 0 || timedOut) return;
@@ -93,21 +95,28 @@ async function session(id) {
     connectionTimeout: ms, greetingTimeout: ms, socketTimeout: ms, logger: false,
   });
   open.add(conn);
-  conn.on('error', (e) => noteError(`session ${id}`, e));
+  // A connection that fails or closes ends whatever step the session is waiting for
+  // (connect() in particular calls back only on success).
+  const broken = new Promise((_, reject) => {
+    conn.once('error', reject);
+    conn.once('end', () => reject(new Error('connection closed')));
+  });
+  broken.catch(() => undefined);
+  const step = (fn) => Promise.race([call(fn), broken]);
   try {
     if (firstConnect === null) firstConnect = Date.now();
-    await call((cb) => conn.connect(() => cb()));
+    await step((cb) => conn.connect(() => cb()));
     if (!tls && conn._socket && conn._socket.getCipher) {
       tls = { version: conn._socket.getProtocol(), cipher: conn._socket.getCipher().name };
     }
-    await call((cb) => conn.login({ user: opts.user, pass: opts.pass, method: 'PLAIN' }, cb));
+    await step((cb) => conn.login({ user: opts.user, pass: opts.pass, method: 'PLAIN' }, cb));
     let first = true;
     while (remaining > 0 && !timedOut) {
       const n = opts.messages - remaining-- + 1;
-      if (!first) await call((cb) => conn.reset(cb));
+      if (!first) await step((cb) => conn.reset(cb));
       first = false;
       try {
-        const info = await call((cb) => conn.send({ from: opts.from, to: [opts.to] }, message(n), cb));
+        const info = await step((cb) => conn.send({ from: opts.from, to: [opts.to] }, message(n), cb));
         if (info.accepted && info.accepted.length) { sent++; lastAccepted = Date.now(); } else { failed++; noteError(`message ${n}`, info.response); }
       } catch (e) {
         failed++;
@@ -125,13 +134,10 @@ async function session(id) {
 }
 
 const start = Date.now();
-const timer = setTimeout(() => {
-  timedOut = true;
-  noteError('run', `time limit of ${opts.timeout} s reached`);
-  for (const c of open) c.close();
-}, opts.timeout * 1000);
-
-Promise.all(Array.from({ length: opts.sessions }, (_, i) => session(i + 1))).then(() => {
+let reported = false;
+function report() {
+  if (reported) return;
+  reported = true;
   clearTimeout(timer);
   const t0 = firstConnect ?? start;
   const t1 = lastAccepted ?? Date.now();
@@ -140,4 +146,12 @@ Promise.all(Array.from({ length: opts.sessions }, (_, i) => session(i + 1))).the
     start_ms: t0, end_ms: t1, seconds: (t1 - t0) / 1000, timed_out: timedOut, tls, errors,
   }));
   process.exit(sent === opts.messages ? 0 : 1);
-});
+}
+const timer = setTimeout(() => {
+  timedOut = true;
+  noteError('run', `time limit of ${opts.timeout} s reached`);
+  for (const c of open) c.close();
+  setTimeout(report, 5000); // should the sessions not wind up by themselves
+}, opts.timeout * 1000);
+
+Promise.all(Array.from({ length: opts.sessions }, (_, i) => session(i + 1))).then(report);

@@ -154,7 +154,7 @@ export type ServiceType = 'inet' | 'unix';
 
 /** Program packages by master.cf command name; lmtp is the smtp program in LMTP mode, as in Postfix. */
 export const SERVICE_PROGRAMS: Record<string, string> = {
-  smtpd: 'smtpd', cleanup: 'cleanup', qmgr: 'qmgr', smtp: 'smtp', lmtp: 'smtp', local: 'local', pickup: 'pickup', showq: 'showq',
+  smtpd: 'smtpd', cleanup: 'cleanup', qmgr: 'qmgr', smtp: 'smtp', lmtp: 'smtp', local: 'local', pickup: 'pickup', showq: 'showq', anvil: 'anvil',
 };
 
 export interface MasterEntry {
@@ -213,6 +213,8 @@ function parseMasterLine(l: string, line: number, file: string, seen: Set<string
   // two pickups would both take the same maildrop file and queue it twice
   if (command === 'pickup' && maxproc !== 1) throw new ConfigError(file, line, 'pickup must run as exactly one process');
   if (command === 'pickup' && type !== 'unix') throw new ConfigError(file, line, 'pickup takes wake-up requests on a unix socket only');
+  // the client counters must be one set, shared by every smtpd process
+  if (command === 'anvil' && (maxproc !== 1 || type !== 'unix')) throw new ConfigError(file, line, 'anvil must run as exactly one process on a unix socket');
   const overrides = new Map<string, string>();
   for (let i = 0; i < args.length; i++) {
     if (args[i] !== '-o' || i + 1 >= args.length) throw new ConfigError(file, line, `unexpected argument "${args[i]}" (only -o name=value)`);

@@ -20,3 +20,4 @@ export * from './dns-wire.js';
 export * from './dkim-table.js';
 export * from './maildrop.js';
 export * from './queue-list.js';
+export * from './aliases.js';

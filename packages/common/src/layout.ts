@@ -38,7 +38,7 @@ export function serviceAccounts(config: MainConfig): ServiceAccounts {
 /** The account a master.cf command runs as by default. */
 export function defaultAccount(command: string, a: ServiceAccounts): SystemUser {
   switch (command) {
-    case 'smtpd': return a.smtpd;
+    case 'smtpd': case 'anvil': return a.smtpd; // anvil needs no privileges; only smtpd talks to it
     case 'smtp': case 'lmtp': return a.relay;
     case 'local': return a.mailbox;
     default: return a.owner;
@@ -51,6 +51,7 @@ export function socketAccess(command: string, a: ServiceAccounts): { uid: number
     case 'cleanup': return { uid: a.owner.uid, gid: a.smtpd.gid, mode: 0o660 }; // smtpd and pickup write mail in
     case 'smtp': case 'lmtp': return { uid: a.relay.uid, gid: a.owner.gid, mode: 0o660 }; // qmgr asks for deliveries
     case 'local': return { uid: a.mailbox.uid, gid: a.relay.gid, mode: 0o660 }; // the lmtp client delivers
+    case 'anvil': return { uid: a.smtpd.uid, gid: a.smtpd.gid, mode: 0o600 }; // smtpd's client counters
     case 'showq': return { uid: a.owner.uid, gid: a.owner.gid, mode: 0o666 }; // mailq for every local user
     default: return { uid: a.owner.uid, gid: a.owner.gid, mode: 0o600 }; // qmgr: cleanup and root
   }

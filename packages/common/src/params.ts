@@ -49,6 +49,17 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('smtpd_recipient_limit', 'int', '1000', 'Most recipients accepted in one message.'),
   P('smtpd_timeout', 'time', '300s', 'How long smtpd waits for a client command or data.'),
   P('smtpd_client_connection_count_limit', 'int', '50', 'Simultaneous connections one client address may hold.'),
+  P('smtpd_client_connection_rate_limit', 'int', '0', 'Connections one client address may open per anvil_rate_time_unit (421 4.7.0 beyond it); 0 means no limit.'),
+  P('smtpd_client_message_rate_limit', 'int', '0', 'MAIL FROM commands one client address may send per anvil_rate_time_unit (450 4.7.1 beyond it); 0 means no limit.'),
+  P('smtpd_client_recipient_rate_limit', 'int', '0', 'RCPT TO commands one client address may send per anvil_rate_time_unit (450 4.7.1 beyond it); 0 means no limit.'),
+  P('smtpd_client_auth_rate_limit', 'int', '0', 'Failed AUTH attempts one client address may make per anvil_rate_time_unit; its next AUTH gets 421 4.7.0 and the connection is closed. 0 means no limit.'),
+  P('smtpd_client_event_limit_exceptions', 'list', '$mynetworks', 'Clients (networks) exempt from the connection count and rate limits above.'),
+  P('anvil_rate_time_unit', 'time', '60s', 'The time unit of the client rate limits, counted by the anvil service across every smtpd process.'),
+  P('smtpd_soft_error_limit', 'int', '10', 'After this many errors in a session, smtpd waits smtpd_error_sleep_time before each error reply.'),
+  P('smtpd_hard_error_limit', 'int', '20', 'After this many errors in a session smtpd replies 421 4.7.0 "too many errors" and disconnects.'),
+  P('smtpd_error_sleep_time', 'time', '1s', 'Delay before an error reply once a client passed smtpd_soft_error_limit; a failed AUTH waits this times the session\'s AUTH failures.'),
+  P('smtpd_junk_command_limit', 'int', '100', 'NOOP, RSET, VRFY and HELP commands a session may send before each further one counts as an error.'),
+  P('line_length_limit', 'int', '2048', 'Longest SMTP command line smtpd accepts (421 and disconnect beyond it).'),
   P('default_process_limit', 'int', '100', 'Default process limit for master.cf entries whose limit is "-".'),
 
   // Queue
@@ -61,6 +72,13 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('default_destination_concurrency_limit', 'int', '20', 'Parallel deliveries to one destination.'),
   P('local_destination_concurrency_limit', 'int', '20', 'Parallel deliveries to the local mailbox service.'),
   P('delivery_timeout', 'time', '600s', 'How long qmgr waits for one delivery request before treating it as a temporary failure.'),
+
+  // Aliases (expanded by cleanup; smtpd accepts their addresses at RCPT)
+  P('virtual_alias_maps', 'list', '', 'Alias tables (texthash:FILE, lines "address target, target..."): keys user@domain or @domain (catch-all); targets local users or remote addresses.'),
+  P('alias_maps', 'list', '', 'Alias tables like virtual_alias_maps whose keys may also be a bare local part, meaning that name in every $mydestination domain.'),
+  P('virtual_alias_recursion_limit', 'int', '1000', 'Deepest nesting of aliases; deeper expansion bounces the recipient (5.3.5).'),
+  P('virtual_alias_expansion_limit', 'int', '1000', 'Most addresses one original recipient may expand into; more bounces the recipient (5.3.5).'),
+  P('postmaster_address', 'string', 'postmaster@$mydomain', 'Where postmaster@ and abuse@ of every local domain go unless an alias table says otherwise (RFC 5321 requires postmaster).'),
 
   // Local delivery
   P('mailbox_format', 'enum', 'maildir', 'Mailbox format for users whose entry does not say (userdb_mail).', ['maildir', 'mbox']),

@@ -70,6 +70,7 @@ export class QueueFileWriter {
   private position = 0;
   private prepend: Buffer[] = [];
   private notes: Record<string, unknown>[] = [];
+  private statuses: StatusRecord[] = [];
 
   private constructor(readonly spool: Spool, readonly id: string, private fh: fsp.FileHandle) {}
 
@@ -125,6 +126,12 @@ export class QueueFileWriter {
   /** Envelope facts known only after the body (e.g. authentication results). */
   addEnvelopeNotes(notes: Record<string, unknown>): void { this.notes.push(notes); }
 
+  /**
+   * Recipient results known before any delivery (cleanup bounces an alias loop):
+   * written after the end marker, as qmgr's own status records are.
+   */
+  addStatus(records: StatusRecord[]): void { this.statuses.push(...records); }
+
   /** Make the file durable and visible in incoming/: the point after which smtpd may say 250. */
   async commit(): Promise<string> {
     const len = Buffer.from(String(this.written).padStart(LEN_WIDTH, '0'));
@@ -136,6 +143,10 @@ export class QueueFileWriter {
       tail.push(Buffer.from(`N ${b.length}\n`), b, Buffer.from('\n'));
     }
     tail.push(Buffer.from('X\n'));
+    for (const r of this.statuses) {
+      const b = Buffer.from(JSON.stringify(r));
+      tail.push(Buffer.from(`S ${b.length}\n`), b, Buffer.from('\n'));
+    }
     await this.put(Buffer.concat(tail));
     await this.fh.sync();
     await this.fh.close();
