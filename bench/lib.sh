@@ -277,6 +277,7 @@ BENCH_BG_PIDS=""
 
 bench_kill() { # PID: TERM, up to 10 s, then KILL (the pid is timeout's: TERM reaches its child)
   local pid="$1" i
+  BENCH_BG_PIDS="$(echo " $BENCH_BG_PIDS " | sed "s/ $pid / /g")"   # never signal a reused pid later
   kill -0 "$pid" 2>/dev/null || return 0
   kill -TERM "$pid" 2>/dev/null || true
   for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { generateKeyPairSync } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import { Instance } from './harness.js';
 
 interface Complaint { level: 'error' | 'warning'; file: string; line: number; problem: string }
@@ -196,4 +197,20 @@ test('config show lists main.cf settings sorted (postconf -n); --defaults every 
   assert.match(defaults, /^smtpd_timeout = 300s$/m);
   assert.match(defaults, /^queue_directory = \/var\/spool\/postern$/m);
   assert.equal(inst.tryCli(['config', 'get', 'no_such_parameter']).code, 1);
+});
+
+test('newaliases rebuilds nothing (texthash) but reports a malformed alias line with its file and line', () => {
+  const aliases = path.join(inst.etc, 'aliases');
+  fs.writeFileSync(aliases, '# aliases\npostmaster alice@example.test\nbroken-line\n');
+  try {
+    const newaliases = path.join(__dirname, '..', '..', 'bin', 'newaliases');
+    const ok = spawnSync(process.execPath, [newaliases, '-C', inst.etc], { encoding: 'utf8' });
+    assert.equal(ok.status, 0, `no alias tables configured: ${ok.stderr}`);
+    inst.cli(['config', 'set', `alias_maps=texthash:${aliases}`]);
+    const bad = spawnSync(process.execPath, [newaliases, '-C', inst.etc], { encoding: 'utf8' });
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, new RegExp(`^newaliases: ${aliases.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}:3: error: expected "key value"`, 'm'));
+    const r = check(); // postern check reads the same table
+    assert.equal(find(r.complaints, 'error', aliases, /expected "key value"/).line, 3);
+  } finally { fs.rmSync(aliases, { force: true }); }
 });

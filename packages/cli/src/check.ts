@@ -174,11 +174,12 @@ function checkMasterCf(configDir: string, config: MainConfig, accounts: ServiceA
   return entries;
 }
 
-/** Every `type:source` table any parameter names (restriction lists included), checked once each. */
-function checkTables(views: View[], accounts: ServiceAccounts | null, report: Report): void {
+/** Every `type:source` table any parameter (or one of `only`) names, restriction lists included, checked once each. */
+function checkTables(views: View[], accounts: ServiceAccounts | null, report: Report, only?: string[]): void {
   const done = new Set<string>();
   for (const v of views) {
     for (const p of PARAMETERS) {
+      if (only && !only.includes(p.name)) continue;
       let value: string;
       try { value = v.config.get(p.name); } catch { continue; } // reported with main.cf
       for (const token of value.split(/[\s,]+/)) {
@@ -371,6 +372,22 @@ export function checkInstance(configDir: string, now = new Date()): Complaint[] 
     section('mail root', mainAt, () => checkMailRoot(config, a, report));
   }
   section('log', mainAt, () => checkLogFile(config, report));
+  return report.complaints;
+}
+
+/**
+ * newaliases: Postern's alias tables are text that cleanup and smtpd re-read
+ * when it changes, so there is no database to rebuild; what is left to do is
+ * to say whether the tables parse.
+ */
+export function checkAliasTables(configDir: string): Complaint[] {
+  const report = new Report();
+  let config: MainConfig;
+  try { config = MainConfig.load(configDir); } catch (e) {
+    if (e instanceof ConfigError) { report.fromConfigError(e); return report.complaints; }
+    throw e;
+  }
+  checkTables(viewsOf(config, [], configDir), null, report, ['alias_maps', 'virtual_alias_maps']);
   return report.complaints;
 }
 

@@ -27,7 +27,7 @@ interface Route {
 }
 
 const dead = new Map<string, number>(); // "address:port" -> until (ms)
-const idle = new Map<string, { conn: any; timer: NodeJS.Timeout }[]>();
+const idle = new Map<string, { conn: any; timer: NodeJS.Timeout; onEnd: () => void }[]>();
 
 function parseRelayhost(spec: string): { host: string; port: number; mx: boolean } {
   const m = /^(\[)?([^\]\s:]+|[0-9a-f:.]+)\]?(?::(\d+))?$/i.exec(spec.trim());
@@ -108,20 +108,26 @@ function takeIdle(key: string): any | null {
   const item = list?.shift();
   if (!item) return null;
   clearTimeout(item.timer);
+  item.conn.off('end', item.onEnd);
   return item.conn;
 }
 
 function putIdle(key: string, conn: any, config: MainConfig): void {
   const list = idle.get(key) ?? [];
-  const timer = setTimeout(() => {
-    const i = list.findIndex((x) => x.conn === conn);
-    if (i >= 0) list.splice(i, 1);
-    try { conn.quit(); } catch { /* closed */ }
-  }, config.seconds('smtp_connection_cache_time') * 1000);
-  timer.unref();
-  list.push({ conn, timer });
+  const drop = () => {
+    const i = list.indexOf(item);
+    if (i >= 0) { clearTimeout(list[i].timer); list.splice(i, 1); }
+  };
+  const item = {
+    conn,
+    onEnd: drop, // the server closed an idle connection
+    timer: setTimeout(() => { drop(); conn.off('end', drop); try { conn.quit(); } catch { /* closed */ } },
+      config.seconds('smtp_connection_cache_time') * 1000),
+  };
+  item.timer.unref();
+  list.push(item);
   idle.set(key, list);
-  conn.once('end', () => { const i = list.findIndex((x) => x.conn === conn); if (i >= 0) { clearTimeout(list[i].timer); list.splice(i, 1); } });
+  conn.once('end', drop);
 }
 
 function sendOn(conn: any, info: QueueFileInfo, to: string[]): Promise<{ err: any; info: any }> {

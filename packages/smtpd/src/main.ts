@@ -8,12 +8,15 @@ import { SMTPServer, SMTPServerDataStream, SMTPServerSession, SMTPServerOptions 
 import {
   runService, ServiceContext, RunningService, MainConfig, NetworkList,
   installEnhancedCodeShim, smtpError, connectUnix, FrameReader, FrameWriter, UserTable, verifyPassword, sharedResolver,
+  AliasMaps, SmtpError,
 } from '@postern/common';
 
 import { LineEndingCheck } from './line-endings.js';
 import { createMessageObservers, MessageObserver } from './message-checks.js';
 import { RestrictionPolicy, restrictionPolicy, SessionClient, checkRecipient } from './restrictions.js';
 import { forbidUnauthPipelining } from './pipelining.js';
+import { AnvilClient } from './anvil-client.js';
+import { ClientLimits, limitPolicy, sleep } from './limits.js';
 
 installEnhancedCodeShim();
 
@@ -25,6 +28,9 @@ interface Policy {
   recipientLimit: number;
   sizeLimit: number;
   restrictions: RestrictionPolicy;
+  config: MainConfig;
+  /** Opened at the first lookup: a missing table is a temporary failure then, not a crash. */
+  aliases?: AliasMaps;
 }
 
 function userTablePath(config: MainConfig): string {
@@ -46,6 +52,7 @@ function buildPolicy(config: MainConfig, previous?: Policy): Policy {
     users: previous && previous.users.file === file ? previous.users : new UserTable(file),
     recipientLimit: config.int('smtpd_recipient_limit'),
     sizeLimit: config.int('message_size_limit'),
+    config,
   };
 }
 
@@ -63,9 +70,11 @@ function clientName(session: SMTPServerSession): string {
   return clients.get(session)?.label ?? `unknown[${session.remoteAddress}]`;
 }
 
-/** The client's user table entry decides whether an address in our domains exists. */
+/** An address in our domains exists when it is a user, an alias, or postmaster@/abuse@ (aliases.ts). */
 function knownRecipient(policy: Policy, address: string): boolean {
-  return !!policy.users.lookup(address);
+  if (policy.users.lookup(address)) return true;
+  policy.aliases ??= new AliasMaps(policy.config);
+  return policy.aliases.accepts(address);
 }
 
 function tlsOptions(config: MainConfig): { key?: Buffer; cert?: Buffer } {
@@ -79,6 +88,14 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
   const { log } = ctx;
   let policy = buildPolicy(ctx.config);
   const cleanupSocket = ctx.spool.privateSocket('cleanup');
+  const anvil = new AnvilClient(ctx.spool.privateSocket('anvil'), log);
+  let limitsPolicy = limitPolicy(ctx.config, ctx.name);
+  const limits = new ClientLimits(anvil, log, () => limitsPolicy, clientName);
+  /** An error reply to MAIL or RCPT waits smtpd_error_sleep_time once the session passed smtpd_soft_error_limit. */
+  const replyLater = (session: SMTPServerSession, cb: (err?: Error | null) => void) => (err?: Error | null) => {
+    if (!err) return cb();
+    void sleep(limits.errorDelay(session)).then(() => cb(err));
+  };
   const servers: SMTPServer[] = [];
 
   const makeServer = (config: MainConfig): SMTPServer => {
@@ -104,37 +121,59 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       ...tls,
       minVersion: 'TLSv1.2',
       socketTimeout: config.seconds('smtpd_timeout') * 1000,
+      maxCommandLength: config.int('line_length_limit'),
       closeTimeout: 10000,
       disableReverseLookup: true,
       logger: false,
       onConnect(session, cb) {
         const client = sessionClient(session, ctx.config);
-        // Postfix names the client before the greeting; mynetworks is trusted and not looked up unless a restriction asks
-        const lookup = policy.mynetworks.contains(session.remoteAddress) ? Promise.resolve() : client.lookup();
-        lookup.catch((e) => log.error({ err: (e as Error).message }, 'client name lookup failed')).then(() => {
-          if (client.identity?.dnsError) log.warn({ client: clientName(session), err: client.identity.dnsError }, `${clientName(session)}: client name lookup failed temporarily`);
-          log.info({ client: clientName(session) }, `connect from ${clientName(session)}`);
-          cb();
+        // anvil first: a flood is turned away before it costs a DNS lookup
+        limits.connect(session).then((refused) => {
+          if (refused) {
+            log.info({ client: clientName(session) }, `connect from ${clientName(session)}`);
+            return cb(refused);
+          }
+          // Postfix names the client before the greeting; mynetworks is trusted and not looked up unless a restriction asks
+          const lookup = policy.mynetworks.contains(session.remoteAddress) ? Promise.resolve() : client.lookup();
+          lookup.catch((e) => log.error({ err: (e as Error).message }, 'client name lookup failed')).then(() => {
+            if (client.identity?.dnsError) log.warn({ client: clientName(session), err: client.identity.dnsError }, `${clientName(session)}: client name lookup failed temporarily`);
+            log.info({ client: clientName(session) }, `connect from ${clientName(session)}`);
+            cb();
+          });
         });
       },
       onClose(session) {
+        limits.disconnect(session);
         log.info({ client: clientName(session) }, 'disconnect');
       },
       onAuth(auth, session, cb) {
-        const fail = () => {
-          log.warn({ client: clientName(session), method: auth.method, sasl_username: auth.username }, `${clientName(session)}: SASL ${auth.method} authentication failed`);
+        const fail = async () => {
+          // each failure of this client waits longer: a password guesser gets slower, not faster
+          const { failures, delayMs } = await limits.authFailed(session);
+          log.warn({ client: clientName(session), method: auth.method, sasl_username: auth.username, auth_failures: failures, delay_s: delayMs / 1000 },
+            `${clientName(session)}: SASL ${auth.method} authentication failed; reply delayed ${delayMs / 1000}s`);
+          await sleep(delayMs);
           cb(smtpError(535, '5.7.8', 'Error: authentication failed'));
         };
-        if (auth.method !== 'PLAIN' && auth.method !== 'LOGIN') return fail();
-        let entry;
-        try { entry = policy.users.lookup(auth.username ?? ""); } catch (e) {
-          log.error({ err: (e as Error).message }, 'user table unavailable');
-          return cb(smtpError(454, '4.7.0', 'Temporary authentication failure'));
-        }
-        if (!entry || !verifyPassword(auth.password ?? '', entry.password)) return fail();
-        cb(null, { user: entry.user });
+        const check = async (): Promise<void> => {
+          const refused: SmtpError | null = await limits.authAllowed(session);
+          if (refused) return cb(refused);
+          if (auth.method !== 'PLAIN' && auth.method !== 'LOGIN') return fail();
+          let entry;
+          try { entry = policy.users.lookup(auth.username ?? ""); } catch (e) {
+            log.error({ err: (e as Error).message }, 'user table unavailable');
+            return cb(smtpError(454, '4.7.0', 'Temporary authentication failure'));
+          }
+          if (!entry || !verifyPassword(auth.password ?? '', entry.password)) return fail();
+          cb(null, { user: entry.user });
+        };
+        check().catch((e) => {
+          log.error({ err: (e as Error).stack ?? String(e) }, 'authentication check failed');
+          cb(smtpError(454, '4.7.0', 'Temporary authentication failure'));
+        });
       },
-      onMailFrom(address, session, cb) {
+      onMailFrom(address, session, done) {
+        const cb = replyLater(session, done);
         if (tlsRequired && !session.secure) return cb(smtpError(530, '5.7.0', 'Must issue a STARTTLS command first'));
         if (authRequired && !session.user) return cb(smtpError(530, '5.7.0', 'Authentication required'));
         if (session.user && address.address.toLowerCase() !== String(session.user).toLowerCase()) {
@@ -143,9 +182,10 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
             `reject: MAIL from ${clientName(session)}: 553 5.7.1 <${address.address}>: Sender address rejected: not owned by user ${session.user}`);
           return cb(smtpError(553, '5.7.1', `<${address.address}>: Sender address rejected: not owned by user ${session.user}`));
         }
-        cb();
+        limits.mail(session).then((tooMuch) => cb(tooMuch), () => cb());
       },
-      onRcptTo(address, session, cb) {
+      onRcptTo(address, session, done) {
+        const cb = replyLater(session, done);
         const reject = (code: number, enhanced: string, text: string) => {
           log.info({ queue_id: 'NOQUEUE', client: clientName(session), from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
             to: address.address, proto: session.transmissionType, helo: session.hostNameAppearsAs, dsn: enhanced, status: 'reject' },
@@ -154,7 +194,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         };
         if (session.envelope.rcptTo.length >= policy.recipientLimit) return reject(452, '4.5.3', 'Error: too many recipients');
         const current = policy;
-        checkRecipient(current.restrictions, {
+        const checkRecipients = () => checkRecipient(current.restrictions, {
           resolver: sharedResolver(ctx.config),
           knownRecipient: (a) => {
             try { return knownRecipient(current, a); } catch (e) {
@@ -173,12 +213,18 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
           log.error({ err: (e as Error).stack ?? String(e) }, 'restriction check failed');
           reject(451, '4.3.0', 'Error: internal error, try again later');
         });
+        // anvil's recipient rate first, then the restriction lists
+        limits.recipient(session).then((tooMany) => {
+          if (tooMany) return reject(tooMany.responseCode, tooMany.enhanced, tooMany.message.slice(tooMany.enhanced.length + 1));
+          return checkRecipients();
+        }, () => checkRecipients());
       },
       onData(stream, session, cb) {
-        receiveMessage(stream, session).then((id) => cb(null, `2.0.0 Ok: queued as ${id}`), (err) => cb(err));
+        receiveMessage(stream, session).then((id) => { limits.delivered(session); cb(null, `2.0.0 Ok: queued as ${id}`); }, (err) => cb(err));
       },
     };
     const server = new SMTPServer(options);
+    limits.install(server);
     if (config.bool('smtpd_forbid_unauth_pipelining')) {
       forbidUnauthPipelining(server, (session, address, when, input) => {
         const client = clients.get(session)?.label ?? `unknown[${address}]`;
@@ -278,6 +324,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     },
     reload(config) {
       policy = buildPolicy(config, policy);
+      limitsPolicy = limitPolicy(config, ctx.name);
       for (const s of servers) {
         // new TLS material and limits apply to new connections
         const tls = tlsOptions(config);
@@ -286,7 +333,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       }
     },
     stop() {
-      return Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())))).then(() => undefined);
+      return Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())))).then(() => anvil.close());
     },
   };
 }
