@@ -5,6 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as tls from 'node:tls';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, spawnSync, SpawnSyncOptions } from 'node:child_process';
@@ -223,9 +224,21 @@ export class RawSmtp {
     const sock = net.createConnection({ port, host: opts.host ?? '127.0.0.1', localAddress: opts.localAddress });
     await new Promise<void>((res, rej) => { sock.once('connect', res); sock.once('error', rej); });
     const c = new RawSmtp(sock);
-    await c.reply();
+    c.greeting = await c.reply();
     return c;
   }
+
+  /** The same over implicit TLS (the submissions port); the server's certificate is not checked. */
+  static async connectTls(port: number, opts: { host?: string } = {}): Promise<RawSmtp> {
+    const sock = tls.connect({ port, host: opts.host ?? '127.0.0.1', rejectUnauthorized: false });
+    await new Promise<void>((res, rej) => { sock.once('secureConnect', res); sock.once('error', rej); });
+    const c = new RawSmtp(sock);
+    c.greeting = await c.reply();
+    return c;
+  }
+
+  /** The server's first reply: the 220 greeting, or a refusal such as 421. */
+  greeting = '';
 
   /** The next complete reply (last line has a space after the code). */
   async reply(timeoutMs = 10000): Promise<string> {

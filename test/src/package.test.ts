@@ -247,6 +247,13 @@ test('installed into Debian 12: accounts, spool and modes; start, deliver on por
   assert.match(message, /^Subject: installed-package-test$/m);
   assert.equal(fs.statSync(path.join(newDir, files[0])).uid, users.get('vmail'));
 
+  // --- the MTA interface other Debian packages use: sendmail, mailq, newaliases
+  must('sendmail', inRoot(['sh', '-c', 'printf "Subject: via-sendmail\\n\\nsubmitted locally\\n" | sendmail alice@example.test']));
+  await waitFor('the sendmail message in alice\'s Maildir', () => fs.readdirSync(newDir).length >= 2, 30000);
+  assert.ok(fs.readdirSync(newDir).some((f) => /^Subject: via-sendmail$/m.test(fs.readFileSync(path.join(newDir, f), 'utf8'))));
+  assert.match(must('mailq', inRoot(['mailq'])).stdout, /Mail queue is empty/);
+  must('newaliases', inRoot(['newaliases']));
+
   // --- stop: master and every service gone
   must('postern stop', inRoot(['postern', 'stop'], { timeout: 60000 }));
   await waitFor('every postern process to exit', () => pids.every((pid) => { try { process.kill(pid, 0); return false; } catch { return true; } }), 30000);

@@ -6,8 +6,9 @@
 import * as net from 'node:net';
 import {
   runService, ServiceContext, RunningService, FrameReader, FrameWriter, QueueFileWriter, Envelope,
-  newQueueId, rfc5322Date, headerSafe, requestJson, NetworkList,
+  newQueueId, rfc5322Date, headerSafe, requestJson, NetworkList, AliasMaps,
 } from '@postern/common';
+import { expandRecipients } from './aliases.js';
 import { HeaderFixup, missingHeaders } from './header-fixup.js';
 import { HeaderFieldFilter, forgedAuthResults } from './headers.js';
 import { DkimKeyStore, signQueuedMessage } from './dkim.js';
@@ -73,9 +74,14 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       if (typeof env.sender !== 'string' || !Array.isArray(env.recipients) || !env.recipients.length) {
         throw new Error('envelope needs a sender and at least one recipient');
       }
-      file = await QueueFileWriter.create(spool, env);
       const hostname = ctx.config.get('myhostname');
-      await file.write(Buffer.from(receivedHeader(env, hostname)));
+      // Received: names the recipient as the client gave it, not where its aliases lead
+      const received = receivedHeader(env, hostname);
+      const expanded = expandRecipients(env.recipients, new AliasMaps(ctx.config), log, env.id);
+      env.recipients = expanded.recipients;
+      file = await QueueFileWriter.create(spool, env);
+      file.addStatus(expanded.statuses);
+      await file.write(Buffer.from(received));
       const fixup = isSubmission(env, mynetworks())
         ? new HeaderFixup((s) => missingHeaders(s, env.id, new Date(env.arrival), hostname, rfc5322Date(new Date(env.arrival))))
         : null;

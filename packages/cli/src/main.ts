@@ -18,6 +18,7 @@ import { spoolOf } from './control.js';
 import { addDkimCommands } from './dkim.js';
 import { addCheckCommand } from './check.js';
 import { addSetupCommand } from './setup.js';
+import { addMapCommands } from './map.js';
 import { addQueueAdminCommands } from './queue-admin.js';
 import { showLog } from './log.js';
 
@@ -155,6 +156,7 @@ addQueueAdminCommands(queue, configDir, (code) => { exitCode = code; });
 addDkimCommands(program, configDir, fail);
 addCheckCommand(program, configDir, (code) => { exitCode = code; });
 addSetupCommand(program, configDir);
+addMapCommands(program, configDir, (code) => { exitCode = code; });
 
 program.parseAsync(process.argv).then(() => { process.exitCode = exitCode; }, (e) => {
   process.stderr.write(`postern: ${(e as Error).message}\n`);

@@ -94,7 +94,7 @@ export class ClientLimits {
 
   private warnExceeded(what: string, value: number, session: SMTPServerSession): void {
     const p = this.policy();
-    this.log.warn({ client: this.label(session), service: p.service, limit_value: value, status: 'reject' },
+    this.log.warn({ client: this.label(session), listener: p.service, limit_value: value, status: 'reject' },
       `${what} limit exceeded: ${value} from ${this.label(session)} for service ${p.service}`);
   }
 
