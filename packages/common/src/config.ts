@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PARAMETERS, ParamSpec, paramSpec } from './params.js';
+import { replaceFileDurably } from './files.js';
 
 export class ConfigError extends Error {
   constructor(readonly file: string, readonly line: number, problem: string) {
@@ -258,7 +259,6 @@ export function setMainCfParameters(configDir: string, settings: [string, string
   }
   // refuse to write a main.cf we could not read back (a value can be wrong only once expanded)
   MainConfig.parse(lines.join('\n'), file);
-  const tmp = `${file}.tmp${process.pid}`;
-  fs.writeFileSync(tmp, lines.join('\n'), { mode: fs.statSync(file).mode & 0o7777 });
-  fs.renameSync(tmp, file);
+  const st = fs.statSync(file);
+  replaceFileDurably(file, lines.join('\n'), st.mode & 0o7777, process.getuid?.() === 0 ? { uid: st.uid, gid: st.gid } : undefined);
 }

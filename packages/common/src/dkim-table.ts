@@ -11,7 +11,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { replaceFileDurably } from './files.js';
 
 export const DKIM_ALGORITHMS = ['rsa-sha256', 'ed25519-sha256'] as const;
 export type DkimAlgorithm = typeof DKIM_ALGORITHMS[number];
@@ -110,25 +110,3 @@ export function upsertDkimTableEntry(file: string, entry: Omit<DkimTableEntry, '
   return same ? 'replaced' : 'added';
 }
 
-/** Replace `file` so a crash leaves the old or the new version, never a mix. */
-export function replaceFileDurably(file: string, data: string | Buffer, mode: number, owner?: { uid: number; gid: number }): void {
-  const dir = path.dirname(file);
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  const fd = fs.openSync(tmp, 'wx', 0o600); // O_EXCL: never through a planted symlink
-  try {
-    try {
-      if (owner) fs.fchownSync(fd, owner.uid, owner.gid);
-      fs.fchmodSync(fd, mode);
-      fs.writeFileSync(fd, data);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-  const dfd = fs.openSync(dir, 'r');
-  try { fs.fsyncSync(dfd); } finally { fs.closeSync(dfd); }
-}

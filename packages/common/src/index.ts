@@ -21,3 +21,4 @@ export * from './dkim-table.js';
 export * from './maildrop.js';
 export * from './queue-list.js';
 export * from './aliases.js';
+export * from './files.js';

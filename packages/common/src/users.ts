@@ -9,7 +9,7 @@
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { replaceFileDurably } from './files.js';
 
 export interface UserEntry {
   user: string;
@@ -269,45 +269,18 @@ function realTarget(file: string): string {
   }
 }
 
-/**
- * Replace `file` with `text` so that a crash leaves either the old or the new file, never
- * a mix: write a temp file in the same directory, fsync, rename over, fsync the directory.
- * Keeps an existing file's mode (and owner, when we are root); a new file gets 0640.
- */
+/** Rewrite the table durably, keeping an existing file's mode (and owner, when root); a new file gets 0640. */
 function writeFileAtomic(file: string, text: string): void {
   let mode = 0o640;
   let owner: { uid: number; gid: number } | undefined;
   try {
     const st = fs.statSync(file);
     mode = st.mode & 0o7777;
-    owner = { uid: st.uid, gid: st.gid };
+    if (process.getuid?.() === 0) owner = { uid: st.uid, gid: st.gid };
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
-  const dir = path.dirname(file);
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  // 'wx' = O_EXCL: never write through a symlink someone planted at the temp name.
-  const fd = fs.openSync(tmp, 'wx', 0o600);
-  try {
-    try {
-      if (owner && process.getuid?.() === 0) fs.fchownSync(fd, owner.uid, owner.gid);
-      fs.fchmodSync(fd, mode); // after chown, which may clear set-id bits; and umask-proof
-      fs.writeFileSync(fd, text);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, file);
-  } catch (err) {
-    fs.rmSync(tmp, { force: true });
-    throw err;
-  }
-  const dfd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(dfd);
-  } finally {
-    fs.closeSync(dfd);
-  }
+  replaceFileDurably(file, text, mode, owner);
 }
 
 /**
