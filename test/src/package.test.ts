@@ -219,7 +219,7 @@ test('installed into Debian 12: accounts, spool and modes; start, deliver on por
   const status = JSON.parse(must('postern status --json', inRoot(['postern', 'status', '--json'])).stdout);
   assert.equal(status.running, true);
   assert.equal(status.master.user, 'root');
-  const expectedUser: Record<string, string> = { smtpd: 'postern-smtpd', cleanup: 'postern', qmgr: 'postern', pickup: 'postern',
+  const expectedUser: Record<string, string> = { smtpd: 'postern-smtpd', cleanup: 'postern', qmgr: 'postern', pickup: 'postern', showq: 'postern', anvil: 'postern-smtpd',
     smtp: 'postern-relay', lmtp: 'postern-relay', local: 'vmail' };
   const commands = new Set<string>();
   const pids: number[] = [status.master.pid];
@@ -232,7 +232,7 @@ test('installed into Debian 12: accounts, spool and modes; start, deliver on por
     commands.add(s.command);
     pids.push(s.pid);
   }
-  for (const c of ['smtpd', 'cleanup', 'qmgr', 'smtp', 'lmtp', 'local', 'pickup']) assert.ok(commands.has(c), `${c} runs`);
+  for (const c of ['smtpd', 'cleanup', 'qmgr', 'smtp', 'lmtp', 'local', 'pickup', 'showq', 'anvil']) assert.ok(commands.has(c), `${c} runs`);
 
   // --- a message to port 25 on loopback reaches alice's Maildir
   const swaks = run('swaks', ['--server', '127.0.0.1:25', '--from', 'sender@elsewhere.test', '--to', 'alice@example.test',

@@ -21,6 +21,8 @@ const EXPECTED_USER: Record<string, string> = {
   cleanup: 'postern',
   qmgr: 'postern',
   pickup: 'postern',
+  showq: 'postern',
+  anvil: 'postern-smtpd',
   smtp: 'postern-relay',
   lmtp: 'postern-relay',
   local: 'vmail',
@@ -104,6 +106,7 @@ test('as root: master runs as root and every service under its own account, with
   for (const s of services) {
     assert.ok(s.running && s.pid, `${s.command} (${s.service}) is running`);
     assert.notEqual(s.user, 'root', `${s.command} (${s.service}) does not run as root`);
+    assert.ok(EXPECTED_USER[s.command], `${s.command}: a service this test knows`);
     if (EXPECTED_USER[s.command]) assert.equal(s.user, EXPECTED_USER[s.command], `postern status: ${s.command} runs as ${EXPECTED_USER[s.command]}`);
   }
 
