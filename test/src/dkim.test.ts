@@ -14,7 +14,8 @@ import { randomUUID } from 'node:crypto';
 import { Instance, IS_ROOT, run, runAsync, requireTool, tempDir, waitFor, RunResult } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
 import { dkimpyVerify, mailDkimVerify, python3 } from './verifiers.js';
-import { HeaderFixup, missingHeaders, HEADER_SCAN_LIMIT } from '../../packages/cleanup/dist/header-fixup.js';
+import { HeaderSection, HEADER_SCAN_LIMIT } from '../../packages/cleanup/dist/header-section.js';
+import { missingHeaders } from '../../packages/cleanup/dist/header-fixup.js';
 
 const PASSWORD = 'correct horse battery staple';
 const OUTSIDER = '127.0.0.2'; // a loopback address outside this instance's mynetworks: "another server"
@@ -96,9 +97,9 @@ describe('header fix-up: what the message has, learnt while it streams', () => {
   const arrival = new Date(Date.UTC(2026, 10, 24, 18, 22, 48));
   const add = (s: any) => missingHeaders(s, 'ABCDEF0123456789ABCD', arrival, 'mx.example.test', 'Tue, 24 Nov 2026 18:22:48 +0000');
 
-  function fix(input: string | Buffer, chunkSize: number): { out: string; fixup: HeaderFixup } {
+  function fix(input: string | Buffer, chunkSize: number): { out: string; fixup: HeaderSection } {
     const buf = Buffer.isBuffer(input) ? input : Buffer.from(input);
-    const fixup = new HeaderFixup(add);
+    const fixup = new HeaderSection([{ add }]);
     const parts: Buffer[] = [];
     for (let i = 0; i < buf.length; i += chunkSize) parts.push(...fixup.push(buf.subarray(i, i + chunkSize)));
     parts.push(...fixup.end());

@@ -17,7 +17,8 @@ import { dkimSign } from 'mailauth';
 import { Instance, RawSmtp, waitFor } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
 import { decide } from '../../packages/smtpd/dist/message-auth.js';
-import { HeaderFieldFilter, forgedAuthResults, authservId } from '../../packages/cleanup/dist/headers.js';
+import { HeaderSection } from '../../packages/cleanup/dist/header-section.js';
+import { forgedAuthResults, authservId } from '../../packages/cleanup/dist/headers.js';
 
 const HOST = 'mx.example.test';
 const BOB = 'bob@example.test';          // receives the test messages
@@ -289,7 +290,7 @@ describe('message authentication pieces', () => {
     const want = 'Authentication-Results: other.example; spf=pass\r\nFrom: a@b.test\r\nSubject: x\r\n\r\n'
       + 'Authentication-Results: mx.example.test; this is the body\r\n';
     for (const size of [1, 2, 7, 64, msg.length]) {
-      const f = new HeaderFieldFilter(forgedAuthResults(HOST));
+      const f = new HeaderSection([{ drop: forgedAuthResults(HOST) }]);
       const out: Buffer[] = [];
       for (let i = 0; i < msg.length; i += size) out.push(...f.push(Buffer.from(msg.slice(i, i + size))));
       out.push(...f.end());

@@ -15,7 +15,7 @@ import { dkimSign } from 'mailauth/lib/dkim/sign';
 import {
   Logger, Envelope, QueueFileWriter, DkimTableEntry, DkimAlgorithm, parseDkimTable, domainOf,
 } from '@postern/common';
-import { HeaderSummary } from './header-fixup.js';
+import { HeaderSummary } from './header-section.js';
 
 export interface SigningKey {
   domain: string;

@@ -9,8 +9,9 @@ import {
   newQueueId, rfc5322Date, headerSafe, requestJson, NetworkList, AliasMaps,
 } from '@postern/common';
 import { expandRecipients } from './aliases.js';
-import { HeaderFixup, missingHeaders } from './header-fixup.js';
-import { HeaderFieldFilter, forgedAuthResults } from './headers.js';
+import { HeaderSection, HeaderEdit } from './header-section.js';
+import { missingHeaders } from './header-fixup.js';
+import { forgedAuthResults } from './headers.js';
 import { DkimKeyStore, signQueuedMessage } from './dkim.js';
 
 function receivedHeader(env: Envelope, hostname: string): string {
@@ -82,22 +83,20 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       file = await QueueFileWriter.create(spool, env);
       file.addStatus(expanded.statuses);
       await file.write(Buffer.from(received));
-      const fixup = isSubmission(env, mynetworks())
-        ? new HeaderFixup((s) => missingHeaders(s, env.id, new Date(env.arrival), hostname, rfc5322Date(new Date(env.arrival))))
-        : null;
+      const submission = isSubmission(env, mynetworks());
+      const edits: HeaderEdit[] = [];
       // RFC 8601 5: an Authentication-Results: claiming our name that arrives with the message is forged
-      const forged = env.origin === 'smtpd' || env.origin === 'pickup' ? new HeaderFieldFilter(forgedAuthResults(hostname)) : null;
-      const put = async (data: Buffer) => {
-        if (!fixup) await file!.write(data);
-        else for (const b of fixup.push(data)) await file!.write(b);
-      };
+      if (env.origin === 'smtpd' || env.origin === 'pickup') edits.push({ drop: forgedAuthResults(hostname) });
+      if (submission) {
+        edits.push({ add: (s) => missingHeaders(s, env.id, new Date(env.arrival), hostname, rfc5322Date(new Date(env.arrival))) });
+      }
+      // without edits the header section need not be held
+      const header = edits.length ? new HeaderSection(edits) : null;
+      const put = async (bufs: Buffer[]) => { for (const b of bufs) await file!.write(b); };
       for (;;) {
         const f = await reader.next();
         if (!f) throw new Error('sender went away before the end of the message');
-        if (f.type === 'D') {
-          if (!forged) await put(f.data);
-          else for (const b of forged.push(f.data)) await put(b);
-        }
+        if (f.type === 'D') await put(header ? header.push(f.data) : [f.data]);
         else if (f.type === 'J' && f.json?.type === 'after-body') {
           // what smtpd learnt from the whole message: headers to add (Authentication-Results:, X-Spam-*) and envelope notes
           if (typeof f.json.headers === 'string' && f.json.headers) file.addPrependedHeaders(Buffer.from(f.json.headers));
@@ -109,19 +108,18 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
           return;
         } else throw new Error('unexpected frame inside a message');
       }
-      if (forged) {
-        for (const b of forged.end()) await put(b);
-        if (forged.removed.length) log.info({ queue_id: env.id, removed: forged.removed.map((h) => h.slice(0, 200)) }, 'removed Authentication-Results: claiming our host name');
+      if (header) {
+        await put(header.end());
+        if (header.removed.length) log.info({ queue_id: env.id, removed: header.removed.map((h) => h.slice(0, 200)) }, 'removed Authentication-Results: claiming our host name');
+        if (header.added.length) log.info({ queue_id: env.id, added: header.added.map((h) => h.slice(0, h.indexOf(':'))).join(',') }, 'added missing headers');
       }
-      if (fixup) {
-        for (const b of fixup.end()) await file.write(b);
-        if (fixup.added.length) log.info({ queue_id: env.id, added: fixup.added.map((h) => h.slice(0, h.indexOf(':'))).join(',') }, 'added missing headers');
-        await signQueuedMessage(file, env, fixup.summary, ctx.config.get('dkim_signing_table'), dkimKeys, log);
-      }
+      // only submitted mail is signed, and only its Message-ID is known for the log
+      const fixed = submission ? header : null;
+      if (fixed) await signQueuedMessage(file, env, fixed.summary, ctx.config.get('dkim_signing_table'), dkimKeys, log);
       await file.commit();
       log.info({ queue_id: env.id, from: `<${env.sender}>`, size: file.messageSize, nrcpt: env.recipients.length,
         client: env.client ? `${env.client.name}[${env.client.address}]` : undefined,
-        message_id: fixup?.summary?.messageId ?? fixup?.added.find((h) => /^(Resent-)?Message-ID:/.test(h))?.replace(/^[^:]*:\s*/, '') }, 'queued');
+        message_id: fixed?.summary?.messageId ?? fixed?.added.find((h) => /^(Resent-)?Message-ID:/.test(h))?.replace(/^[^:]*:\s*/, '') }, 'queued');
       file = null;
       await writer.json({ ok: true, queue_id: env.id });
       wakeQmgr(env.id);
