@@ -173,6 +173,56 @@ test('Maildir: a failing message stream leaves nothing behind and throws a tempo
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
+test('Maildir: a message written in one piece and one streamed (small buffer) are stored the same, ,S= and ,W= exact', async () => {
+  const dir = tempDir();
+  const msg = MSG2 + '\r\n' + 'x'.repeat(3000) + '\r\n' + MSG1.repeat(50);
+  const results = [];
+  for (const bufferLimit of [undefined, 10, 1000]) {
+    const maildir = path.join(dir, `box-${bufferLimit ?? 'default'}`);
+    const r = await deliverToMaildir(maildir, input(msg, { chunkSize: 333 }), bufferLimit === undefined ? {} : { bufferLimit });
+    const content = fs.readFileSync(r.path);
+    const m = NAME_RE.exec(path.basename(r.path))!;
+    assert.equal(Number(m[6]), content.length, `${bufferLimit}: ,S= is the stored size`);
+    assert.equal(Number(m[7]), content.length + content.toString('latin1').split('\n').length - 1, `${bufferLimit}: ,W= is the CRLF size`);
+    assert.deepEqual(fs.readdirSync(path.join(maildir, 'tmp')), []);
+    results.push(content);
+  }
+  assert.deepEqual(results[1], results[0]);
+  assert.deepEqual(results[2], results[0]);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('Maildir: a failing stream after part of the message was written (streamed) leaves nothing behind', async () => {
+  const dir = tempDir();
+  const inp: DeliveryInput = {
+    ...input(''),
+    open: () => Readable.from((async function* () {
+      yield Buffer.from('Subject: x\r\n\r\n' + 'body line\r\n'.repeat(100));
+      throw Object.assign(new Error('queue file read failed'), { code: 'EIO' });
+    })()),
+  };
+  await assert.rejects(deliverToMaildir(dir, inp, { bufferLimit: 64 }), (err: unknown) => err instanceof MailboxError && err.temporary);
+  assert.deepEqual(fs.readdirSync(path.join(dir, 'tmp')), []);
+  assert.deepEqual(fs.readdirSync(path.join(dir, 'new')), []);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('Maildir: a Maildir removed after a delivery (its existence remembered) is made again for the next one', async () => {
+  const dir = tempDir();
+  const maildir = path.join(dir, 'bob', 'Maildir');
+  await deliverToMaildir(maildir, input(MSG1));
+  fs.rmSync(path.join(dir, 'bob'), { recursive: true, force: true });
+  const r = await deliverToMaildir(maildir, input(MSG2));
+  assert.equal(fs.readdirSync(path.join(maildir, 'new')).length, 1);
+  for (const sub of ['tmp', 'new', 'cur']) assert.ok(fs.statSync(path.join(maildir, sub)).isDirectory());
+  assert.ok(fs.existsSync(r.path));
+  // only new/ gone: the move into it notices and makes it again
+  fs.rmSync(path.join(maildir, 'new'), { recursive: true, force: true });
+  const r2 = await deliverToMaildir(maildir, input(MSG1));
+  assert.equal(path.dirname(r2.path), path.join(maildir, 'new'));
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
 test('Maildir: a file where the maildir should be is a permanent error', async () => {
   const dir = tempDir();
   const file = path.join(dir, 'notadir');

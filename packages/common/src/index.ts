@@ -22,3 +22,5 @@ export * from './maildrop.js';
 export * from './queue-list.js';
 export * from './aliases.js';
 export * from './files.js';
+export * from './group-commit.js';
+export * from './request-pool.js';

@@ -18,7 +18,8 @@
 import * as fsp from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { createReadStream } from 'node:fs';
-import { Spool, fsyncDir } from './spool.js';
+import { Spool } from './spool.js';
+import { syncDirectory } from './group-commit.js';
 
 export const QUEUE_FILE_VERSION = 1;
 const MAGIC = Buffer.from(`POSTERN-QUEUE ${QUEUE_FILE_VERSION}\n`);
@@ -64,41 +65,98 @@ export class CorruptQueueFile extends Error {
   }
 }
 
+/** Messages up to this size are held in memory and written with one write at commit. */
+export const QUEUE_FILE_BUFFER_LIMIT = 256 * 1024;
+/** The incoming/ directory's descriptor is kept this long after its last fsync. */
+const INCOMING_KEEP_OPEN_MS = 2000;
+
+/**
+ * Writes one queue file. A message up to `bufferLimit` bytes is held in memory
+ * and written at commit with one write, the real M length in place: no file
+ * exists before commit, so an aborted message costs no file system work. A
+ * bigger one is streamed to incoming/.ID as it arrives, its M length filled in
+ * at commit. Either way the file is the same byte for byte.
+ */
 export class QueueFileWriter {
-  private messageStart = 0;
   private written = 0;
+  /** Message bytes while they fit in memory; null once streaming to the file. */
+  private buffer: Buffer | null = Buffer.alloc(0);
+  /** The temporary file, once streaming (or committing). */
+  private fh: fsp.FileHandle | null = null;
+  private created = false;
   private position = 0;
   private prepend: Buffer[] = [];
   private notes: Record<string, unknown>[] = [];
   private statuses: StatusRecord[] = [];
 
-  private constructor(readonly spool: Spool, readonly id: string, private fh: fsp.FileHandle) {}
+  private constructor(readonly spool: Spool, readonly id: string, private readonly envelopeJson: Buffer,
+    private readonly bufferLimit: number) {}
 
-  /** Start a new queue file under its temporary name with the envelope written. */
-  static async create(spool: Spool, envelope: Envelope): Promise<QueueFileWriter> {
-    const fh = await fsp.open(spool.tempPathOf(envelope.id), 'wx', 0o640);
-    const w = new QueueFileWriter(spool, envelope.id, fh);
-    const env = Buffer.from(JSON.stringify(envelope));
-    const head = Buffer.concat([MAGIC, Buffer.from(`E ${env.length}\n`), env,
-      Buffer.from(`\nM ${'0'.repeat(LEN_WIDTH)}\n`)]);
-    await w.put(head);
-    w.messageStart = w.position;
-    return w;
+  /** Start a new queue file for the envelope (nothing is written before the message outgrows memory or is committed). */
+  static async create(spool: Spool, envelope: Envelope, options: { bufferLimit?: number } = {}): Promise<QueueFileWriter> {
+    return new QueueFileWriter(spool, envelope.id, Buffer.from(JSON.stringify(envelope)), options.bufferLimit ?? QUEUE_FILE_BUFFER_LIMIT);
+  }
+
+  /** Magic, E record and the M record's header with the message length given. */
+  private head(messageLength: number): Buffer {
+    return Buffer.concat([MAGIC, Buffer.from(`E ${this.envelopeJson.length}\n`), this.envelopeJson,
+      Buffer.from(`\nM ${String(messageLength).padStart(LEN_WIDTH, '0')}\n`)]);
+  }
+
+  /** Where the message bytes start in the file. */
+  private get messageStart(): number {
+    return MAGIC.length + `E ${this.envelopeJson.length}\n`.length + this.envelopeJson.length + `\nM \n`.length + LEN_WIDTH;
   }
 
   private async put(buf: Buffer): Promise<void> {
     let off = 0;
     while (off < buf.length) {
-      const { bytesWritten } = await this.fh.write(buf, off, buf.length - off, this.position);
+      const { bytesWritten } = await this.fh!.write(buf, off, buf.length - off, this.position);
       off += bytesWritten;
       this.position += bytesWritten;
     }
   }
 
-  /** Append message bytes; awaiting each call is the backpressure. */
+  /** One writev at the current position, finishing a short write with plain writes. */
+  private async putAll(bufs: Buffer[]): Promise<void> {
+    const total = bufs.reduce((n, b) => n + b.length, 0);
+    const { bytesWritten } = await this.fh!.writev(bufs, this.position);
+    this.position += bytesWritten;
+    if (bytesWritten < total) await this.put(Buffer.concat(bufs).subarray(bytesWritten));
+  }
+
+  private async createFile(): Promise<void> {
+    this.fh = await fsp.open(this.spool.tempPathOf(this.id), 'wx', 0o640);
+    this.created = true;
+  }
+
+  /** Append message bytes; awaiting each call is the backpressure (one call at a time). */
   async write(chunk: Buffer): Promise<void> {
+    if (this.buffer) {
+      if (this.written + chunk.length <= this.bufferLimit) {
+        this.hold(chunk);
+        return;
+      }
+      // too big for memory: from here on the message streams to the file
+      const held = this.buffer.subarray(0, this.written);
+      this.buffer = null;
+      await this.createFile();
+      await this.putAll([this.head(0), held]);
+    }
     await this.put(chunk);
     this.written += chunk.length;
+  }
+
+  /** Copy a chunk into the in-memory message, growing it by doubling (callers may reuse their buffers). */
+  private hold(chunk: Buffer): void {
+    const need = this.written + chunk.length;
+    if (need > this.buffer!.length) {
+      const grown = Buffer.allocUnsafe(Math.min(this.bufferLimit, Math.max(need, 2 * this.buffer!.length, 8192)));
+      this.buffer!.copy(grown, 0, 0, this.written);
+      this.buffer = grown;
+    }
+    chunk.copy(this.buffer!, this.written);
+    this.written = need;
   }
 
   get messageSize(): number { return this.written; }
@@ -108,14 +166,19 @@ export class QueueFileWriter {
 
   /**
    * The message as it will be delivered, as far as it is known now: the prepended
-   * headers, then the bytes written, streamed back from the temporary file (DKIM
-   * signs this just before commit, without holding the body in memory).
+   * headers, then the bytes written, from memory or streamed back from the
+   * temporary file (DKIM signs this just before commit, without holding a big
+   * body in memory).
    */
   openMessage(): Readable {
+    const prepend = Buffer.concat(this.prepend);
+    if (this.buffer) {
+      const parts = [prepend, this.buffer.subarray(0, this.written)].filter((b) => b.length > 0);
+      return Readable.from(parts);
+    }
     const body = this.written > 0
       ? createReadStream(this.spool.tempPathOf(this.id), { start: this.messageStart, end: this.messageStart + this.written - 1, highWaterMark: 256 * 1024 })
       : Readable.from([]);
-    const prepend = Buffer.concat(this.prepend);
     if (!prepend.length) return body;
     return Readable.from((async function* () {
       yield prepend;
@@ -132,10 +195,8 @@ export class QueueFileWriter {
    */
   addStatus(records: StatusRecord[]): void { this.statuses.push(...records); }
 
-  /** Make the file durable and visible in incoming/: the point after which smtpd may say 250. */
-  async commit(): Promise<string> {
-    const len = Buffer.from(String(this.written).padStart(LEN_WIDTH, '0'));
-    await this.fh.write(len, 0, len.length, this.messageStart - LEN_WIDTH - 1);
+  /** Everything after the message: its closing newline, P and N records, the end marker, S records. */
+  private tail(): Buffer {
     const tail: Buffer[] = [Buffer.from('\n')];
     for (const p of this.prepend) tail.push(Buffer.from(`P ${p.length}\n`), p, Buffer.from('\n'));
     for (const n of this.notes) {
@@ -147,18 +208,42 @@ export class QueueFileWriter {
       const b = Buffer.from(JSON.stringify(r));
       tail.push(Buffer.from(`S ${b.length}\n`), b, Buffer.from('\n'));
     }
-    await this.put(Buffer.concat(tail));
-    await this.fh.sync();
-    await this.fh.close();
+    return Buffer.concat(tail);
+  }
+
+  /**
+   * Make the file durable and visible in incoming/: the point after which smtpd
+   * may say 250. Write, fsync the file, rename it into place, fsync incoming/
+   * (group-committed with the other messages being committed at the same time).
+   */
+  async commit(): Promise<string> {
+    if (this.buffer) {
+      await this.createFile();
+      await this.putAll([this.head(this.written), this.buffer.subarray(0, this.written), this.tail()]);
+      this.buffer = null;
+    } else {
+      const len = Buffer.from(String(this.written).padStart(LEN_WIDTH, '0'));
+      await this.fh!.write(len, 0, len.length, this.messageStart - LEN_WIDTH - 1);
+      await this.put(this.tail());
+    }
+    await this.fh!.sync();
+    const fh = this.fh!;
+    this.fh = null;
+    await fh.close();
     const final = this.spool.pathOf('incoming', this.id);
     await fsp.rename(this.spool.tempPathOf(this.id), final);
-    await fsyncDir(this.spool.dir('incoming'));
+    this.created = false;
+    await syncDirectory(this.spool.dir('incoming'), { keepOpenMs: INCOMING_KEEP_OPEN_MS });
     return final;
   }
 
   async abort(): Promise<void> {
-    await this.fh.close().catch(() => undefined);
-    await fsp.unlink(this.spool.tempPathOf(this.id)).catch(() => undefined);
+    this.buffer = null;
+    const fh = this.fh;
+    this.fh = null;
+    if (fh) await fh.close().catch(() => undefined);
+    if (this.created) await fsp.unlink(this.spool.tempPathOf(this.id)).catch(() => undefined);
+    this.created = false;
   }
 }
 
@@ -171,6 +256,8 @@ export interface QueueFileInfo {
   prepend: Buffer;
   statuses: StatusRecord[];
   fileSize: number;
+  /** The message bytes, when the reader asked to keep them and the file was read whole (see readQueueFile). */
+  message?: Buffer;
 }
 
 /** Parse `T <len>\n` at pos; returns [type, len, payloadStart]. */
@@ -182,13 +269,34 @@ function recordHeader(buf: Buffer, pos: number, file: string): [string, number, 
   return [m[1], m[2] === undefined ? -1 : parseInt(m[2], 10), nl + 1];
 }
 
-export async function readQueueFile(file: string): Promise<QueueFileInfo> {
+/** A file shorter than this is read in one read (no stat, no second read). */
+const FIRST_READ = 64 * 1024;
+
+async function readFully(fh: fsp.FileHandle, buf: Buffer, position: number): Promise<number> {
+  let n = 0;
+  while (n < buf.length) {
+    const { bytesRead } = await fh.read(buf, n, buf.length - n, position + n);
+    if (bytesRead === 0) break;
+    n += bytesRead;
+  }
+  return n;
+}
+
+/**
+ * Read a queue file's envelope, prepended headers and status records. A small
+ * file is read whole in one read; with `keepMessage` its message bytes are
+ * kept in `message` so openMessage() needs no second pass over the file (the
+ * delivery agents ask for this; qmgr, holding many files at once, does not).
+ */
+export async function readQueueFile(file: string, options: { keepMessage?: boolean } = {}): Promise<QueueFileInfo> {
   const fh = await fsp.open(file, 'r');
   try {
-    const { size } = await fh.stat();
-    const headLen = Math.min(size, 65536);
-    let head = Buffer.alloc(headLen);
-    await fh.read(head, 0, headLen, 0);
+    const first = Buffer.allocUnsafe(FIRST_READ);
+    const got = await readFully(fh, first, 0);
+    // a short read is the whole file: no stat needed
+    const whole = got < FIRST_READ;
+    const size = whole ? got : (await fh.stat()).size;
+    let head = first.subarray(0, whole ? got : Math.min(size, FIRST_READ));
     if (!head.subarray(0, MAGIC.length).equals(MAGIC)) throw new CorruptQueueFile(file, 'not a version 1 queue file');
     let [type, envLen, envStart] = recordHeader(head, MAGIC.length, file);
     if (type !== 'E') throw new CorruptQueueFile(file, 'envelope record missing');
@@ -208,8 +316,12 @@ export async function readQueueFile(file: string): Promise<QueueFileInfo> {
     if (mType !== 'M' || messageLength < 0) throw new CorruptQueueFile(file, 'message record missing');
     const tailStart = messageOffset + messageLength;
     if (tailStart + 3 > size) throw new CorruptQueueFile(file, 'message truncated');
-    const tail = Buffer.alloc(size - tailStart);
-    await fh.read(tail, 0, tail.length, tailStart);
+    let tail: Buffer;
+    if (whole) tail = first.subarray(tailStart, size);
+    else {
+      tail = Buffer.alloc(size - tailStart);
+      await fh.read(tail, 0, tail.length, tailStart);
+    }
     if (tail[0] !== 10) throw new CorruptQueueFile(file, 'message length does not match');
     const prepend: Buffer[] = [];
     const statuses: StatusRecord[] = [];
@@ -240,14 +352,18 @@ export async function readQueueFile(file: string): Promise<QueueFileInfo> {
       pos = start + len + 1;
     }
     if (!ended) throw new CorruptQueueFile(file, 'end marker missing (incomplete write)');
-    return { file, envelope, messageOffset, messageLength, prepend: Buffer.concat(prepend), statuses, fileSize: size };
+    const info: QueueFileInfo = { file, envelope, messageOffset, messageLength, prepend: Buffer.concat(prepend), statuses, fileSize: size };
+    // a copy: the 64 KiB read buffer is not kept alive for a few KiB of message
+    if (whole && options.keepMessage) info.message = Buffer.from(first.subarray(messageOffset, tailStart));
+    return info;
   } finally {
     await fh.close();
   }
 }
 
-/** The message as delivered: prepended headers, then the stored bytes, streamed from disk. */
+/** The message as delivered: prepended headers, then the stored bytes, from memory or streamed from disk. */
 export function openMessage(info: QueueFileInfo): Readable {
+  if (info.message) return Readable.from([info.prepend, info.message].filter((b) => b.length > 0));
   const body = info.messageLength > 0
     ? createReadStream(info.file, { start: info.messageOffset, end: info.messageOffset + info.messageLength - 1, highWaterMark: 256 * 1024 })
     : Readable.from([]);

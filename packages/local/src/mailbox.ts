@@ -2,8 +2,10 @@
  * Mailbox writers for the `local` delivery service: Maildir and mbox.
  *
  * Both writers stream the message (prefix + queue bytes) to disk chunk by chunk,
- * awaiting each write before reading the next chunk, so a message is never held
- * whole in memory and a slow disk applies backpressure to the reader.
+ * awaiting each write before reading the next chunk, so a big message is never held
+ * whole in memory and a slow disk applies backpressure to the reader. The Maildir
+ * writer first collects up to MAILDIR_BUFFER_LIMIT bytes in memory, so a typical
+ * message costs one write (file system calls, not bytes, are what a delivery costs).
  *
  * Line endings: the queue stores the message with CRLF line endings (SMTP's wire
  * form). Both mailbox formats are stored with LF line endings, which is what local
@@ -24,6 +26,7 @@ import type { FileHandle } from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { syncDirectory } from '@postern/common';
 
 export interface DeliveryInput {
   /** Lines to put before the message, already CRLF-terminated, e.g. "Return-Path: <a@b>\r\nDelivered-To: u@d\r\n" */
@@ -239,11 +242,11 @@ interface StreamStats {
 }
 
 /**
- * Streams prefix + message through the given transforms into fh, one chunk at a time
- * (each write is awaited before the next chunk is read: backpressure, bounded memory).
+ * Streams prefix + message through the given transforms into `write`, one chunk at a
+ * time (each write is awaited before the next chunk is read: backpressure, bounded memory).
  */
 async function streamMessage(
-  fh: FileHandle,
+  write: (b: Buffer) => Promise<void>,
   input: DeliveryInput,
   transforms: Array<{ push(b: Buffer): Buffer; end(): Buffer }>,
   stats: StreamStats,
@@ -258,7 +261,7 @@ async function streamMessage(
   };
   const put = async (b: Buffer): Promise<void> => {
     if (b.length === 0) return;
-    await writeAll(fh, b);
+    await write(b);
     stats.size += b.length;
     let p = -1;
     while ((p = b.indexOf(LF, p + 1)) !== -1) stats.lines++;
@@ -277,8 +280,10 @@ async function streamMessage(
   }
 }
 
+const runningAsRoot = typeof process.getuid === 'function' && process.getuid() === 0;
+
 function isRoot(): boolean {
-  return typeof process.getuid === 'function' && process.getuid() === 0;
+  return runningAsRoot;
 }
 
 async function fchownIfRoot(fh: FileHandle, uid: number | null, gid: number | null): Promise<void> {
@@ -292,15 +297,6 @@ async function chownPathIfRoot(p: string, uid: number | null, gid: number | null
   const fh = await fsp.open(p, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY | fsConstants.O_NOFOLLOW);
   try {
     await fh.chown(uid ?? -1, gid ?? -1);
-  } finally {
-    await fh.close();
-  }
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
-  try {
-    await fh.sync();
   } finally {
     await fh.close();
   }
@@ -320,8 +316,15 @@ async function safeUnlink(p: string): Promise<void> {
 
 let maildirCounter = 0;
 
+let hostnameCache = { name: '', until: 0 };
+
+/** The host name as a Maildir name part, looked up at most once a minute (not once a message). */
 function encodedHostname(): string {
-  return os.hostname().replace(/\//g, '\\057').replace(/:/g, '\\072');
+  const now = Date.now();
+  if (now >= hostnameCache.until) {
+    hostnameCache = { name: os.hostname().replace(/\//g, '\\057').replace(/:/g, '\\072'), until: now + 60_000 };
+  }
+  return hostnameCache.name;
 }
 
 /** `${seconds}.M${usec}P${pid}Q${counter}.${hostname}` (Dovecot's M/P and qmail's Q). */
@@ -359,84 +362,137 @@ async function ensureMaildir(maildir: string, uid: number | null, gid: number | 
     }
     await chownPathIfRoot(p, uid, gid);
   }
+  rememberMaildir(maildir);
 }
 
-/** link() is unsupported on some filesystems (FAT, some FUSE/network mounts). */
-const LINK_UNSUPPORTED = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'EXDEV']);
-
 /**
- * Delivers one message into a Maildir: write tmp/<unique> (O_EXCL, 0600), fsync, link
- * to new/<unique>,S=<size>,W=<vsize>, unlink the tmp name, fsync new/.
- * Returns the final path and the stored size in bytes (LF line endings, see top of file).
+ * Maildirs known to exist (path -> until when we trust that), so a busy mailbox is
+ * not checked with four mkdir calls per message. A Maildir removed meanwhile shows
+ * itself as ENOENT when the message is written or moved, and is then made again.
  */
-export async function deliverToMaildir(maildir: string, input: DeliveryInput): Promise<{ path: string; size: number }> {
+const knownMaildirs = new Map<string, number>();
+const KNOWN_MAILDIR_MS = 60_000;
+const KNOWN_MAILDIRS_MAX = 10_000;
+
+function rememberMaildir(maildir: string): void {
+  if (knownMaildirs.size >= KNOWN_MAILDIRS_MAX) knownMaildirs.clear();
+  knownMaildirs.set(maildir, Date.now() + KNOWN_MAILDIR_MS);
+}
+
+function isKnownMaildir(maildir: string): boolean {
+  const until = knownMaildirs.get(maildir);
+  if (until === undefined) return false;
+  if (Date.now() < until) return true;
+  knownMaildirs.delete(maildir);
+  return false;
+}
+
+async function prepareMaildir(maildir: string, input: DeliveryInput): Promise<void> {
+  knownMaildirs.delete(maildir);
   try {
     await ensureMaildir(maildir, input.uid, input.gid);
   } catch (err) {
     throw toMailboxError(`cannot create maildir ${maildir}`, err);
   }
+}
+
+/** A message up to this size (as stored) is collected in memory and written with one write. */
+export const MAILDIR_BUFFER_LIMIT = 256 * 1024;
+
+/**
+ * Delivers one message into a Maildir: write tmp/<unique> (O_EXCL, 0600), fsync, link
+ * to new/<unique>,S=<size>,W=<vsize> and unlink the tmp name, fsync new/ (group-committed
+ * with the other deliveries into the same new/ at that moment).
+ * A message up to `bufferLimit` bytes is converted in memory and written with one
+ * write; a bigger one is streamed to the tmp file as it is read.
+ * Returns the final path and the stored size in bytes (LF line endings, see top of file).
+ */
+export async function deliverToMaildir(maildir: string, input: DeliveryInput,
+  options: { bufferLimit?: number } = {}): Promise<{ path: string; size: number }> {
+  if (!isKnownMaildir(maildir)) await prepareMaildir(maildir, input);
+  const bufferLimit = options.bufferLimit ?? MAILDIR_BUFFER_LIMIT;
 
   const tmpDir = path.join(maildir, 'tmp');
   const newDir = path.join(maildir, 'new');
 
-  // 1. Create the tmp file with a name nobody else can be using.
+  // 1. The tmp file, with a name nobody else can be using: created once the message is
+  // read (small) or outgrows memory (big).
   let base = '';
   let tmpPath = '';
   let fh: FileHandle | undefined;
-  for (let attempt = 0; fh === undefined; attempt++) {
-    base = maildirBaseName();
-    tmpPath = path.join(tmpDir, base);
-    try {
-      fh = await fsp.open(tmpPath, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o600);
-    } catch (err) {
-      if (errCode(err) === 'EEXIST' && attempt < 10) continue;
-      throw toMailboxError(`cannot create ${tmpPath}`, err);
-    }
-  }
-
-  // 2. Stream, fsync, close.
-  const stats: StreamStats = { size: 0, lines: 0, lastByte: -1 };
-  try {
-    try {
-      await fchownIfRoot(fh, input.uid, input.gid);
-      await streamMessage(fh, input, [new CrlfToLf()], stats);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-  } catch (err) {
-    await safeUnlink(tmpPath);
-    throw toMailboxError(`cannot write ${tmpPath}`, err);
-  }
-
-  // 3. Name it by its exact size and move it into new/.
-  const vsize = stats.size + stats.lines; // size with CRLF line endings (Dovecot's W=)
-  let finalPath = '';
-  try {
+  const createTmp = async (): Promise<FileHandle> => {
     for (let attempt = 0; ; attempt++) {
-      const name = `${attempt === 0 ? base : maildirBaseName()},S=${stats.size},W=${vsize}`;
-      finalPath = path.join(newDir, name);
+      base = maildirBaseName();
+      tmpPath = path.join(tmpDir, base);
       try {
-        await fsp.link(tmpPath, finalPath);
-        await safeUnlink(tmpPath); // delivered even if this fails; Dovecot cleans old tmp/ files
+        fh = await fsp.open(tmpPath, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o600);
         break;
       } catch (err) {
         const code = errCode(err);
         if (code === 'EEXIST' && attempt < 10) continue;
-        if (!code || !LINK_UNSUPPORTED.has(code)) throw err;
-        // No hard links here: rename instead (which would replace an existing file,
-        // so check first; with our unique names a clash is not expected).
-        const exists = await fsp.lstat(finalPath).then(
-          () => true,
-          (e: unknown) => (errCode(e) === 'ENOENT' ? false : Promise.reject(e)),
-        );
-        if (exists) {
-          if (attempt < 10) continue;
-          throw err;
-        }
-        await fsp.rename(tmpPath, finalPath);
-        break;
+        // the Maildir we remembered is gone: make it again, once
+        if (code === 'ENOENT' && attempt === 0) { await prepareMaildir(maildir, input); continue; }
+        throw toMailboxError(`cannot create ${tmpPath}`, err);
       }
+    }
+    await fchownIfRoot(fh, input.uid, input.gid);
+    return fh;
+  };
+
+  // 2. Collect (or stream), write, fsync, close.
+  const stats: StreamStats = { size: 0, lines: 0, lastByte: -1 };
+  let held: Buffer[] | null = [];
+  let heldBytes = 0;
+  const write = async (b: Buffer): Promise<void> => {
+    if (held && heldBytes + b.length <= bufferLimit) {
+      held.push(b);
+      heldBytes += b.length;
+      return;
+    }
+    if (held) {
+      // too big for memory: stream from here on
+      const first = Buffer.concat(held);
+      held = null;
+      await writeAll(fh ?? await createTmp(), first);
+    }
+    await writeAll(fh!, b);
+  };
+  try {
+    try {
+      await streamMessage(write, input, [new CrlfToLf()], stats);
+      if (held) await writeAll(fh ?? await createTmp(), Buffer.concat(held));
+      await fh!.sync();
+    } finally {
+      await fh?.close();
+    }
+  } catch (err) {
+    if (fh) await safeUnlink(tmpPath);
+    throw toMailboxError(`cannot write ${tmpPath || `a message into ${tmpDir}`}`, err);
+  }
+
+  // 3. Name it by its exact size and link it into new/, as the Maildir spec says: link()
+  // never replaces an existing name (rename() would). Where the file system has no hard
+  // links, rename() — our names are unique anyway (time, pid, counter, host; O_EXCL in tmp/).
+  const vsize = stats.size + stats.lines; // size with CRLF line endings (Dovecot's W=)
+  const finalPath = path.join(newDir, `${base},S=${stats.size},W=${vsize}`);
+  const linkIntoNew = async (): Promise<void> => {
+    try {
+      await fsp.link(tmpPath, finalPath);
+    } catch (err) {
+      if (errCode(err) !== 'EPERM' && errCode(err) !== 'ENOTSUP' && errCode(err) !== 'EOPNOTSUPP') throw err;
+      await fsp.rename(tmpPath, finalPath);
+      return;
+    }
+    await safeUnlink(tmpPath);
+  };
+  try {
+    try {
+      await linkIntoNew();
+    } catch (err) {
+      // new/ went away with the Maildir we remembered: make it again, once
+      if (errCode(err) !== 'ENOENT') throw err;
+      await prepareMaildir(maildir, input);
+      await linkIntoNew();
     }
   } catch (err) {
     await safeUnlink(tmpPath);
@@ -446,7 +502,7 @@ export async function deliverToMaildir(maildir: string, input: DeliveryInput): P
   // 4. Make the directory entry durable. If that fails the delivery is reported as
   // failed, so withdraw the file to avoid a duplicate when the delivery is retried.
   try {
-    await fsyncDir(newDir);
+    await syncDirectory(newDir);
   } catch (err) {
     await safeUnlink(finalPath);
     throw toMailboxError(`cannot fsync ${newDir}`, err);
@@ -725,7 +781,7 @@ export async function deliverToMbox(mboxPath: string, input: DeliveryInput, opts
         const headSize = headBuf.length;
 
         const body: StreamStats = { size: 0, lines: 0, lastByte: -1 };
-        await streamMessage(fh, input, [new CrlfToLf(), new MboxrdQuoter()], body);
+        await streamMessage((b) => writeAll(fh, b), input, [new CrlfToLf(), new MboxrdQuoter()], body);
         // The message ends with a newline, then one blank line separates it from the next From_.
         const tail = Buffer.from(body.lastByte === LF || body.size === 0 ? '\n' : '\n\n');
         await writeAll(fh, tail);

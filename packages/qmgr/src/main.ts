@@ -9,7 +9,7 @@ import * as net from 'node:net';
 import * as fsp from 'node:fs/promises';
 import {
   runService, ServiceContext, RunningService, MainConfig, Spool, readQueueFile, appendStatus, recipientStates,
-  attemptCount, CorruptQueueFile, QueueFileInfo, StatusRecord, FrameReader, FrameWriter, requestJson,
+  attemptCount, CorruptQueueFile, QueueFileInfo, StatusRecord, FrameReader, FrameWriter, RequestPool,
   splitAddress, delaySince, Logger, QueueName,
 } from '@postern/common';
 import { planDeliveries, DeliveryGroup } from './route.js';
@@ -47,6 +47,8 @@ class QueueManager {
    */
   readonly busy = new Set<string>();
   private limits = new Limits();
+  /** Kept connections to each delivery agent's socket: one request per message, not one connection. */
+  private agents = new Map<string, RequestPool>();
   private scanning = false;
   private rescan = false;
   stopping = false;
@@ -170,10 +172,11 @@ class QueueManager {
         reason: `message expired in queue${r.reason ? `: ${r.reason}` : ''}`, at: Date.now(),
       }));
       await appendStatus(file, records);
+      info.statuses.push(...records);
       for (const r of pending) {
         this.log.info({ queue_id: id, to: `<${r.address}>`, delay: delaySince(env.arrival), dsn: '4.4.7', status: 'expired' }, 'message expired in queue; returned to sender');
       }
-      return this.finish(id, file);
+      return this.finish(id, info);
     }
     const groups = planDeliveries(pending.map((r) => ({ index: r.index, address: env.recipients[r.index].address })), this.config);
     const records = (await Promise.all(groups.map((g) => this.deliverGroup(info, g)))).flat();
@@ -186,13 +189,18 @@ class QueueManager {
       this.log.info({ queue_id: id }, 'removed');
       return;
     }
-    await appendStatus(file, [...records, { type: 'attempt', at: Date.now(), attempts }]);
-    return this.finish(id, file, attempts);
+    const written: StatusRecord[] = [...records, { type: 'attempt', at: Date.now(), attempts }];
+    await appendStatus(file, written);
+    info.statuses.push(...written);
+    return this.finish(id, info, attempts);
   }
 
-  /** After an attempt: remove a finished message, or defer it with its next retry time. */
-  private async finish(id: string, file: string, attempts = 1): Promise<void> {
-    const info = await readQueueFile(file);
+  /**
+   * After an attempt: remove a finished message, or defer it with its next retry time.
+   * `info` already holds the status records just appended (no second read of the file).
+   */
+  private async finish(id: string, info: QueueFileInfo, attempts = 1): Promise<void> {
+    const file = info.file;
     const states = recipientStates(info);
     if (states.every((s) => s.status === 'sent' || s.status === 'bounced')) {
       // the original goes only once cleanup holds the sender's notification; otherwise it waits for the next retry
@@ -236,7 +244,9 @@ class QueueManager {
   private async requestDelivery(info: QueueFileInfo, group: DeliveryGroup): Promise<DeliveryResult[]> {
     const socketPath = this.spool.privateSocket(group.transport);
     const timeoutMs = this.config.seconds('delivery_timeout') * 1000;
-    const reply = await requestJson(socketPath, {
+    let agent = this.agents.get(socketPath);
+    if (!agent) this.agents.set(socketPath, agent = new RequestPool(socketPath));
+    const reply = await agent.request({
       type: 'deliver',
       queue_id: info.envelope.id,
       file: info.file,
@@ -267,6 +277,7 @@ class QueueManager {
     // deliveries in flight finish; their files stay in active/ and are picked up at the next start
     const deadline = Date.now() + 10000;
     while (this.busy.size && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    for (const agent of this.agents.values()) agent.close();
   }
 }
 

@@ -1,37 +1,44 @@
 /**
  * Delivery over LMTP to a server on a Unix socket (our `local`, or Dovecot's
  * lmtp): one transaction, one reply per recipient. Idle sessions are kept for
- * the next message (RSET, then MAIL) — a new LHLO per message is most of the
- * cost of local delivery.
+ * the next message — a new LHLO per message is most of the cost of local
+ * delivery. A transaction that ended with DATA leaves the server's session reset
+ * (RFC 5321 4.1.4), so the next MAIL follows directly; RSET only after one that
+ * stopped short.
  */
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { connectUnix, openMessage, QueueFileInfo } from '@postern/common';
 import { DeliveryResult, dsnOf, oneLine } from './results.js';
 
 const IDLE_MS = 5000;
-const idle = new Map<string, { conn: any; timer: NodeJS.Timeout }[]>();
+/** An idle connection; `clean` when its last transaction ended with DATA (the server has reset the session itself). */
+interface Idle { conn: any; clean: boolean; timer: NodeJS.Timeout }
+const idle = new Map<string, Idle[]>();
 
-function takeIdle(socketPath: string): any | null {
+function takeIdle(socketPath: string): Idle | null {
   const item = idle.get(socketPath)?.pop();
   if (!item) return null;
   clearTimeout(item.timer);
-  return item.conn;
+  return item;
 }
 
-function putIdle(socketPath: string, conn: any): void {
+function putIdle(socketPath: string, conn: any, clean: boolean): void {
   const list = idle.get(socketPath) ?? [];
-  const entry = { conn, timer: setTimeout(() => { list.splice(list.indexOf(entry), 1); try { conn.quit(); } catch { /* closed */ } }, IDLE_MS) };
+  const entry: Idle = { conn, clean, timer: setTimeout(() => { list.splice(list.indexOf(entry), 1); try { conn.quit(); } catch { /* closed */ } }, IDLE_MS) };
   entry.timer.unref();
   list.push(entry);
   idle.set(socketPath, list);
 }
 
-async function open(socketPath: string, opts: { name: string; timeoutMs: number }): Promise<any> {
-  const reused = takeIdle(socketPath);
-  if (reused) {
-    const ok = await new Promise<boolean>((r) => reused.reset((err: any) => r(!err)));
-    if (ok) return reused;
-    try { reused.close(); } catch { /* closed */ }
+/** A connection for the next transaction; `reused` when it served one before (the server may have closed it meanwhile). */
+async function open(socketPath: string, opts: { name: string; timeoutMs: number }, fresh: boolean): Promise<{ conn: any; reused: boolean }> {
+  const kept = fresh ? null : takeIdle(socketPath);
+  if (kept) {
+    // after a completed DATA the session is reset already: RSET only after a transaction that stopped short
+    if (kept.clean) return { conn: kept.conn, reused: true };
+    const ok = await new Promise<boolean>((r) => kept.conn.reset((err: any) => r(!err)));
+    if (ok) return { conn: kept.conn, reused: true };
+    try { kept.conn.close(); } catch { /* closed */ }
   }
   const socket = await connectUnix(socketPath);
   const conn = new SMTPConnection({
@@ -42,23 +49,36 @@ async function open(socketPath: string, opts: { name: string; timeoutMs: number 
     conn.once('error', reject);
     conn.connect(() => { conn.off('error', reject); conn.on('error', () => undefined); resolve(); });
   });
-  return conn;
+  return { conn, reused: false };
 }
 
 export async function deliverByLmtp(info: QueueFileInfo, socketPath: string, relay: string,
   recipients: { index: number; address: string }[], opts: { name: string; timeoutMs: number }): Promise<DeliveryResult[]> {
   let conn: any;
-  try {
-    conn = await open(socketPath, opts);
-  } catch (e) {
-    const err = e as any;
-    return recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: err.responseCode ? dsnOf(err.response, err.responseCode) : '4.4.2',
-      reason: `delivery to ${relay} failed: ${oneLine(err.response || err.message)}`, relay }));
+  let result: { err: any; info: any };
+  for (let attempt = 0; ; attempt++) {
+    let reused: boolean;
+    try {
+      ({ conn, reused } = await open(socketPath, opts, attempt > 0));
+    } catch (e) {
+      const err = e as any;
+      return recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: err.responseCode ? dsnOf(err.response, err.responseCode) : '4.4.2',
+        reason: `delivery to ${relay} failed: ${oneLine(err.response || err.message)}`, relay }));
+    }
+    const message = openMessage(info);
+    result = await new Promise<{ err: any; info: any }>((resolve) => {
+      conn.send({ from: info.envelope.sender, to: recipients.map((r) => r.address) } as any, message as any,
+        (err: any, sent: any) => resolve({ err, info: sent }));
+    });
+    // a kept connection the server closed while idle (it restarted): nothing of this message went out, so a new one may carry it
+    const untouched = !message.readableDidRead;
+    message.destroy(); // the transaction is over: release the file a stream that was not read to the end still holds
+    if (result.err && reused && attempt === 0 && untouched && (!result.err.responseCode || result.err.responseCode === 421)) {
+      try { conn.close(); } catch { /* closed */ }
+      continue;
+    }
+    break;
   }
-  const result = await new Promise<{ err: any; info: any }>((resolve) => {
-    conn.send({ from: info.envelope.sender, to: recipients.map((r) => r.address) } as any, openMessage(info) as any,
-      (err: any, sent: any) => resolve({ err, info: sent }));
-  });
   const rejected: any[] = (result.err?.rejectedErrors ?? result.info?.rejectedErrors ?? []) as any[];
   if (result.err && !result.err.rejectedErrors) {
     try { conn.close(); } catch { /* closed */ }
@@ -69,7 +89,7 @@ export async function deliverByLmtp(info: QueueFileInfo, socketPath: string, rel
     return recipients.map((r) => ({ index: r.index, status: code >= 500 ? 'bounced' : 'deferred',
       dsn: dsnOf(result.err.response, code), reason: oneLine(result.err.response || result.err.message), relay }));
   }
-  putIdle(socketPath, conn);
+  putIdle(socketPath, conn, !result.err);
   const accepted = new Set<string>((result.info?.accepted ?? []) as string[]);
   return recipients.map((r): DeliveryResult => {
     const rej = rejected.find((e) => e.recipient === r.address);

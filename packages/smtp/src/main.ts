@@ -19,7 +19,8 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
   const lmtpMode = ctx.command === 'lmtp';
 
   async function deliver(req: any): Promise<DeliveryResult[]> {
-    const info = await readQueueFile(req.file);
+    // one read of a small file serves both the envelope and the message we send
+    const info = await readQueueFile(req.file, { keepMessage: true });
     if (info.envelope.id !== req.queue_id) throw new Error(`${req.file} holds ${info.envelope.id}, not ${req.queue_id}`);
     const timeoutMs = ctx.config.seconds('delivery_timeout') * 1000;
     let results: DeliveryResult[];
@@ -38,17 +39,39 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     return results;
   }
 
+  /** Connections waiting for their next request: closed at once when the service stops. */
+  const waiting = new Set<net.Socket>();
+  let stopping = false;
+
+  /**
+   * One connection from qmgr: requests one at a time, as many as it sends (qmgr
+   * keeps the connection for the next message; an old-style client sends one and closes).
+   */
   async function handle(conn: net.Socket): Promise<void> {
     const reader = new FrameReader(conn);
     const writer = new FrameWriter(conn);
     try {
-      const req = await reader.json();
-      if (req.type !== 'deliver') throw new Error(`unknown request ${req.type}`);
-      const results = await deliver(req);
-      await writer.json({ results });
-    } catch (e) {
-      log.error({ err: (e as Error).message }, 'delivery request failed');
-      await writer.json({ error: (e as Error).message }).catch(() => undefined);
+      while (!stopping) {
+        let req: any;
+        waiting.add(conn);
+        try {
+          const f = await reader.next();
+          if (!f) return;
+          req = f.type === 'J' ? f.json : { type: `${f.type} frame` };
+        } finally {
+          waiting.delete(conn);
+        }
+        try {
+          if (req.type !== 'deliver') throw new Error(`unknown request ${req.type}`);
+          const results = await deliver(req);
+          await writer.json({ results });
+        } catch (e) {
+          log.error({ err: (e as Error).message }, 'delivery request failed');
+          await writer.json({ error: (e as Error).message }).catch(() => undefined);
+        }
+      }
+    } catch {
+      // the connection broke, or qmgr went away: nothing is owed to it
     } finally {
       conn.end();
     }
@@ -65,7 +88,10 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       servers.push(s);
     },
     async stop() {
+      stopping = true;
       for (const s of servers) s.close();
+      // an idle connection holds no request: drop it; one in the middle of a delivery finishes it first
+      for (const c of waiting) c.destroy();
       await Promise.allSettled([...inFlight]);
     },
   };

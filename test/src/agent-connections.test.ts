@@ -1,0 +1,61 @@
+/**
+ * Connections kept between messages on the delivery path: qmgr -> lmtp (the
+ * request pool) and lmtp -> local (LMTP, no RSET after a completed DATA).
+ * When the service at the far end restarts, the next message must still go out
+ * at once, over a new connection: not deferred, not lost, not doubled.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import nodemailer from 'nodemailer';
+import { Instance, waitFor } from './harness.js';
+
+const RCPT = 'bob@example.test';
+
+async function send(inst: Instance, subject: string): Promise<void> {
+  const transport = nodemailer.createTransport({ host: '127.0.0.1', port: inst.ports.smtp, secure: false, ignoreTLS: true, name: 'client.remote.test' });
+  try {
+    await transport.sendMail({ from: 'alice@remote.test', to: RCPT, subject, text: `message ${subject}`, messageId: `<${randomUUID()}@remote.test>` });
+  } finally {
+    transport.close();
+  }
+}
+
+function subjects(inst: Instance): string[] {
+  return inst.delivered(RCPT).map((f) => /^Subject: (.*)$/m.exec(fs.readFileSync(f, 'utf8'))?.[1] ?? '?').sort();
+}
+
+function pidOf(inst: Instance, command: string): number {
+  const s = (inst.status().services ?? []).find((x: any) => x.command === command && x.running && x.pid);
+  assert.ok(s, `${command} is running`);
+  return s.pid;
+}
+
+async function restart(inst: Instance, command: string): Promise<void> {
+  const old = pidOf(inst, command);
+  process.kill(old, 'SIGKILL');
+  await waitFor(`master to restart ${command}`, () => (inst.status().services ?? []).some((x: any) => x.command === command && x.running && x.pid && x.pid !== old), 30000);
+}
+
+test('a restarted lmtp or local: the next message is delivered at once over a new connection, once', async () => {
+  const inst = await Instance.create({ users: [{ address: RCPT }] });
+  try {
+    await inst.start();
+    for (const [i, command] of [[1, 'local'], [2, 'lmtp'], [3, 'local']] as const) {
+      await send(inst, `before-${i}`);
+      await waitFor(`before-${i} delivered`, () => subjects(inst).includes(`before-${i}`));
+      // a second message on the kept connections, so both ends hold one idle
+      await send(inst, `kept-${i}`);
+      await waitFor(`kept-${i} delivered`, () => subjects(inst).includes(`kept-${i}`));
+      await restart(inst, command);
+      await send(inst, `after-${i}`);
+      await waitFor(`after-${i} delivered`, () => subjects(inst).includes(`after-${i}`), 20000);
+    }
+    assert.deepEqual(subjects(inst), ['after-1', 'after-2', 'after-3', 'before-1', 'before-2', 'before-3', 'kept-1', 'kept-2', 'kept-3'], 'each exactly once');
+    const deferred = inst.logs().filter((e) => e.status === 'deferred' || e.msg === 'delivery agent failed');
+    assert.deepEqual(deferred, [], 'no message waited for a retry');
+  } finally {
+    await inst.destroy();
+  }
+});
