@@ -25,6 +25,32 @@ bench_require_build() {
   command -v node >/dev/null || bench_die "node is not on PATH"
 }
 
+# The options both benchmarks take; a script handles its own extra flags in
+# bench_extra_arg FLAG (return 0 when it took the flag). Sets MESSAGES, SIZE,
+# SESSIONS, WARMUP, TIMEOUT, POSTERN_ONLY, KEEP; usage() must exist.
+bench_parse_args() {
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --postern-only) POSTERN_ONLY=yes ;;
+      --keep) KEEP=yes ;;
+      --messages) MESSAGES="$2"; shift ;;
+      --size) SIZE="$2"; shift ;;
+      --sessions) SESSIONS="$2"; shift ;;
+      --warmup) WARMUP="$2"; shift ;;
+      --timeout) TIMEOUT="$2"; shift ;;
+      -h|--help) usage ;;
+      *) if ! { declare -F bench_extra_arg >/dev/null && bench_extra_arg "$1"; }; then
+           echo "bench: unknown argument $1" >&2; usage
+         fi ;;
+    esac
+    shift
+  done
+  for v in MESSAGES SIZE SESSIONS TIMEOUT; do
+    [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || bench_die "${v,,} must be a positive whole number, not \"${!v}\""
+  done
+  [[ "$WARMUP" =~ ^[0-9]+$ ]] || bench_die "warmup must be a whole number, not \"$WARMUP\""
+}
+
 now() { date +%s.%N; }
 # rate COUNT SECONDS -> COUNT/SECONDS with one decimal
 rate() { awk -v n="$1" -v t="$2" 'BEGIN { if (t > 0) printf "%.1f", n / t; else print "null" }'; }

@@ -25,24 +25,7 @@ RECIPIENT=bench@example.test
 SENDER=sender@remote.test
 
 usage() { sed -n '10,11p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 2; }
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --postern-only) POSTERN_ONLY=yes ;;
-    --keep) KEEP=yes ;;
-    --messages) MESSAGES="$2"; shift ;;
-    --size) SIZE="$2"; shift ;;
-    --sessions) SESSIONS="$2"; shift ;;
-    --warmup) WARMUP="$2"; shift ;;
-    --timeout) TIMEOUT="$2"; shift ;;
-    -h|--help) usage ;;
-    *) echo "bench: unknown argument $1" >&2; usage ;;
-  esac
-  shift
-done
-for v in MESSAGES SIZE SESSIONS TIMEOUT; do
-  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || bench_die "${v,,} must be a positive whole number, not \"${!v}\""
-done
-[[ "$WARMUP" =~ ^[0-9]+$ ]] || bench_die "warmup must be a whole number, not \"$WARMUP\""
+bench_parse_args "$@"
 
 bench_require_build
 postfix_tools
