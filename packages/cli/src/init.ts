@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { isRoot, createSystemUser, lookupSystemUser, MainConfig, serviceAccounts } from '@postern/common';
+import { isRoot, createSystemUser, lookupSystemUser, MainConfig, serviceAccounts, userTableFile } from '@postern/common';
 
 export interface InitOptions {
   hostname?: string;
@@ -124,7 +124,7 @@ export function fixConfigOwnership(configDir: string): void {
   const config = MainConfig.load(configDir);
   const a = serviceAccounts(config);
   if (!a.privileged) return;
-  const users = /^passwd-file:(.+)$/.exec(config.get('virtual_mailbox_maps'))?.[1];
+  const users = userTableFile(config);
   if (users && fs.existsSync(users)) { fs.chownSync(users, a.mailbox.uid, a.smtpd.gid); fs.chmodSync(users, 0o640); }
   const key = config.get('smtpd_tls_key_file');
   if (fs.existsSync(key)) { fs.chownSync(key, 0, a.smtpd.gid); fs.chmodSync(key, 0o640); }

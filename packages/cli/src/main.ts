@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Command, Option } from 'commander';
 import {
-  MainConfig, defaultParameters, setMainCfParameters, addUser, deleteUser, hashPassword, UserTable,
+  MainConfig, defaultParameters, setMainCfParameters, addUser, deleteUser, hashPassword, UserTable, userTableFile, localDomains,
   validateMailboxAddress, serviceAccounts, splitAddress, isRoot,
 } from '@postern/common';
 import { initInstance, fixConfigOwnership } from './init.js';
@@ -31,11 +31,8 @@ const configDir = (): string => path.resolve(program.opts().config);
 let exitCode = 0;
 const fail = (msg: string, code = 1): void => { process.stderr.write(`postern: ${msg}\n`); exitCode = code; };
 
-function usersFile(config: MainConfig): string {
-  const m = /^passwd-file:(.+)$/.exec(config.get('virtual_mailbox_maps'));
-  if (!m) throw new Error(`virtual_mailbox_maps: only passwd-file: tables can be edited with "postern user"`);
-  return m[1];
-}
+/** `postern user` edits the passwd-file that virtual_mailbox_maps names. */
+const usersFile = (config: MainConfig): string => userTableFile(config);
 
 async function readStdinLine(): Promise<string> {
   const chunks: Buffer[] = [];
@@ -124,8 +121,7 @@ user.command('add <address>').description('add a mail user')
       addUser(file, addr, hashPassword(password), { uid: accounts.mailbox.uid, gid: accounts.mailbox.gid, home, mailbox: o.mailbox });
     } catch (e) { return fail((e as Error).message); }
     if (isRoot()) fixConfigOwnership(configDir());
-    const local_domains = [...cfg.list('mydestination'), ...cfg.list('virtual_mailbox_domains')].map((d) => d.toLowerCase());
-    if (!local_domains.includes(domain)) {
+    if (!localDomains(cfg).has(domain)) {
       setMainCfParameters(configDir(), [['virtual_mailbox_domains', [...cfg.list('virtual_mailbox_domains'), domain].join(', ')]]);
       console.log(`postern: added ${domain} to virtual_mailbox_domains`);
     }

@@ -329,3 +329,16 @@ export function deleteUser(file: string, address: string): boolean {
   writeFileAtomic(target, lines.join('\n'));
   return true;
 }
+
+/** The passwd-file that `virtual_mailbox_maps` names (the only user table type so far). */
+export function userTableFile(config: { get(name: string): string }): string {
+  const spec = config.get('virtual_mailbox_maps');
+  const m = /^passwd-file:(.+)$/.exec(spec);
+  if (!m) throw new Error(`virtual_mailbox_maps: unsupported table "${spec}" (passwd-file:PATH)`);
+  return m[1];
+}
+
+/** The domains delivered here: mydestination and virtual_mailbox_domains, lower-cased. */
+export function localDomains(config: { list(name: string): string[] }): Set<string> {
+  return new Set([...config.list('mydestination'), ...config.list('virtual_mailbox_domains')].map((d) => d.toLowerCase()));
+}

@@ -11,18 +11,12 @@ import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { SMTPServer, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import {
-  runService, ServiceContext, RunningService, MainConfig, UserTable, UserEntry, validateMailboxAddress, mailboxOf,
+  runService, ServiceContext, RunningService, MainConfig, UserTable, UserEntry, userTableFile, validateMailboxAddress, mailboxOf,
   installEnhancedCodeShim, smtpError, headerSafe,
 } from '@postern/common';
 import { deliverToMaildir, deliverToMbox, MailboxError, DeliveryInput } from './mailbox.js';
 
 installEnhancedCodeShim();
-
-function userTablePath(config: MainConfig): string {
-  const m = /^passwd-file:(.+)$/.exec(config.get('virtual_mailbox_maps'));
-  if (!m) throw new Error(`virtual_mailbox_maps: unsupported table "${config.get('virtual_mailbox_maps')}"`);
-  return m[1];
-}
 
 /** The user's entry, or an SMTP error saying why there is none. */
 function findUser(users: UserTable, address: string): UserEntry {
@@ -38,7 +32,7 @@ function findUser(users: UserTable, address: string): UserEntry {
 
 async function start(ctx: ServiceContext): Promise<RunningService> {
   const { log } = ctx;
-  let users = new UserTable(userTablePath(ctx.config));
+  let users = new UserTable(userTableFile(ctx.config));
   const servers: SMTPServer[] = [];
   const myUid = process.getuid!();
 
@@ -122,7 +116,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       servers.push(s);
     },
     reload(config) {
-      users = new UserTable(userTablePath(config));
+      users = new UserTable(userTableFile(config));
     },
     stop() {
       return Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r())))).then(() => undefined);

@@ -3,7 +3,7 @@
  * client (which talks to `local`), everything else to smtp, one group per
  * destination domain (or one for all when a relayhost is set).
  */
-import { MainConfig, splitAddress } from '@postern/common';
+import { MainConfig, splitAddress, localDomains } from '@postern/common';
 
 export interface DeliveryGroup {
   /** Socket name under private/ of the delivery agent. */
@@ -14,17 +14,12 @@ export interface DeliveryGroup {
   recipients: { index: number; address: string }[];
 }
 
-export function isLocalDomain(domain: string, config: MainConfig): boolean {
-  const d = domain.toLowerCase();
-  return config.list('mydestination').some((x) => x.toLowerCase() === d)
-    || config.list('virtual_mailbox_domains').some((x) => x.toLowerCase() === d);
-}
-
 export function planDeliveries(recipients: { index: number; address: string }[], config: MainConfig): DeliveryGroup[] {
   const groups = new Map<string, DeliveryGroup>();
+  const ours = localDomains(config);
   for (const r of recipients) {
     const { domain } = splitAddress(r.address);
-    const local = isLocalDomain(domain, config);
+    const local = ours.has(domain.toLowerCase());
     const transport = local ? 'lmtp' : 'smtp';
     const nexthop = local ? 'local' : domain;
     const key = `${transport}:${nexthop}`;

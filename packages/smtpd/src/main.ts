@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import { SMTPServer, SMTPServerDataStream, SMTPServerSession, SMTPServerOptions } from 'smtp-server';
 import {
   runService, ServiceContext, RunningService, MainConfig, NetworkList,
-  installEnhancedCodeShim, smtpError, connectUnix, FrameReader, FrameWriter, UserTable, verifyPassword, sharedResolver,
+  installEnhancedCodeShim, smtpError, connectUnix, FrameReader, FrameWriter, UserTable, verifyPassword, userTableFile, localDomains, sharedResolver,
   AliasMaps, SmtpError,
 } from '@postern/common';
 
@@ -33,22 +33,15 @@ interface Policy {
   aliases?: AliasMaps;
 }
 
-function userTablePath(config: MainConfig): string {
-  const spec = config.get('virtual_mailbox_maps');
-  const m = /^passwd-file:(.+)$/.exec(spec);
-  if (!m) throw new Error(`virtual_mailbox_maps: unsupported table "${spec}" (passwd-file:PATH)`);
-  return m[1];
-}
-
 function buildPolicy(config: MainConfig, previous?: Policy): Policy {
-  const file = userTablePath(config);
-  const localDomains = new Set([...config.list('mydestination'), ...config.list('virtual_mailbox_domains')].map((d) => d.toLowerCase()));
+  const file = userTableFile(config);
   const mynetworks = new NetworkList(config.list('mynetworks'));
+  const domains = localDomains(config);
   return {
     hostname: config.get('myhostname'),
-    localDomains,
+    localDomains: domains,
     mynetworks,
-    restrictions: restrictionPolicy(config, mynetworks, localDomains),
+    restrictions: restrictionPolicy(config, mynetworks, domains),
     users: previous && previous.users.file === file ? previous.users : new UserTable(file),
     recipientLimit: config.int('smtpd_recipient_limit'),
     sizeLimit: config.int('message_size_limit'),
