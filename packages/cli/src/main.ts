@@ -21,6 +21,8 @@ import { addSetupCommand } from './setup.js';
 import { addMapCommands } from './map.js';
 import { addQueueAdminCommands } from './queue-admin.js';
 import { showLog } from './log.js';
+import { addDnsCommands } from './dns-check.js';
+import { addStatsCommand } from './stats.js';
 
 const program = new Command();
 program.name('postern').description('Postern mail server control')
@@ -153,6 +155,8 @@ addDkimCommands(program, configDir, fail);
 addCheckCommand(program, configDir, (code) => { exitCode = code; });
 addSetupCommand(program, configDir);
 addMapCommands(program, configDir, (code) => { exitCode = code; });
+addDnsCommands(program, configDir, (code) => { exitCode = code; });
+addStatsCommand(program, configDir);
 
 program.parseAsync(process.argv).then(() => { process.exitCode = exitCode; }, (e) => {
   process.stderr.write(`postern: ${(e as Error).message}\n`);

@@ -31,6 +31,12 @@ function logicalLines(text: string): { text: string; line: number }[] {
 
 const TIME_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400, w: 604800 };
 
+/** A Postfix time value (`90`, `30m`, `1h`, `2d`, `1w`; no unit means seconds) in seconds, or null. */
+export function parseTimeValue(text: string): number | null {
+  const m = /^(\d+)([smhdw]?)$/.exec(text.trim());
+  return m ? parseInt(m[1], 10) * TIME_UNITS[m[2] || 's'] : null;
+}
+
 function checkValue(spec: ParamSpec, value: string): string | null {
   switch (spec.type) {
     case 'int': case 'size': return /^\d+$/.test(value) ? null : `${spec.name}: "${value}" is not a whole number`;
@@ -127,9 +133,9 @@ export class MainConfig {
   bool(name: string): boolean { return /^yes$/i.test(this.get(name)); }
   /** Time parameter in seconds. */
   seconds(name: string): number {
-    const m = /^(\d+)([smhdw]?)$/.exec(this.get(name));
-    if (!m) throw new ConfigError(this.file, this.lineOf(name), `${name}: not a time`);
-    return parseInt(m[1], 10) * TIME_UNITS[m[2] || 's'];
+    const s = parseTimeValue(this.get(name));
+    if (s === null) throw new ConfigError(this.file, this.lineOf(name), `${name}: not a time`);
+    return s;
   }
   list(name: string): string[] { return this.get(name).split(/[\s,]+/).filter(Boolean); }
 

@@ -103,6 +103,7 @@ export const PARAMETERS: readonly ParamSpec[] = [
   // DNS (one resolver with a TTL cache for every lookup in the project)
   P('dns_servers', 'list', '', 'Resolvers to ask (ip or ip:port, tried in order); empty means those in /etc/resolv.conf.'),
   P('dns_timeout', 'time', '5s', 'How long one DNS query waits for an answer before trying the next server.'),
+  P('proxy_interfaces', 'list', '', 'Addresses (IP) on which this host receives mail through a proxy or NAT: the public addresses `postern dns check` expects the MX, PTR and SPF records to name (Postfix\'s proxy_interfaces).'),
 
   // Outbound delivery (smtp)
   P('relayhost', 'string', '', 'Send all non-local mail through this smart host: [host]:port (no MX lookup) or host:port (MX lookup).'),
