@@ -73,7 +73,11 @@ class QueueManager {
 
   private scheduleDeferredScan(): void {
     const every = Math.max(1, Math.min(this.config.seconds('queue_run_delay'), this.config.seconds('minimal_backoff_time')));
-    const t = setTimeout(() => { void this.scanDeferred().finally(() => { if (!this.stopping) this.scheduleDeferredScan(); }); }, every * 1000);
+    // active/ too: an attempt that threw (a status write on a full disk) left its
+    // message there, unclaimed; without this only a restart would retry it
+    const t = setTimeout(() => {
+      void this.scanQueue('active').then(() => this.scanDeferred()).finally(() => { if (!this.stopping) this.scheduleDeferredScan(); });
+    }, every * 1000);
     this.timers.push(t);
   }
 
@@ -114,8 +118,12 @@ class QueueManager {
     }
   }
 
+  /** Launch every unclaimed message in a queue (active/: what no attempt holds). */
   private async scanQueue(queue: QueueName): Promise<void> {
-    for (const id of await this.spool.list(queue)) if (!this.busy.has(id)) this.launch(id);
+    for (const id of await this.spool.list(queue).catch(() => [] as string[])) {
+      if (this.stopping) return;
+      if (!this.busy.has(id)) this.launch(id);
+    }
   }
 
   /** Deferred messages whose retry time (mtime) has come, or all of them on a flush. */
@@ -136,7 +144,7 @@ class QueueManager {
   launch(id: string): void {
     this.busy.add(id);
     this.processMessage(id)
-      .catch((e) => this.log.error({ queue_id: id, err: (e as Error).stack }, 'message processing failed; it stays in active/ for the next start'))
+      .catch((e) => this.log.error({ queue_id: id, err: (e as Error).stack }, 'message processing failed; it stays in active/ for the next scan of active/'))
       // operations the administrator asked for during the attempt apply now, then the claim goes
       .finally(() => this.admin.release(id).catch((e) => this.log.error({ queue_id: id, err: (e as Error).message }, 'queue operation failed')));
   }
