@@ -55,6 +55,13 @@ class QueueManager {
   private timers: NodeJS.Timeout[] = [];
 
   private admin = new QueueAdmin(this);
+  /**
+   * The dead-destination table, one for all smtp processes: "address:port" ->
+   * until (ms). smtp reports hosts that failed at connect or greeting; each
+   * request carries the ones to skip; a flush forgets them all (Postfix's qmgr
+   * does the same on a flush).
+   */
+  private deadHosts = new Map<string, number>();
 
   constructor(readonly ctx: ServiceContext) {}
 
@@ -260,9 +267,34 @@ class QueueManager {
       file: info.file,
       nexthop: group.nexthop,
       recipients: group.recipients,
+      skip: this.deadDestinations(),
     }, timeoutMs);
+    if (Array.isArray(reply.dead)) this.markDead(reply.dead);
     if (!Array.isArray(reply.results)) throw new Error(reply.error || 'malformed reply from delivery agent');
     return reply.results;
+  }
+
+  /** Hosts still dead now (expired entries go). */
+  private deadDestinations(): string[] {
+    const now = Date.now();
+    for (const [k, until] of this.deadHosts) if (until <= now) this.deadHosts.delete(k);
+    return [...this.deadHosts.keys()];
+  }
+
+  private markDead(hosts: unknown[]): void {
+    const until = Date.now() + this.config.seconds('smtp_dead_destination_time') * 1000;
+    for (const h of hosts) {
+      if (typeof h !== 'string' || h.length > 300) continue;
+      if (!this.deadHosts.has(h)) this.log.info({ host: h, until: new Date(until).toISOString() }, 'destination marked dead');
+      this.deadHosts.set(h, until);
+    }
+  }
+
+  /** A flush: every host is worth trying again. */
+  forgetDeadDestinations(): void {
+    if (!this.deadHosts.size) return;
+    this.log.info({ hosts: [...this.deadHosts.keys()] }, 'flush: dead destinations forgotten');
+    this.deadHosts.clear();
   }
 
   handleRequest(conn: net.Socket): void {
