@@ -269,7 +269,7 @@ class QueueManager {
       recipients: group.recipients,
       skip: this.deadDestinations(),
     }, timeoutMs);
-    if (Array.isArray(reply.dead)) this.markDead(reply.dead);
+    if (Array.isArray(reply.dead)) this.markDead(reply.dead, info.envelope.id);
     if (!Array.isArray(reply.results)) throw new Error(reply.error || 'malformed reply from delivery agent');
     return reply.results;
   }
@@ -281,11 +281,11 @@ class QueueManager {
     return [...this.deadHosts.keys()];
   }
 
-  private markDead(hosts: unknown[]): void {
+  private markDead(hosts: unknown[], queueId: string): void {
     const until = Date.now() + this.config.seconds('smtp_dead_destination_time') * 1000;
     for (const h of hosts) {
       if (typeof h !== 'string' || h.length > 300) continue;
-      if (!this.deadHosts.has(h)) this.log.info({ host: h, until: new Date(until).toISOString() }, 'destination marked dead');
+      if (!this.deadHosts.has(h)) this.log.info({ queue_id: queueId, host: h, until: new Date(until).toISOString() }, 'destination marked dead');
       this.deadHosts.set(h, until);
     }
   }
