@@ -8,7 +8,7 @@ import { Readable } from 'node:stream';
 import {
   Spool, QueueFileWriter, readQueueFile, openMessage, appendStatus, CorruptQueueFile, Envelope, QUEUE_FILE_BUFFER_LIMIT,
 } from '../../packages/common/dist/index.js';
-import { tempDir } from './harness.js';
+import { tempDir, run, IS_ROOT } from './harness.js';
 
 const ID = '006B0630222848865601';
 
@@ -140,5 +140,77 @@ test('queue file: readQueueFile still finds truncation and appended status recor
     } finally {
       fs.rmSync(sp.root, { recursive: true, force: true });
     }
+  }
+});
+
+/** A size-limited tmpfs (root only: a missing privilege is a failure, never a skip). */
+function tinyTmpfs(size: string): { dir: string; unmount: () => void } {
+  assert.ok(IS_ROOT, 'this test mounts a tmpfs: run it as root (CI does)');
+  const dir = tempDir('tinyfs');
+  const r = run('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0755`, 'tmpfs', dir]);
+  assert.equal(r.code, 0, `mount tmpfs: ${r.stderr}`);
+  return { dir, unmount: () => { run('umount', ['-l', dir]); fs.rmSync(dir, { recursive: true, force: true }); } };
+}
+
+/** Fill the file system holding `dir` with one file; returns its path. Bounded by the file system's size. */
+function fill(dir: string): string {
+  const filler = path.join(dir, 'filler');
+  const fd = fs.openSync(filler, 'w');
+  const block = Buffer.alloc(4096, 0x41);
+  try {
+    for (let i = 0; i < 1 << 20; i++) fs.writeSync(fd, block);
+    assert.fail('the file system never filled up');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOSPC') throw e;
+  } finally { fs.closeSync(fd); }
+  return filler;
+}
+
+test('queue file: a status append torn by a full disk (short write, ENOSPC) is cut back to the last whole record', async () => {
+  const fsys = tinyTmpfs('64k');
+  try {
+    fs.mkdirSync(path.join(fsys.dir, 'incoming'));
+    const sp = new Spool(fsys.dir);
+    const { file } = await write(sp, message(2000), 4096);
+    await appendStatus(file, [{ type: 'attempt', at: 2, attempts: 1 }]);
+    const before = fs.readFileSync(file);
+    // the file's last page still has room, the file system has none: the next append writes part, then fails
+    const filler = fill(fsys.dir);
+    const big = { type: 'rcpt' as const, index: 0, status: 'deferred' as const, dsn: '4.4.1', reason: 'x'.repeat(9000), at: 3 };
+    await assert.rejects(appendStatus(file, [big]), (e: NodeJS.ErrnoException) => e.code === 'ENOSPC');
+    assert.deepEqual(fs.readFileSync(file), before, 'the file is cut back to its last whole record');
+    // space again: a later record is appended after the whole ones and read back
+    fs.unlinkSync(filler);
+    await appendStatus(file, [{ type: 'rcpt', index: 0, status: 'sent', dsn: '2.0.0', reason: 'ok', at: 4 }]);
+    const info = await readQueueFile(file);
+    assert.deepEqual(info.statuses.map((s) => s.type), ['rcpt', 'attempt', 'rcpt']);
+    assert.equal((info.statuses[2] as any).status, 'sent');
+  } finally {
+    fsys.unmount();
+  }
+});
+
+test('queue file: a failed directory fsync after the rename withdraws the file (the client\'s retry is no duplicate)', async () => {
+  const sp = spool();
+  try {
+    const failing = async () => { throw Object.assign(new Error('injected: EIO'), { code: 'EIO' }); };
+    for (const bufferLimit of [QUEUE_FILE_BUFFER_LIMIT, 16]) {
+      const w = await QueueFileWriter.create(sp, envelope(), { bufferLimit, syncDirectory: failing });
+      await w.write(message(1000));
+      await assert.rejects(w.commit(), /fsync|EIO/);
+      assert.deepEqual(fs.readdirSync(sp.dir('incoming')), [], 'nothing left in incoming/ to be delivered');
+    }
+    // qmgr took the file before it could be withdrawn: it is queued, and commit says so
+    fs.mkdirSync(path.join(sp.root, 'active'));
+    const takenByQmgr = async () => {
+      fs.renameSync(sp.pathOf('incoming', ID), path.join(sp.root, 'active', ID));
+      throw Object.assign(new Error('injected: EIO'), { code: 'EIO' });
+    };
+    const w = await QueueFileWriter.create(sp, envelope(), { syncDirectory: takenByQmgr });
+    await w.write(message(1000));
+    await w.commit();
+    assert.ok(fs.existsSync(path.join(sp.root, 'active', ID)));
+  } finally {
+    fs.rmSync(sp.root, { recursive: true, force: true });
   }
 });

@@ -13,6 +13,7 @@ import { HeaderSection, HeaderEdit } from './header-section.js';
 import { missingHeaders } from './header-fixup.js';
 import { forgedAuthResults } from './headers.js';
 import { DkimKeyStore, signQueuedMessage } from './dkim.js';
+import { failureReply, drainMessage } from './write-error.js';
 
 function receivedHeader(env: Envelope, hostname: string): string {
   const lines: string[] = [];
@@ -64,6 +65,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     const reader = new FrameReader(conn);
     const writer = new FrameWriter(conn);
     let file: QueueFileWriter | null = null;
+    let ended = false; // the client sent the whole message (E) or gave up (A)
     try {
       const req = await reader.json();
       if (req.type !== 'message' || !req.envelope) throw new Error('expected a message request');
@@ -101,8 +103,9 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
           // what smtpd learnt from the whole message: headers to add (Authentication-Results:, X-Spam-*) and envelope notes
           if (typeof f.json.headers === 'string' && f.json.headers) file.addPrependedHeaders(Buffer.from(f.json.headers));
           if (f.json.notes && typeof f.json.notes === 'object') file.addEnvelopeNotes(f.json.notes);
-        } else if (f.type === 'E') break;
+        } else if (f.type === 'E') { ended = true; break; }
         else if (f.type === 'A') {
+          ended = true;
           await file.abort();
           file = null;
           return;
@@ -124,9 +127,11 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       await writer.json({ ok: true, queue_id: env.id });
       wakeQmgr(env.id);
     } catch (e) {
-      log.error({ err: (e as Error).message }, 'message not queued');
+      log.error({ queue_id: file?.id, err: (e as Error).message }, 'message not queued');
       if (file) await file.abort();
-      await writer.json({ ok: false, error: (e as Error).message }).catch(() => undefined);
+      // a write error midway: let the client finish sending so it reads this reply
+      if (!ended) await drainMessage(reader);
+      await writer.json(failureReply(e)).catch(() => undefined);
     } finally {
       conn.end();
     }

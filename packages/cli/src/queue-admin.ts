@@ -186,7 +186,7 @@ export function addQueueAdminCommands(queue: Command, configDir: () => string, s
       if (!t.running) return fail('cannot flush the mail queue: the mail system is down (postern start)');
       if (o.site === undefined) {
         await askQmgr(t, { type: 'flush' });
-        console.log('postern: flush requested: every deferred message is retried now');
+        console.log('postern: flush requested: every deferred message is retried now, hosts marked dead included');
         return;
       }
       const reply = await askQmgr(t, { type: 'flush', site: o.site });

@@ -45,6 +45,7 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('mailbox_user', 'string', 'vmail', 'User the local delivery agent runs as; mailbox files belong to it unless the user table says otherwise.'),
 
   // Limits
+  P('queue_minfree', 'size', '0', 'smtpd refuses MAIL FROM with 452 4.3.1 while the queue file system has no more free bytes than this (and a SIZE= that does not fit).'),
   P('message_size_limit', 'size', '10240000', 'Largest message accepted, in bytes (headers included).'),
   P('smtpd_recipient_limit', 'int', '1000', 'Most recipients accepted in one message.'),
   P('smtpd_timeout', 'time', '300s', 'How long smtpd waits for a client command or data.'),

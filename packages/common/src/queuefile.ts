@@ -13,7 +13,8 @@
  *   S <len>\n<status JSON>\n          0..n, appended by qmgr
  *
  * Only qmgr appends, and a record torn by a crash is ignored, so a recipient is
- * at worst delivered once more.
+ * at worst delivered once more; a failed append (full disk) is cut back to the
+ * last whole record, so later records stay readable.
  */
 import * as fsp from 'node:fs/promises';
 import { Readable } from 'node:stream';
@@ -65,6 +66,12 @@ export class CorruptQueueFile extends Error {
   }
 }
 
+export interface QueueFileWriterOptions {
+  bufferLimit?: number;
+  /** The fsync of incoming/ after the rename (tests inject a failing one). */
+  syncDirectory?: (dir: string) => Promise<void>;
+}
+
 /** Messages up to this size are held in memory and written with one write at commit. */
 export const QUEUE_FILE_BUFFER_LIMIT = 256 * 1024;
 /** The incoming/ directory's descriptor is kept this long after its last fsync. */
@@ -90,11 +97,12 @@ export class QueueFileWriter {
   private statuses: StatusRecord[] = [];
 
   private constructor(readonly spool: Spool, readonly id: string, private readonly envelopeJson: Buffer,
-    private readonly bufferLimit: number) {}
+    private readonly bufferLimit: number, private readonly syncDir: (dir: string) => Promise<void>) {}
 
   /** Start a new queue file for the envelope (nothing is written before the message outgrows memory or is committed). */
-  static async create(spool: Spool, envelope: Envelope, options: { bufferLimit?: number } = {}): Promise<QueueFileWriter> {
-    return new QueueFileWriter(spool, envelope.id, Buffer.from(JSON.stringify(envelope)), options.bufferLimit ?? QUEUE_FILE_BUFFER_LIMIT);
+  static async create(spool: Spool, envelope: Envelope, options: QueueFileWriterOptions = {}): Promise<QueueFileWriter> {
+    return new QueueFileWriter(spool, envelope.id, Buffer.from(JSON.stringify(envelope)), options.bufferLimit ?? QUEUE_FILE_BUFFER_LIMIT,
+      options.syncDirectory ?? ((dir) => syncDirectory(dir, { keepOpenMs: INCOMING_KEEP_OPEN_MS })));
   }
 
   /** Magic, E record and the M record's header with the message length given. */
@@ -233,7 +241,23 @@ export class QueueFileWriter {
     const final = this.spool.pathOf('incoming', this.id);
     await fsp.rename(this.spool.tempPathOf(this.id), final);
     this.created = false;
-    await syncDirectory(this.spool.dir('incoming'), { keepOpenMs: INCOMING_KEEP_OPEN_MS });
+    try {
+      await this.syncDir(this.spool.dir('incoming'));
+    } catch (e) {
+      // The entry's durability is unknown, and the sender will be told 4xx and
+      // retry: withdraw the file so the retry is not a second copy
+      // (docs/security.md, "Directory fsync failing after the rename").
+      try {
+        await fsp.unlink(final);
+      } catch (u) {
+        // qmgr already took it (incoming/ -> active/): it is queued and will be
+        // delivered, so a 4xx would make the retry a duplicate; report success
+        if ((u as NodeJS.ErrnoException).code === 'ENOENT') return final;
+        throw e;
+      }
+      await this.syncDir(this.spool.dir('incoming')).catch(() => undefined);
+      throw e;
+    }
     return final;
   }
 
@@ -374,16 +398,36 @@ export function openMessage(info: QueueFileInfo): Readable {
   })());
 }
 
+/**
+ * Append status records. A write can be short (ENOSPC midway) or fail, and
+ * the fsync can fail: then the file is cut back to its size before the append,
+ * so no half record is left for later records to follow (the reader stops at
+ * a torn record, and what came after it would be lost), and the error is thrown.
+ */
 export async function appendStatus(file: string, records: StatusRecord[]): Promise<void> {
   const parts: Buffer[] = [];
   for (const r of records) {
     const b = Buffer.from(JSON.stringify(r));
     parts.push(Buffer.from(`S ${b.length}\n`), b, Buffer.from('\n'));
   }
-  const fh = await fsp.open(file, 'a');
+  const buf = Buffer.concat(parts);
+  // r+ and explicit positions, not O_APPEND: we know where the whole records end
+  const fh = await fsp.open(file, 'r+');
   try {
-    await fh.write(Buffer.concat(parts));
-    await fh.sync();
+    const start = (await fh.stat()).size;
+    try {
+      let off = 0;
+      while (off < buf.length) {
+        const { bytesWritten } = await fh.write(buf, off, buf.length - off, start + off);
+        if (bytesWritten <= 0) throw Object.assign(new Error(`${file}: short write appending a status record`), { code: 'EIO' });
+        off += bytesWritten;
+      }
+      await fh.sync();
+    } catch (e) {
+      await fh.truncate(start).catch(() => undefined);
+      await fh.sync().catch(() => undefined);
+      throw e;
+    }
   } finally {
     await fh.close();
   }

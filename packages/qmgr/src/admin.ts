@@ -24,6 +24,8 @@ export interface QueueOwner {
   launch(id: string): void;
   scanIncoming(): Promise<void>;
   scanDeferred(all?: boolean): Promise<void>;
+  /** Empty the dead-destination table (a flush retries every host). */
+  forgetDeadDestinations(): void;
 }
 
 interface PendingOp { op: QueueOp; queues: readonly QueueName[] }
@@ -142,6 +144,8 @@ export class QueueAdmin {
 
   /** postqueue -f (everything deferred, now) and -s SITE (messages with a pending recipient there). */
   private async flush(site: unknown): Promise<object> {
+    // as Postfix's flush: a host marked dead is tried again, or flushing would change nothing
+    this.q.forgetDeadDestinations();
     if (site === undefined || site === null) {
       void this.q.scanIncoming();
       void this.q.scanDeferred(true);

@@ -55,6 +55,13 @@ class QueueManager {
   private timers: NodeJS.Timeout[] = [];
 
   private admin = new QueueAdmin(this);
+  /**
+   * The dead-destination table, one for all smtp processes: "address:port" ->
+   * until (ms). smtp reports hosts that failed at connect or greeting; each
+   * request carries the ones to skip; a flush forgets them all (Postfix's qmgr
+   * does the same on a flush).
+   */
+  private deadHosts = new Map<string, number>();
 
   constructor(readonly ctx: ServiceContext) {}
 
@@ -73,7 +80,11 @@ class QueueManager {
 
   private scheduleDeferredScan(): void {
     const every = Math.max(1, Math.min(this.config.seconds('queue_run_delay'), this.config.seconds('minimal_backoff_time')));
-    const t = setTimeout(() => { void this.scanDeferred().finally(() => { if (!this.stopping) this.scheduleDeferredScan(); }); }, every * 1000);
+    // active/ too: an attempt that threw (a status write on a full disk) left its
+    // message there, unclaimed; without this only a restart would retry it
+    const t = setTimeout(() => {
+      void this.scanQueue('active').then(() => this.scanDeferred()).finally(() => { if (!this.stopping) this.scheduleDeferredScan(); });
+    }, every * 1000);
     this.timers.push(t);
   }
 
@@ -114,8 +125,12 @@ class QueueManager {
     }
   }
 
+  /** Launch every unclaimed message in a queue (active/: what no attempt holds). */
   private async scanQueue(queue: QueueName): Promise<void> {
-    for (const id of await this.spool.list(queue)) if (!this.busy.has(id)) this.launch(id);
+    for (const id of await this.spool.list(queue).catch(() => [] as string[])) {
+      if (this.stopping) return;
+      if (!this.busy.has(id)) this.launch(id);
+    }
   }
 
   /** Deferred messages whose retry time (mtime) has come, or all of them on a flush. */
@@ -136,7 +151,7 @@ class QueueManager {
   launch(id: string): void {
     this.busy.add(id);
     this.processMessage(id)
-      .catch((e) => this.log.error({ queue_id: id, err: (e as Error).stack }, 'message processing failed; it stays in active/ for the next start'))
+      .catch((e) => this.log.error({ queue_id: id, err: (e as Error).stack }, 'message processing failed; it stays in active/ for the next scan of active/'))
       // operations the administrator asked for during the attempt apply now, then the claim goes
       .finally(() => this.admin.release(id).catch((e) => this.log.error({ queue_id: id, err: (e as Error).message }, 'queue operation failed')));
   }
@@ -252,9 +267,34 @@ class QueueManager {
       file: info.file,
       nexthop: group.nexthop,
       recipients: group.recipients,
+      skip: this.deadDestinations(),
     }, timeoutMs);
+    if (Array.isArray(reply.dead)) this.markDead(reply.dead, info.envelope.id);
     if (!Array.isArray(reply.results)) throw new Error(reply.error || 'malformed reply from delivery agent');
     return reply.results;
+  }
+
+  /** Hosts still dead now (expired entries go). */
+  private deadDestinations(): string[] {
+    const now = Date.now();
+    for (const [k, until] of this.deadHosts) if (until <= now) this.deadHosts.delete(k);
+    return [...this.deadHosts.keys()];
+  }
+
+  private markDead(hosts: unknown[], queueId: string): void {
+    const until = Date.now() + this.config.seconds('smtp_dead_destination_time') * 1000;
+    for (const h of hosts) {
+      if (typeof h !== 'string' || h.length > 300) continue;
+      if (!this.deadHosts.has(h)) this.log.info({ queue_id: queueId, host: h, until: new Date(until).toISOString() }, 'destination marked dead');
+      this.deadHosts.set(h, until);
+    }
+  }
+
+  /** A flush: every host is worth trying again. */
+  forgetDeadDestinations(): void {
+    if (!this.deadHosts.size) return;
+    this.log.info({ hosts: [...this.deadHosts.keys()] }, 'flush: dead destinations forgotten');
+    this.deadHosts.clear();
   }
 
   handleRequest(conn: net.Socket): void {

@@ -9,7 +9,7 @@ import {
   runService, ServiceContext, RunningService, FrameReader, FrameWriter, readQueueFile, delaySince,
 } from '@postern/common';
 import { deliverByLmtp } from './lmtp.js';
-import { deliverRemote } from './remote.js';
+import { deliverRemote, DeadHosts } from './remote.js';
 import { DeliveryResult } from './results.js';
 
 async function start(ctx: ServiceContext): Promise<RunningService> {
@@ -18,7 +18,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
   const inFlight = new Set<Promise<void>>();
   const lmtpMode = ctx.command === 'lmtp';
 
-  async function deliver(req: any): Promise<DeliveryResult[]> {
+  async function deliver(req: any, dead: DeadHosts): Promise<DeliveryResult[]> {
     // one read of a small file serves both the envelope and the message we send
     const info = await readQueueFile(req.file, { keepMessage: true });
     if (info.envelope.id !== req.queue_id) throw new Error(`${req.file} holds ${info.envelope.id}, not ${req.queue_id}`);
@@ -29,7 +29,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       results = await deliverByLmtp(info, spool.privateSocket(req.nexthop), `${req.nexthop}[private/${req.nexthop}]`,
         req.recipients, { name: ctx.config.get('myhostname'), timeoutMs });
     } else {
-      results = await deliverRemote(info, req.nexthop, req.recipients, ctx.config, log);
+      results = await deliverRemote(info, req.nexthop, req.recipients, ctx.config, log, dead);
     }
     for (const r of results) {
       const rcpt = req.recipients.find((x: any) => x.index === r.index);
@@ -63,8 +63,12 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         }
         try {
           if (req.type !== 'deliver') throw new Error(`unknown request ${req.type}`);
-          const results = await deliver(req);
-          await writer.json({ results });
+          // qmgr's dead-destination table: hosts to skip in, hosts found dead out
+          const skip = new Set<string>(Array.isArray(req.skip) ? req.skip.filter((k: unknown) => typeof k === 'string') : []);
+          const found: string[] = [];
+          const dead: DeadHosts = { isDead: (k) => skip.has(k), markDead: (k) => { skip.add(k); found.push(k); } };
+          const results = await deliver(req, dead);
+          await writer.json({ results, dead: found });
         } catch (e) {
           log.error({ err: (e as Error).message }, 'delivery request failed');
           await writer.json({ error: (e as Error).message }).catch(() => undefined);

@@ -2,8 +2,11 @@
  * Delivery to the world: find the destination's mail hosts (MX, else A/AAAA;
  * a null MX refuses mail), try each address in turn, STARTTLS when offered
  * (plaintext retry on a failed handshake at level `may`), reuse an idle
- * connection to the same host for the next message, and remember hosts that
- * failed at connect or greeting so a queue does not hammer them.
+ * connection to the same host for the next message, and skip hosts that
+ * failed at connect or greeting so a queue does not hammer them. Which hosts
+ * are dead is qmgr's: it sends them with each request (`skip`) and learns new
+ * ones from the reply, so the table is one for every smtp process and a flush
+ * can forget it (docs/smtp.md).
  */
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import {
@@ -26,7 +29,11 @@ interface Route {
   tls: TlsLevel;
 }
 
-const dead = new Map<string, number>(); // "address:port" -> until (ms)
+/** Dead hosts ("address:port"): the ones qmgr says to skip, and the ones this delivery found dead. */
+export interface DeadHosts {
+  isDead(key: string): boolean;
+  markDead(key: string): void;
+}
 const idle = new Map<string, { conn: any; timer: NodeJS.Timeout; onEnd: () => void }[]>();
 
 function parseRelayhost(spec: string): { host: string; port: number; mx: boolean } {
@@ -138,19 +145,18 @@ function sendOn(conn: any, info: QueueFileInfo, to: string[]): Promise<{ err: an
 }
 
 export async function deliverRemote(info: QueueFileInfo, domain: string, recipients: { index: number; address: string }[],
-  config: MainConfig, log: Logger): Promise<DeliveryResult[]> {
+  config: MainConfig, log: Logger, dead: DeadHosts): Promise<DeliveryResult[]> {
   const all = (status: DeliveryResult['status'], dsn: string, reason: string, relay?: string): DeliveryResult[] =>
     recipients.map((r) => ({ index: r.index, status, dsn, reason, relay }));
   const rt = await route(domain, config);
   if (rt.bounce) return all('bounced', rt.bounce.dsn, rt.bounce.reason);
   if (rt.defer) return all('deferred', rt.defer.dsn, rt.defer.reason);
-  const deadFor = config.seconds('smtp_dead_destination_time') * 1000;
   let lastError = `${domain}: no mail host could be reached`;
   let lastDsn = '4.4.1';
   for (const t of rt.targets) {
     const key = `${t.address}:${t.port}`;
     const relay = `${t.host}[${t.address}]:${t.port}`;
-    if ((dead.get(key) ?? 0) > Date.now()) { lastError = `${relay}: host marked dead after an earlier failure`; continue; }
+    if (dead.isDead(key)) { lastError = `${relay}: host marked dead after an earlier failure`; continue; }
     let conn = takeIdle(key);
     if (conn) {
       // an idle connection may have been closed by the server meanwhile
@@ -176,7 +182,7 @@ export async function deliverRemote(info: QueueFileInfo, domain: string, recipie
           if (err.responseCode >= 500) lastDsn = dsnOf(err.response, err.responseCode);
         }
         if (!conn) {
-          if (err.code !== 'ETLS') dead.set(key, Date.now() + deadFor);
+          if (err.code !== 'ETLS') dead.markDead(key);
           continue;
         }
       }

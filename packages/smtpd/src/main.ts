@@ -17,6 +17,7 @@ import { RestrictionPolicy, restrictionPolicy, SessionClient, checkRecipient } f
 import { forbidUnauthPipelining } from './pipelining.js';
 import { AnvilClient } from './anvil-client.js';
 import { ClientLimits, limitPolicy, sleep } from './limits.js';
+import { queueSpaceShort, NO_STORAGE } from './queue-space.js';
 
 installEnhancedCodeShim();
 
@@ -175,7 +176,13 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
             `reject: MAIL from ${clientName(session)}: 553 5.7.1 <${address.address}>: Sender address rejected: not owned by user ${session.user}`);
           return cb(smtpError(553, '5.7.1', `<${address.address}>: Sender address rejected: not owned by user ${session.user}`));
         }
-        limits.mail(session).then((tooMuch) => cb(tooMuch), () => cb());
+        const size = Number((address as any).args?.SIZE) || 0;
+        queueSpaceShort(ctx.spool.root, size, ctx.config, log).then((short) => {
+          if (!short) return limits.mail(session).then((tooMuch) => cb(tooMuch), () => cb());
+          log.info({ queue_id: 'NOQUEUE', client: clientName(session), from: address.address, status: 'reject' },
+            `reject: MAIL from ${clientName(session)}: ${NO_STORAGE.code} ${NO_STORAGE.enhanced} ${NO_STORAGE.text}`);
+          cb(smtpError(NO_STORAGE.code, NO_STORAGE.enhanced, NO_STORAGE.text));
+        });
       },
       onRcptTo(address, session, done) {
         const cb = replyLater(session, done);
@@ -294,7 +301,9 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       await writer.end();
       const reply = await reader.json();
       if (!reply.ok) {
-        log.error({ err: reply.error }, 'cleanup failed to queue the message');
+        log.error({ queue_id: 'NOQUEUE', err: reply.error }, 'cleanup failed to queue the message');
+        // a full spool is the client's cue to come back later: Postfix's 452 4.3.1
+        if (reply.storage) throw smtpError(NO_STORAGE.code, NO_STORAGE.enhanced, NO_STORAGE.text);
         throw smtpError(451, '4.3.0', 'Error: queue file write error');
       }
       log.info({ queue_id: reply.queue_id, client: clientName(session), sasl_username: session.user ? String(session.user) : undefined }, 'queued');
