@@ -54,6 +54,8 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('smtpd_client_recipient_rate_limit', 'int', '0', 'RCPT TO commands one client address may send per anvil_rate_time_unit (450 4.7.1 beyond it); 0 means no limit.'),
   P('smtpd_client_auth_rate_limit', 'int', '0', 'Failed AUTH attempts one client address may make per anvil_rate_time_unit; its next AUTH gets 421 4.7.0 and the connection is closed. 0 means no limit.'),
   P('smtpd_client_event_limit_exceptions', 'list', '$mynetworks', 'Clients (networks) exempt from the connection count and rate limits above.'),
+  P('smtpd_client_ipv4_prefix_length', 'int', '32', 'Client limits count IPv4 clients per network block of this many bits (32: per address), as Postfix 3.8.'),
+  P('smtpd_client_ipv6_prefix_length', 'int', '64', 'Client limits count IPv6 clients per network block of this many bits, so a client cannot dodge them with more addresses of its /64 (Postfix 3.8 has 84; see security.md).'),
   P('anvil_rate_time_unit', 'time', '60s', 'The time unit of the client rate limits, counted by the anvil service across every smtpd process.'),
   P('smtpd_soft_error_limit', 'int', '10', 'After this many errors in a session, smtpd waits smtpd_error_sleep_time before each error reply to MAIL FROM and RCPT TO.'),
   P('smtpd_hard_error_limit', 'int', '20', 'After this many errors in a session smtpd replies 421 4.7.0 "too many errors" and disconnects.'),
