@@ -113,6 +113,7 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('smtp_tls_policy_maps', 'string', '', 'texthash: table of "domain level" overriding smtp_tls_security_level per destination.'),
   P('smtp_helo_name', 'string', '$myhostname', 'Name sent in EHLO/HELO by the smtp client.'),
   P('smtp_connect_timeout', 'time', '30s', 'How long the smtp client waits for a TCP connection.'),
+  P('proxy_interfaces', 'list', '', 'Addresses on which this mail system receives mail through a proxy or NAT: an MX host with one of them is this instance (mail for DOMAIN loops back to myself), as in Postfix.'),
   P('smtp_port', 'int', '25', 'Port the smtp client connects to at an MX host (tests point it elsewhere).'),
   P('smtp_dead_destination_time', 'time', '60s', 'How long a destination that failed at connect or greeting is not tried again.'),
   P('smtp_connection_cache_time', 'time', '2s', 'How long an idle connection to a destination is kept for the next message.'),
