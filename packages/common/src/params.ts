@@ -55,6 +55,8 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('smtpd_client_recipient_rate_limit', 'int', '0', 'RCPT TO commands one client address may send per anvil_rate_time_unit (450 4.7.1 beyond it); 0 means no limit.'),
   P('smtpd_client_auth_rate_limit', 'int', '0', 'Failed AUTH attempts one client address may make per anvil_rate_time_unit; its next AUTH gets 421 4.7.0 and the connection is closed. 0 means no limit.'),
   P('smtpd_client_event_limit_exceptions', 'list', '$mynetworks', 'Clients (networks) exempt from the connection count and rate limits above.'),
+  P('smtpd_client_ipv4_prefix_length', 'int', '32', 'Client limits count IPv4 clients per network block of this many bits (32: per address), as Postfix 3.8.'),
+  P('smtpd_client_ipv6_prefix_length', 'int', '64', 'Client limits count IPv6 clients per network block of this many bits, so a client cannot dodge them with more addresses of its /64 (Postfix 3.8 has 84; see security.md).'),
   P('anvil_rate_time_unit', 'time', '60s', 'The time unit of the client rate limits, counted by the anvil service across every smtpd process.'),
   P('smtpd_soft_error_limit', 'int', '10', 'After this many errors in a session, smtpd waits smtpd_error_sleep_time before each error reply to MAIL FROM and RCPT TO.'),
   P('smtpd_hard_error_limit', 'int', '20', 'After this many errors in a session smtpd replies 421 4.7.0 "too many errors" and disconnects.'),
@@ -104,7 +106,6 @@ export const PARAMETERS: readonly ParamSpec[] = [
   // DNS (one resolver with a TTL cache for every lookup in the project)
   P('dns_servers', 'list', '', 'Resolvers to ask (ip or ip:port, tried in order); empty means those in /etc/resolv.conf.'),
   P('dns_timeout', 'time', '5s', 'How long one DNS query waits for an answer before trying the next server.'),
-  P('proxy_interfaces', 'list', '', 'Addresses (IP) on which this host receives mail through a proxy or NAT: the public addresses `postern dns check` expects the MX, PTR and SPF records to name (Postfix\'s proxy_interfaces).'),
 
   // Outbound delivery (smtp)
   P('relayhost', 'string', '', 'Send all non-local mail through this smart host: [host]:port (no MX lookup) or host:port (MX lookup).'),
@@ -113,6 +114,7 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('smtp_tls_policy_maps', 'string', '', 'texthash: table of "domain level" overriding smtp_tls_security_level per destination.'),
   P('smtp_helo_name', 'string', '$myhostname', 'Name sent in EHLO/HELO by the smtp client.'),
   P('smtp_connect_timeout', 'time', '30s', 'How long the smtp client waits for a TCP connection.'),
+  P('proxy_interfaces', 'list', '', 'Addresses (IP) on which this mail system receives mail through a proxy or NAT, as in Postfix: an MX host with one of them is this instance (mail for DOMAIN loops back to myself), and `postern dns check` expects the MX, PTR and SPF records to name them.'),
   P('smtp_port', 'int', '25', 'Port the smtp client connects to at an MX host (tests point it elsewhere).'),
   P('smtp_dead_destination_time', 'time', '60s', 'How long a destination that failed at connect or greeting is not tried again.'),
   P('smtp_connection_cache_time', 'time', '2s', 'How long an idle connection to a destination is kept for the next message.'),

@@ -13,6 +13,7 @@ import {
   MainConfig, QueueFileInfo, openMessage, openTable, sharedResolver, resolveMailHosts, DnsError, Logger,
 } from '@postern/common';
 import { DeliveryResult, dsnOf, oneLine } from './results.js';
+import { withoutSelf } from './loop.js';
 
 type TlsLevel = 'none' | 'may' | 'encrypt';
 
@@ -70,13 +71,17 @@ async function route(domain: string, config: MainConfig): Promise<Route> {
         ...(addrs.length ? {} : { defer: { dsn: '4.4.3', reason: `relayhost ${r.host}: no address` } }) };
     }
     const mx = await resolveMailHosts(resolver, r.host);
-    return { targets: mx.hosts.flatMap((h) => h.addresses.map((a) => ({ host: h.name, address: a, port: r.port }))), tls, auth };
+    const own = withoutSelf(r.host, mx.hosts, r.port, config);
+    if ('bounce' in own) return { targets: [], tls, bounce: own.bounce };
+    return { targets: own.hosts.flatMap((h) => h.addresses.map((a) => ({ host: h.name, address: a, port: r.port }))), tls, auth };
   }
   const port = config.int('smtp_port');
   try {
     const mx = await resolveMailHosts(resolver, domain);
     if (mx.nullMx) return { targets: [], tls, bounce: { dsn: '5.1.10', reason: `${domain}: domain does not accept mail (null MX)` } };
-    const targets = mx.hosts.flatMap((h) => h.addresses.map((a) => ({ host: h.name, address: a, port })));
+    const own = withoutSelf(domain, mx.hosts, port, config);
+    if ('bounce' in own) return { targets: [], tls, bounce: own.bounce };
+    const targets = own.hosts.flatMap((h) => h.addresses.map((a) => ({ host: h.name, address: a, port })));
     if (!targets.length) return { targets, tls, defer: { dsn: '4.4.3', reason: `${domain}: no address for any mail host` } };
     return { targets, tls };
   } catch (e) {

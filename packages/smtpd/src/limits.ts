@@ -6,7 +6,8 @@
  *   (421 4.7.0 at connect), MAIL FROM and RCPT TO per time unit (450 4.7.1),
  *   failed AUTH attempts per time unit (the next AUTH gets 421 4.7.0 and the
  *   connection is closed). smtpd_client_event_limit_exceptions ($mynetworks)
- *   are exempt.
+ *   are exempt. anvil counts a client by clientKey(): IPv4 per address
+ *   (smtpd_client_ipv4_prefix_length), IPv6 per /64 (smtpd_client_ipv6_prefix_length).
  * - per session: every 4xx/5xx reply is an error; past smtpd_soft_error_limit
  *   the MAIL, RCPT and AUTH error replies wait smtpd_error_sleep_time, at
  *   smtpd_hard_error_limit the next command gets `421 4.7.0 Error: too many
@@ -19,6 +20,7 @@
  * The per-session part hooks each connection the way pipelining.ts does,
  * since smtp-server answers unknown commands and timeouts itself.
  */
+import * as net from 'node:net';
 import { SMTPServer, SMTPServerSession } from 'smtp-server';
 import { MainConfig, NetworkList, Logger, smtpError, SmtpError } from '@postern/common';
 import { AnvilClient } from './anvil-client.js';
@@ -34,6 +36,8 @@ export interface LimitPolicy {
   recipientRate: number;
   authRate: number;
   rateUnit: string;
+  ipv4Prefix: number;
+  ipv6Prefix: number;
   softErrors: number;
   hardErrors: number;
   errorSleepMs: number;
@@ -51,11 +55,73 @@ export function limitPolicy(config: MainConfig, service: string): LimitPolicy {
     recipientRate: config.int('smtpd_client_recipient_rate_limit'),
     authRate: config.int('smtpd_client_auth_rate_limit'),
     rateUnit: `${config.seconds('anvil_rate_time_unit')}s`,
+    ipv4Prefix: config.int('smtpd_client_ipv4_prefix_length'),
+    ipv6Prefix: config.int('smtpd_client_ipv6_prefix_length'),
     softErrors: config.int('smtpd_soft_error_limit'),
     hardErrors: config.int('smtpd_hard_error_limit'),
     errorSleepMs: config.seconds('smtpd_error_sleep_time') * 1000,
     junkCommands: config.int('smtpd_junk_command_limit'),
   };
+}
+
+/** The 8 groups of an IPv6 address (net.isIPv6 already said yes), an embedded IPv4 tail included. */
+function ipv6Groups(address: string): number[] {
+  let a = address.toLowerCase();
+  const v4 = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(a);
+  if (v4) {
+    const [b0, b1, b2, b3] = v4.slice(1).map(Number);
+    a = a.slice(0, v4.index) + `${((b0 << 8) | b1).toString(16)}:${((b2 << 8) | b3).toString(16)}`;
+  }
+  const [head, tail] = a.includes('::') ? a.split('::') : [a, undefined];
+  const h = head ? head.split(':') : [];
+  const t = tail !== undefined && tail !== '' ? tail.split(':') : [];
+  const fill = tail === undefined ? [] : new Array(8 - h.length - t.length).fill('0');
+  return [...h, ...fill, ...t].map((g) => parseInt(g, 16));
+}
+
+/** RFC 5952 text: lower case, the longest run of two or more zero groups as `::`. */
+function ipv6Text(groups: number[]): string {
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8;) {
+    if (groups[i] !== 0) { i++; continue; }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen) { best = i; bestLen = j - i; }
+    i = j;
+  }
+  const hex = groups.map((g) => g.toString(16));
+  if (best < 0) return hex.join(':');
+  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
+}
+
+/**
+ * What anvil counts a client under: its address, or for a prefix shorter
+ * than the address the network block (`2001:db8::/64`), so the many addresses
+ * one IPv6 client has all count as one (Postfix 3.8's
+ * smtpd_client_ipv6_prefix_length). An IPv4-mapped address is IPv4.
+ */
+export function clientKey(address: string, ipv4Prefix: number, ipv6Prefix: number): string {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  const a = mapped ? mapped[1] : address;
+  if (net.isIPv4(a)) {
+    const bits = Math.max(0, Math.min(32, ipv4Prefix));
+    if (bits >= 32) return a;
+    const n = a.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
+    const masked = bits === 0 ? 0 : (n - (n % 2 ** (32 - bits)));
+    return `${[24, 16, 8, 0].map((sh) => Math.floor(masked / 2 ** sh) % 256).join('.')}/${bits}`;
+  }
+  if (net.isIPv6(a)) {
+    const bits = Math.max(0, Math.min(128, ipv6Prefix));
+    const groups = ipv6Groups(a);
+    if (bits >= 128) return ipv6Text(groups);
+    const masked = groups.map((g, i) => {
+      const keep = Math.max(0, Math.min(16, bits - 16 * i));
+      return keep === 16 ? g : keep === 0 ? 0 : g & (0xffff << (16 - keep)) & 0xffff;
+    });
+    return `${ipv6Text(masked)}/${bits}`;
+  }
+  return address;
 }
 
 /** A failed AUTH waits at most this many times smtpd_error_sleep_time. */
@@ -89,7 +155,9 @@ export class ClientLimits {
   }
 
   private ask(type: string, address: string, extra: Record<string, unknown> = {}): Promise<any | null> {
-    return this.anvil.request({ type, service: this.policy().service, client: address, ...extra });
+    const p = this.policy();
+    // one IPv6 client holds a whole /64: count the block, not the address
+    return this.anvil.request({ type, service: p.service, client: clientKey(address, p.ipv4Prefix, p.ipv6Prefix), ...extra });
   }
 
   private warnExceeded(what: string, value: number, session: SMTPServerSession): void {

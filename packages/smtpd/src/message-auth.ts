@@ -8,9 +8,13 @@
  * sender's domain asks for it, a DMARC rejection or quarantine mark.
  * Every lookup goes through the project's DNS layer. A failure here (a bug,
  * an overlong DNS stall) costs no message: it passes unauthenticated, logged.
+ * A From: header longer than FROM_PARSE_LIMIT is never handed to mailauth
+ * (address parsers have been quadratic on such input, and smtpd serves every
+ * client in one event loop): SPF alone is checked, DKIM and DMARC are permerror.
  */
 import { PassThrough } from 'node:stream';
 import { authenticate } from 'mailauth';
+import { spf as checkSpf } from 'mailauth/lib/spf';
 import type { AuthenticateResult, DKIMResult } from 'mailauth';
 import { sharedResolver, smtpError, SmtpError } from '@postern/common';
 import type { CheckContext, MessageObserver, ObserverVerdict } from './message-checks.js';
@@ -21,6 +25,51 @@ import type { CheckContext, MessageObserver, ObserverVerdict } from './message-c
  * signatures or a long SPF include chain against silent DNS servers.
  */
 const AUTH_TIME_LIMIT_MS = 120_000;
+
+/**
+ * The longest From: header (all From: fields of the message together, folded
+ * lines included) message authentication parses. A real author field is a
+ * few hundred bytes; RFC 5322 lines end at 998.
+ */
+export const FROM_PARSE_LIMIT = 8192;
+
+/**
+ * Measures the From: fields as the header section streams by, without
+ * holding it: the bytes of every field named From (continuation lines
+ * included), up to the blank line that ends the header section.
+ */
+export class FromFieldMeter {
+  fromBytes = 0;
+  private done = false;
+  private lineStart = true;
+  private name = '';
+  /** Inside a field's name (before its colon). */
+  private naming = false;
+  private inFrom = false;
+
+  /** Feeds one chunk; true once the From: fields are longer than `limit`. */
+  feed(chunk: Buffer, limit: number): boolean {
+    for (let i = 0; i < chunk.length && !this.done; i++) {
+      const c = chunk[i];
+      if (this.lineStart) {
+        this.lineStart = false;
+        if (c === 0x0d || c === 0x0a) { this.done = true; break; } // the blank line: the body follows
+        if (c !== 0x20 && c !== 0x09) { this.inFrom = false; this.naming = true; this.name = ''; } // a new field
+      }
+      if (c === 0x0a) this.lineStart = true;
+      if (this.naming) {
+        if (c === 0x3a) {
+          this.naming = false;
+          this.inFrom = this.name.trim().toLowerCase() === 'from';
+          if (this.inFrom) this.fromBytes += this.name.length; // the name, counted now that it is known
+        }
+        else if (this.name.length < 16) this.name += String.fromCharCode(c);
+      }
+      if (this.inFrom) this.fromBytes++;
+    }
+    return this.fromBytes > limit;
+  }
+}
 
 /** The header a DMARC quarantine adds, for Sieve or the MUA to file the message as junk. */
 export const QUARANTINE_HEADER = 'X-Postern-Quarantine';
@@ -166,16 +215,30 @@ export function createMessageAuth(c: CheckContext): MessageObserver {
   let seen = 0;
   let stopped = false;
   const started = Date.now();
+  const meter = new FromFieldMeter();
+  /** The From: fields were over FROM_PARSE_LIMIT: mailauth saw none of the message. */
+  let fromTooLong = false;
+  const resolver = sharedResolver(config).mailauthResolver();
+  const helo = session.hostNameAppearsAs || undefined;
 
   const result: Promise<AuthenticateResult | Error> = authenticate(input, {
     ip: clientIp,
-    helo: session.hostNameAppearsAs || undefined,
+    helo,
     sender: sender || undefined, // null MAIL FROM: mailauth checks postmaster@HELO (RFC 7208 2.4)
     mta: hostname,
-    resolver: sharedResolver(config).mailauthResolver(),
+    resolver,
     trustReceived: false,
     disableBimi: true,
   }).catch((e: Error) => e);
+
+  /** SPF alone, as mailauth's authenticate() would ask it, for a message it must not parse. */
+  const spfOnly = async (): Promise<AuthenticateResult | Error> => {
+    const h = helo || clientIp;
+    const res = await checkSpf({ ip: clientIp, helo: /^[\d.]+$|:/.test(h) ? `[${h}]` : h, sender: sender || undefined, mta: hostname, resolver } as any)
+      .catch((e: Error) => e);
+    if (res instanceof Error) return res;
+    return { spf: res, dkim: { headerFrom: [], results: [] }, dmarc: false, arc: false, bimi: false, receivedChain: [] } as unknown as AuthenticateResult;
+  };
 
   return {
     write(chunk) {
@@ -183,6 +246,13 @@ export function createMessageAuth(c: CheckContext): MessageObserver {
       seen += chunk.length;
       // smtpd rejects an oversized message anyway; do not buffer beyond the limit for it
       if (seen > cap) { stopped = true; input.end(); return; }
+      // measured before mailauth sees the chunk, so an overlong From: never reaches its parser
+      if (meter.feed(chunk, FROM_PARSE_LIMIT)) {
+        stopped = true;
+        fromTooLong = true;
+        input.destroy(new Error('From: header too long'));
+        return;
+      }
       input.write(chunk);
     },
 
@@ -192,7 +262,7 @@ export function createMessageAuth(c: CheckContext): MessageObserver {
       const limit = new Promise<Error>((resolve) => {
         timer = setTimeout(() => resolve(new Error(`no result within ${AUTH_TIME_LIMIT_MS / 1000} s`)), AUTH_TIME_LIMIT_MS);
       });
-      const res = await Promise.race([result, limit]).finally(() => clearTimeout(timer));
+      const res = await Promise.race([fromTooLong ? spfOnly() : result, limit]).finally(() => clearTimeout(timer));
       const client = `${session.clientHostname && !/^\[/.test(session.clientHostname) ? session.clientHostname : 'unknown'}[${session.remoteAddress}]`;
       if (res instanceof Error) {
         log.warn({ client, from: `<${sender}>`, err: res.message }, 'message authentication failed; message passes unauthenticated');
@@ -205,14 +275,20 @@ export function createMessageAuth(c: CheckContext): MessageObserver {
         spfHardfailReject: config.bool('smtpd_spf_hardfail_reject'),
       }, clientIp);
       log.info({
-        client, from: `<${sender}>`, spf: notes.spf,
+        client, from: `<${sender}>`, spf: notes.spf, ...(fromTooLong ? { from_header_bytes: `>${FROM_PARSE_LIMIT}` } : {}),
         dkim: (res.dkim?.results ?? []).filter((r) => r.signingDomain).map((r) => `${dkimOutcome(r)}:${r.signingDomain}`).join(',') || 'none',
         dkim_aligned: notes.dkimAligned, dmarc: notes.dmarc, arc: res.arc ? res.arc.status?.result : 'none',
         action: decision.reject ? 'reject' : decision.quarantine ? 'quarantine' : 'accept', reason: decision.reason,
         ms: Date.now() - started,
       }, 'message authentication');
       if (decision.reject) return { reject: decision.reject };
-      return { headers: authenticationResultsHeader(hostname, res) + (decision.quarantine ?? ''), notes: { auth: notes } };
+      const header = fromTooLong ? fold(`Authentication-Results: ${hostname};`, [
+        (res.spf as { info: string }).info,
+        `dkim=permerror ${comment(`not verified: From: header longer than ${FROM_PARSE_LIMIT} bytes`)}`,
+        `dmarc=permerror ${comment(`From: header longer than ${FROM_PARSE_LIMIT} bytes`)}`,
+        'arc=none',
+      ]) : authenticationResultsHeader(hostname, res);
+      return { headers: header + (decision.quarantine ?? ''), notes: { auth: notes } };
     },
 
     abort() {
