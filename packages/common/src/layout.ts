@@ -108,32 +108,98 @@ export function spoolDifferences(spool: Spool, a: ServiceAccounts): SpoolDiffere
   if (a.privileged) try { hashDirs = fs.readdirSync(spool.dir('deferred')); } catch { /* reported above */ }
   for (const sub of hashDirs) {
     const dir = path.join(spool.dir('deferred'), sub);
-    if (fs.lstatSync(dir).isDirectory()) compare(dir, a.owner.uid, a.relay.gid, 0o2750);
+    const st = fs.lstatSync(dir, { throwIfNoEntry: false });
+    if (st?.isDirectory()) compare(dir, a.owner.uid, a.relay.gid, 0o2750);
+    else if (st && HASH_DIR_NAME.test(sub)) out.push({ path: dir, problem: `${kindOf(dir)}, not a directory (nothing follows it; remove it)`, missing: false });
   }
   return out;
 }
 
-/** Create the spool and put every directory's owner and mode right; returns what it changed. */
+/** Deferred's hash directories are named by one hex digit (Spool.pathOf). */
+export const HASH_DIR_NAME = /^[0-9A-F]$/;
+
+/** What a path is, for a message about something that is not the directory it should be. */
+function kindOf(p: string): string {
+  let st: fs.Stats;
+  try { st = fs.lstatSync(p); } catch { return 'gone'; }
+  if (st.isSymbolicLink()) return 'a symbolic link';
+  if (st.isFile()) return st.nlink > 1 ? `a file with ${st.nlink} links` : 'a file';
+  return st.isFIFO() ? 'a FIFO' : st.isSocket() ? 'a socket' : 'a special file';
+}
+
+/**
+ * Put one directory's owner and mode right without ever following a link:
+ * service accounts can write the spool, and a `deferred/7 -> /etc/shadow` they
+ * plant must not make root chown its target. The directory is opened with
+ * O_NOFOLLOW|O_DIRECTORY and changed through the descriptor, so a link or
+ * anything else in its place is reported and left alone.
+ */
+export function fixDirectory(dir: string, owner: { uid: number; gid: number } | null, mode: number, changed: string[]): void {
+  let fd: number;
+  try {
+    fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_DIRECTORY | fs.constants.O_NONBLOCK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP' || code === 'ENOTDIR') { changed.push(`left ${dir} alone: ${kindOf(dir)}, not a directory`); return; }
+    if (code === 'ENOENT') return; // removed meanwhile
+    throw e;
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (owner && (st.uid !== owner.uid || st.gid !== owner.gid)) { fs.fchownSync(fd, owner.uid, owner.gid); changed.push(`owner of ${dir}`); }
+    // chown may clear the setgid bit: compare with the mode as it is now
+    if ((fs.fstatSync(fd).mode & 0o7777) !== mode) { fs.fchmodSync(fd, mode); changed.push(`mode of ${dir}`); }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * Create the spool and put every directory's owner and mode right; returns what
+ * it changed, and what it left alone because it is not a directory (a link).
+ */
 export function prepareSpool(spool: Spool, a: ServiceAccounts): string[] {
   const changed: string[] = [];
   for (const d of SPOOL_DIRS) {
     const dir = path.join(spool.root, d.rel);
-    if (!fs.existsSync(dir)) { fs.mkdirSync(dir, { recursive: true, mode: 0o700 }); changed.push(`created ${dir}`); }
-    const st = fs.statSync(dir);
-    if (a.privileged) {
-      const [uid, gid] = [d.uid(a), d.gid(a)];
-      if (st.uid !== uid || st.gid !== gid) { fs.chownSync(dir, uid, gid); changed.push(`owner of ${dir}`); }
-    }
-    if ((st.mode & 0o7777) !== d.mode) { fs.chmodSync(dir, d.mode); changed.push(`mode of ${dir}`); }
+    if (!lexists(dir)) { fs.mkdirSync(dir, { recursive: true, mode: 0o700 }); changed.push(`created ${dir}`); }
+    fixDirectory(dir, a.privileged ? { uid: d.uid(a), gid: d.gid(a) } : null, d.mode, changed);
   }
   if (a.privileged) {
-    // deferred's hash directories
-    for (const sub of fs.readdirSync(spool.dir('deferred'))) {
-      const dir = path.join(spool.dir('deferred'), sub);
-      const st = fs.statSync(dir);
-      if (st.uid !== a.owner.uid || st.gid !== a.relay.gid) { fs.chownSync(dir, a.owner.uid, a.relay.gid); changed.push(`owner of ${dir}`); }
-      if ((st.mode & 0o7777) !== 0o2750) { fs.chmodSync(dir, 0o2750); changed.push(`mode of ${dir}`); }
+    // deferred's hash directories: qmgr (the queue owner) creates them, so they are the owner's to replace
+    let names: string[] = [];
+    try { names = fs.readdirSync(spool.dir('deferred')); } catch { /* not a directory: reported above */ }
+    for (const sub of names) {
+      if (HASH_DIR_NAME.test(sub)) fixDirectory(path.join(spool.dir('deferred'), sub), { uid: a.owner.uid, gid: a.relay.gid }, 0o2750, changed);
     }
   }
   return changed;
+}
+
+function lexists(p: string): boolean {
+  try { fs.lstatSync(p); return true; } catch { return false; }
+}
+
+/**
+ * The mailbox tree's root: created if missing, and as root a root-owned one is
+ * given to mailbox_user (master at start, `postern setup`), through a descriptor.
+ */
+export function prepareMailRoot(base: string, a: ServiceAccounts): string[] {
+  const done: string[] = [];
+  if (!lexists(base)) { fs.mkdirSync(base, { recursive: true, mode: 0o755 }); done.push(`created ${base}`); }
+  if (!a.privileged) return done;
+  let fd: number;
+  try {
+    fd = fs.openSync(base, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_DIRECTORY | fs.constants.O_NONBLOCK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP' || code === 'ENOTDIR') { done.push(`left ${base} alone: ${kindOf(base)}, not a directory`); return done; }
+    throw e;
+  }
+  try {
+    if (fs.fstatSync(fd).uid === 0) { fs.fchownSync(fd, a.mailbox.uid, a.mailbox.gid); done.push(`owner of ${base}`); }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return done;
 }

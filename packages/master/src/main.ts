@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { fork, ChildProcess } from 'node:child_process';
 import {
   MainConfig, ConfigError, MasterEntry, loadMasterCf, parseListenAddress, Spool, SERVICE_PROGRAMS,
-  serviceAccounts, ServiceAccounts, defaultAccount, socketAccess, prepareSpool, lookupSystemUser, SystemUser,
+  serviceAccounts, ServiceAccounts, defaultAccount, socketAccess, prepareSpool, prepareMailRoot, lookupSystemUser, SystemUser,
   checkRestrictionLists, masterCfLocation,
 } from '@postern/common';
 import { LogSink } from './log-sink.js';
@@ -108,8 +108,9 @@ export class Master {
   start(): void {
     this.spool = new Spool(this.config.get('queue_directory'));
     this.accounts = serviceAccounts(this.config);
-    prepareSpool(this.spool, this.accounts);
-    this.prepareMailRoot();
+    // what is not a directory (a link planted in the spool) is left alone and logged
+    for (const c of prepareSpool(this.spool, this.accounts)) if (c.startsWith('left ')) this.log({ level: 'warn' }, c);
+    for (const c of prepareMailRoot(this.config.get('virtual_mailbox_base'), this.accounts)) if (c.startsWith('left ')) this.log({ level: 'warn' }, c);
     acquirePidFile(this.spool.pidFile());
     this.awaitOldGeneration();
     this.ownsSpool = true;
@@ -140,15 +141,6 @@ export class Master {
     while (pids.some(alive) && Date.now() < deadline) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
     const left = pids.filter(alive);
     if (left.length) this.log({ level: 'warn', pids: left }, 'services of a previous master are still running');
-  }
-
-  private prepareMailRoot(): void {
-    const base = this.config.get('virtual_mailbox_base');
-    if (!fs.existsSync(base)) fs.mkdirSync(base, { recursive: true, mode: 0o755 });
-    if (this.accounts.privileged) {
-      const st = fs.statSync(base);
-      if (st.uid === 0) fs.chownSync(base, this.accounts.mailbox.uid, this.accounts.mailbox.gid);
-    }
   }
 
   private spawn(slot: Slot): void {
