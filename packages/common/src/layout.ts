@@ -203,3 +203,44 @@ export function prepareMailRoot(base: string, a: ServiceAccounts): string[] {
   }
   return done;
 }
+
+/**
+ * Postern's own service accounts by uid, as a root-started master runs them
+ * (none in a sandbox, where everything runs as the invoking user). None of them
+ * ever submits mail: a maildrop file one of them owns comes from a compromised
+ * service, so pickup refuses it whatever authorized_submit_users says.
+ */
+export function serviceAccountUids(config: MainConfig): Map<number, string> {
+  const out = new Map<number, string>();
+  if (config.bool('unprivileged')) return out;
+  for (const param of ['mail_owner', 'smtpd_user', 'relay_user', 'mailbox_user']) {
+    const u = lookupSystemUser(config.get(param));
+    if (u && u.uid !== 0) out.set(u.uid, `${u.name} (${param})`);
+  }
+  return out;
+}
+
+/**
+ * Why the user `name` (uid) may not submit mail through maildrop/, or null.
+ * authorized_submit_users as Postfix reads it: `static:anyone` (the default)
+ * lets everyone, otherwise only the login names listed (first match wins,
+ * `!name` excludes; an empty list lets nobody; a uid without a passwd entry is
+ * `unknown`). Root is not exempt, as in Postfix. Enforced by pickup (the file
+ * owner's uid); sendmail checks the same early to give a clear message.
+ */
+export function submitRefusal(config: MainConfig, uid: number, name: string): string | null {
+  const svc = serviceAccountUids(config).get(uid);
+  if (svc) return `User ${name}(${uid}) is not allowed to submit mail: ${svc} is a Postern service account`;
+  for (const item of config.list('authorized_submit_users')) {
+    const negated = item.startsWith('!');
+    const pattern = negated ? item.slice(1) : item;
+    let match: boolean;
+    if (pattern === 'static:anyone') match = true;
+    else if (/^[a-z0-9_-]+:/.test(pattern)) {
+      // fail closed: a table this version cannot read lets nobody in
+      return `User ${name}(${uid}) is not allowed to submit mail: authorized_submit_users names "${pattern}", which is not supported (static:anyone or login names)`;
+    } else match = pattern === name;
+    if (match) return negated ? `User ${name}(${uid}) is not allowed to submit mail (authorized_submit_users)` : null;
+  }
+  return `User ${name}(${uid}) is not allowed to submit mail (authorized_submit_users)`;
+}
