@@ -40,7 +40,7 @@ export function setupSystem(configDir: string, o: SetupOptions): string[] {
       done.push(`created a self-signed certificate for ${host} in ${config.get('smtpd_tls_cert_file')}`);
     }
   }
-  if (accounts.privileged) fixConfigOwnership(configDir);
+  if (accounts.privileged) for (const c of fixConfigOwnership(configDir)) done.push(c);
   return done;
 }
 

@@ -5,7 +5,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MainConfig } from './config.js';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { MainConfig, MasterEntry } from './config.js';
 import { Spool } from './spool.js';
 import { isRoot, lookupSystemUser, lookupGroupName, SystemUser } from './system.js';
 
@@ -243,4 +244,143 @@ export function submitRefusal(config: MainConfig, uid: number, name: string): st
     if (match) return negated ? `User ${name}(${uid}) is not allowed to submit mail (authorized_submit_users)` : null;
   }
   return `User ${name}(${uid}) is not allowed to submit mail (authorized_submit_users)`;
+}
+
+/**
+ * The users file (virtual_mailbox_maps) as the services need it. Owner root: a
+ * service that could write it could add an AUTH user or point a mailbox
+ * anywhere. Group smtpd_user's, 0640: smtpd checks RCPT and AUTH against it.
+ * local (mailbox_user) finds mailboxes in it and reads it through one POSIX ACL
+ * entry, since services keep only their primary group and no group can hold
+ * exactly smtpd and local. No other service reads it. See docs/security.md.
+ */
+export const USERS_FILE_MODE = 0o640;
+
+function usersFileAcl(a: ServiceAccounts): string {
+  return `u::rw-,g::r--,o::---,u:${a.mailbox.uid}:r--,m::r--`;
+}
+
+/** Apply owner, mode and ACL to an open users file (a descriptor: never a path that could be swapped). */
+export function secureUsersFileFd(fd: number, a: ServiceAccounts): void {
+  fs.fchownSync(fd, 0, a.smtpd.gid);
+  fs.fchmodSync(fd, USERS_FILE_MODE);
+  try {
+    // setfacl reaches our descriptor through /proc, so the file it changes is the one we opened
+    execFileSync('setfacl', ['--set', usersFileAcl(a), `/proc/${process.pid}/fd/${fd}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new Error('setfacl is not installed (Debian package "acl"): it lets mailbox_user (local) read the users file');
+    }
+    throw new Error(`setfacl on the users file: ${String((e as { stderr?: Buffer }).stderr ?? (e as Error).message).trim()}`);
+  }
+}
+
+/** Whether the open users file has exactly the ACL secureUsersFileFd gives it. */
+function usersFileAclRight(fd: number, a: ServiceAccounts): boolean {
+  try {
+    const text = execFileSync('getfacl', ['--omit-header', '--numeric', '--absolute-names', `/proc/${process.pid}/fd/${fd}`],
+      { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
+    const entries = text.split('\n').map((l) => l.replace(/\s*#.*$/, '').trim()).filter(Boolean).sort();
+    const want = usersFileAcl(a).split(',').map((e) => e.replace(/^u:/, 'user:').replace(/^g:/, 'group:').replace(/^o:/, 'other:').replace(/^m:/, 'mask:')).sort();
+    return entries.join(',') === want.join(',');
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Put the users file's owner, mode and ACL right (as root, privileged; master
+ * at start, init, setup, user add/del); returns what changed. A missing file
+ * is left missing; a link or anything but a regular file is refused.
+ */
+export function secureUsersFile(file: string, a: ServiceAccounts): string[] {
+  if (!a.privileged) return [];
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return [];
+    if (code === 'ELOOP') return [`left ${file} alone: a symbolic link (the users file must be the file itself)`];
+    throw e;
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) return [`left ${file} alone: not a regular file`];
+    if (st.uid === 0 && st.gid === a.smtpd.gid && (st.mode & 0o7777) === USERS_FILE_MODE && usersFileAclRight(fd, a)) return [];
+    secureUsersFileFd(fd, a);
+    return [`owner, mode and ACL of ${file} (root:${a.smtpd.name}'s group 0640, ${a.mailbox.name} may read)`];
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** What an account can do with a path, asked of the kernel itself (ACLs included). */
+export interface AccessWant { path: string; want: 'read' | 'write' | 'enter' }
+
+/**
+ * As root: can `user` (with its primary group only, as master runs services)
+ * reach and use each path? Asked by a child process running as that user, so
+ * the kernel's answer counts, ACLs and all. For each path: null, or what
+ * blocks it, naming the directory it cannot enter. Not root: null for all
+ * (the caller falls back to reading modes).
+ */
+export function accessAs(user: SystemUser, wants: AccessWant[]): (string | null)[] {
+  if (!isRoot() || !wants.length) return wants.map(() => null);
+  const probe = `
+    const fs = require('fs'), path = require('path');
+    const out = JSON.parse(process.argv[1]).map(({ path: p, want }) => {
+      const parts = path.resolve(p).split('/').filter(Boolean);
+      let dir = '/';
+      for (let i = 0; i < parts.length; i++) {
+        try { fs.accessSync(dir, fs.constants.X_OK); } catch (e) { return { blocked: dir, code: e.code }; }
+        dir = path.join(dir, parts[i]);
+      }
+      const mode = want === 'read' ? fs.constants.R_OK : want === 'write' ? fs.constants.W_OK | fs.constants.X_OK : fs.constants.X_OK;
+      try { fs.accessSync(p, mode); return null; } catch (e) { return { code: e.code }; }
+    });
+    process.stdout.write(JSON.stringify(out));`;
+  const r = spawnSync(process.execPath, ['-e', probe, JSON.stringify(wants)],
+    { uid: user.uid, gid: user.gid, cwd: '/', encoding: 'utf8', timeout: 10000, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+  let results: ({ blocked?: string; code: string } | null)[];
+  try { results = JSON.parse(r.stdout); } catch { return wants.map(() => `cannot check as ${user.name}: ${r.stderr || r.error?.message || `exit ${r.status}`}`); }
+  return results.map((res, i) => {
+    if (!res) return null;
+    if (res.blocked) {
+      let how = '';
+      try { const st = fs.statSync(res.blocked); how = ` (owner ${lookupSystemUser(st.uid)?.name ?? st.uid}, mode 0${(st.mode & 0o7777).toString(8)})`; } catch { /* gone */ }
+      return `${user.name} cannot enter ${res.blocked}${how}`;
+    }
+    if (res.code === 'ENOENT') return `${wants[i].path} does not exist`;
+    return `${user.name} cannot ${wants[i].want} ${wants[i].path}`;
+  });
+}
+
+/**
+ * What keeps a service account from its configuration or the spool: every
+ * service reads main.cf at start and works in queue_directory, so an instance
+ * under a directory an account cannot enter (a 0700 parent) would have its
+ * services die at start over and over. As root, privileged; one line per
+ * account and path, naming the directory that blocks which account.
+ */
+export function serviceAccessProblems(configDir: string, config: MainConfig, entries: MasterEntry[], a: ServiceAccounts): string[] {
+  if (!a.privileged) return [];
+  const users = new Map<number, { user: SystemUser; commands: Set<string> }>();
+  for (const e of entries) {
+    const u = e.user === '-' ? defaultAccount(e.command, a) : lookupSystemUser(e.user);
+    if (!u) continue; // master.cf's check names a missing user
+    if (!users.has(u.uid)) users.set(u.uid, { user: u, commands: new Set() });
+    users.get(u.uid)!.commands.add(e.command);
+  }
+  const out: string[] = [];
+  const wants: AccessWant[] = [
+    { path: path.join(configDir, 'main.cf'), want: 'read' },
+    { path: config.get('queue_directory'), want: 'enter' },
+  ];
+  for (const { user, commands } of users.values()) {
+    accessAs(user, wants).forEach((problem, i) => {
+      if (problem) out.push(`${problem}: ${[...commands].join(', ')} (running as ${user.name}) cannot ${i === 0 ? 'read' : 'reach'} ${wants[i].path}`);
+    });
+  }
+  return out;
 }

@@ -12,7 +12,7 @@ import { fork, ChildProcess } from 'node:child_process';
 import {
   MainConfig, ConfigError, MasterEntry, loadMasterCf, parseListenAddress, Spool, SERVICE_PROGRAMS,
   serviceAccounts, ServiceAccounts, defaultAccount, socketAccess, prepareSpool, prepareMailRoot, lookupSystemUser, SystemUser,
-  checkRestrictionLists, masterCfLocation,
+  checkRestrictionLists, masterCfLocation, secureUsersFile, userTableFile,
 } from '@postern/common';
 import { LogSink } from './log-sink.js';
 import { acquirePidFile, releasePidFile } from './pidfile.js';
@@ -111,6 +111,12 @@ export class Master {
     // what is not a directory (a link planted in the spool) is left alone and logged
     for (const c of prepareSpool(this.spool, this.accounts)) if (c.startsWith('left ')) this.log({ level: 'warn' }, c);
     for (const c of prepareMailRoot(this.config.get('virtual_mailbox_base'), this.accounts)) if (c.startsWith('left ')) this.log({ level: 'warn' }, c);
+    // the users file: root's, read by smtpd (group) and local (ACL); put back if someone changed it
+    try {
+      for (const c of secureUsersFile(userTableFile(this.config), this.accounts)) this.log({ level: c.startsWith('left ') ? 'warn' : 'info' }, c);
+    } catch (e) {
+      this.log({ level: 'error', err: (e as Error).message }, 'cannot set the users file\'s owner and ACL');
+    }
     acquirePidFile(this.spool.pidFile());
     this.awaitOldGeneration();
     this.ownsSpool = true;
