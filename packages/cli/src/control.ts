@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { MainConfig, loadMasterCf, Spool, lookupSystemUser } from '@postern/common';
+import { MainConfig, loadMasterCf, Spool, lookupSystemUser, isRoot, serviceAccounts, serviceAccessProblems } from '@postern/common';
 
 export const MASTER_PROGRAM = path.resolve(__dirname, '..', '..', 'master', 'dist', 'main.js');
 
@@ -30,8 +30,35 @@ export function checkConfig(configDir: string): boolean {
   }
 }
 
+/**
+ * As root: can every service account read main.cf and reach the spool? A
+ * service that cannot dies at every start and master restarts it forever, so
+ * start refuses, naming the directory that blocks which account.
+ */
+export function checkServiceAccess(configDir: string): boolean {
+  if (!isRoot()) return true;
+  let problems: string[];
+  try {
+    const config = MainConfig.load(configDir);
+    problems = serviceAccessProblems(configDir, config, loadMasterCf(configDir), serviceAccounts(config));
+  } catch { return true; } // a missing account: master names it
+  for (const p of problems) process.stderr.write(`postern: fatal: ${p}\n`);
+  return problems.length === 0;
+}
+
+/** Stop a master that did not come up: SIGTERM (it stops its services in order), then SIGKILL. */
+async function stopFailedMaster(child: ReturnType<typeof spawn>, exited: Promise<number>): Promise<void> {
+  try { child.kill('SIGTERM'); } catch { return; }
+  const gone = await Promise.race([exited.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), 30000))]);
+  if (!gone) {
+    try { child.kill('SIGKILL'); } catch { /* gone */ }
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+  }
+}
+
 export async function startMaster(configDir: string, foreground: boolean): Promise<number> {
   if (!checkConfig(configDir)) return 1;
+  if (!checkServiceAccess(configDir)) return 1;
   const spool = spoolOf(configDir);
   const running = masterPid(spool);
   if (running) { process.stderr.write(`postern: fatal: already running (pid ${running})\n`); return 1; }
@@ -56,7 +83,12 @@ export async function startMaster(configDir: string, foreground: boolean): Promi
       return 0;
     }
   }
-  process.stderr.write('postern: master did not report its services running within 20 s; see the log\n');
+  // do not leave a master behind restarting services that cannot start, nor wait on its stderr forever
+  const status = readStatus(spool);
+  const down = status?.master === child.pid ? status.services.filter((s: any) => !s.running).map((s: any) => `${s.command} (${s.service})`) : [];
+  process.stderr.write(`postern: master did not report its services running within 20 s${down.length ? `; not running: ${[...new Set(down)].join(', ')}` : ''}; stopping it (see the log, "postern check")\n`);
+  await stopFailedMaster(child, exited);
+  child.stderr!.destroy();
   child.unref();
   return 1;
 }
