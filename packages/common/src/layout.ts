@@ -384,3 +384,14 @@ export function serviceAccessProblems(configDir: string, config: MainConfig, ent
   }
   return out;
 }
+
+/**
+ * Where a program of the suite is (`master`, `smtpd`, ...): Postfix's
+ * daemon_directory, by default the installed program tree next to this
+ * package. Programs start each other as processes from here; none loads
+ * another's code.
+ */
+export function programPath(program: string, config: MainConfig): string {
+  const dir = config.get('daemon_directory') || path.resolve(__dirname, '..', '..');
+  return path.join(dir, program, 'dist', 'main.js');
+}

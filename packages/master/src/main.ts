@@ -12,7 +12,7 @@ import { fork, ChildProcess } from 'node:child_process';
 import {
   MainConfig, ConfigError, MasterEntry, loadMasterCf, parseListenAddress, Spool, SERVICE_PROGRAMS,
   serviceAccounts, ServiceAccounts, defaultAccount, socketAccess, prepareSpool, prepareMailRoot, lookupSystemUser, SystemUser,
-  checkRestrictionLists, masterCfLocation, secureUsersFile, userTableFile,
+  checkRestrictionLists, masterCfLocation, secureUsersFile, userTableFile, programPath,
 } from '@postern/common';
 import { LogSink } from './log-sink.js';
 import { acquirePidFile, releasePidFile } from './pidfile.js';
@@ -73,10 +73,6 @@ function socketPathOf(entry: MasterEntry, spool: Spool): string {
   return entry.command === 'showq' ? spool.publicSocket(entry.service) : spool.privateSocket(entry.service);
 }
 
-function programPath(command: string, config: MainConfig): string {
-  const dir = config.get('daemon_directory') || path.resolve(__dirname, '..', '..');
-  return path.join(dir, SERVICE_PROGRAMS[command], 'dist', 'main.js');
-}
 
 export class Master {
   private slots: Slot[] = [];
@@ -154,7 +150,7 @@ export class Master {
     const overrides = Object.fromEntries(entry.overrides);
     // POSTERN_PROFILE_DIR (developers): every service writes a V8 CPU profile there when it exits
     const profile = process.env.POSTERN_PROFILE_DIR;
-    const child = fork(programPath(entry.command, this.config), [], {
+    const child = fork(programPath(SERVICE_PROGRAMS[entry.command], this.config), [], {
       execArgv: profile ? ['--cpu-prof', `--cpu-prof-dir=${profile}`] : [],
       env: {
         PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
