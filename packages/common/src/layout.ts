@@ -211,8 +211,14 @@ export function prepareMailRoot(base: string, a: ServiceAccounts): string[] {
  * ever submits mail: a maildrop file one of them owns comes from a compromised
  * service, so pickup refuses it whatever authorized_submit_users says.
  */
+const accountUidsCache = new WeakMap<MainConfig, Map<number, string>>();
+
 export function serviceAccountUids(config: MainConfig): Map<number, string> {
+  // pickup asks for every file: /etc/passwd is read once per configuration (reload)
+  const cached = accountUidsCache.get(config);
+  if (cached) return cached;
   const out = new Map<number, string>();
+  accountUidsCache.set(config, out);
   if (config.bool('unprivileged')) return out;
   for (const param of ['mail_owner', 'smtpd_user', 'relay_user', 'mailbox_user']) {
     const u = lookupSystemUser(config.get(param));
