@@ -87,4 +87,10 @@ test('as root: maildrop files of service accounts and of users outside authorize
   assert.equal(rootRun.code, 0, `root is listed: ${rootRun.stderr}`);
   await waitFor('root\'s message delivered', () => deliveredText(inst).includes(rootToken), 30000);
   assert.ok(!deliveredText(inst).includes(token), 'nobody\'s maildrop file was not delivered');
+
+  // a table this version cannot read lets nobody in: check says so
+  inst.cli(['config', 'set', 'authorized_submit_users=hash:/etc/postern/submitters']);
+  const check = inst.tryCli(['check']);
+  assert.equal(check.code, 1, check.stderr);
+  assert.match(check.stderr, /main\.cf:\d+: error: authorized_submit_users: "hash:\/etc\/postern\/submitters" is not supported/, check.stderr);
 });

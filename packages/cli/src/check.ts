@@ -347,6 +347,17 @@ function checkMailRoot(config: MainConfig, accounts: ServiceAccounts, report: Re
   }
 }
 
+/** authorized_submit_users: static:anyone or login names; any other table lets nobody submit (pickup fails closed). */
+function checkSubmitUsers(config: MainConfig, report: Report): void {
+  for (const item of config.list('authorized_submit_users')) {
+    const pattern = item.replace(/^!/, '');
+    if (pattern !== 'static:anyone' && /^[a-z0-9_-]+:/.test(pattern)) {
+      report.error({ file: config.file, line: config.lineOf('authorized_submit_users') },
+        `authorized_submit_users: "${pattern}" is not supported (static:anyone or login names); as it is, nobody may submit mail`);
+    }
+  }
+}
+
 function checkLogFile(config: MainConfig, report: Report): void {
   const file = config.get('maillog_file');
   if (!file) return;
@@ -383,6 +394,7 @@ export function checkInstance(configDir: string, now = new Date()): Complaint[] 
     section('spool', mainAt, () => checkSpool(config, a, report));
     section('mail root', mainAt, () => checkMailRoot(config, a, report));
   }
+  section('authorized_submit_users', mainAt, () => checkSubmitUsers(config, report));
   section('log', mainAt, () => checkLogFile(config, report));
   return report.complaints;
 }
