@@ -13,7 +13,7 @@ import { Command } from 'commander';
 import {
   MainConfig, ConfigError, MasterEntry, loadMasterCf, PARAMETERS, paramSpec, checkRestrictionLists, masterCfLocation,
   parseTexthash, parsePasswdFile, readDkimTable, Spool, spoolDifferences, serviceAccounts, ServiceAccounts,
-  lookupSystemUser, SystemUser,
+  lookupSystemUser, SystemUser, isRoot, accessAs, serviceAccessProblems,
 } from '@postern/common';
 
 export interface Complaint {
@@ -76,6 +76,8 @@ function permits(st: fs.Stats, who: SystemUser, bit: 4 | 2 | 1): boolean {
 
 /** Why `who` cannot reach `file` with `bit` (4 read, 2 write), or null; every directory on the way is checked. */
 function accessProblem(file: string, who: SystemUser, bit: 4 | 2): string | null {
+  // as root, ask the kernel as that account: ACLs (the users file's, for local) count too
+  if (isRoot()) return accessAs(who, [{ path: file, want: bit === 4 ? 'read' : 'write' }])[0];
   let real: string;
   try { real = fs.realpathSync(file); } catch (e) { return `cannot resolve: ${(e as Error).message}`; }
   const parts = real.split('/').filter(Boolean);
@@ -216,6 +218,9 @@ function checkPasswdFile(file: string, param: string, at: Location, accounts: Se
   try { parsePasswdFile(text.toString('utf8'), file); } catch (e) { report.fromMessage('error', file, (e as Error).message); }
   const st = fs.statSync(file);
   if (st.mode & 0o004) report.warning({ file, line: 0 }, 'holds password hashes but every user can read it (chmod o-r; "postern setup" sets the owners)');
+  if (accounts?.privileged && st.uid !== 0) {
+    report.error({ file, line: 0 }, `owned by ${lookupSystemUser(st.uid)?.name ?? st.uid}: only root may own the users file (whoever can write it can add a login); "postern setup" sets the owners`);
+  }
   if (accounts?.privileged) {
     // smtpd checks recipients and AUTH against it; local finds mailboxes in it
     for (const who of [accounts.smtpd, accounts.mailbox]) {
@@ -342,6 +347,17 @@ function checkMailRoot(config: MainConfig, accounts: ServiceAccounts, report: Re
   }
 }
 
+/** authorized_submit_users: static:anyone or login names; any other table lets nobody submit (pickup fails closed). */
+function checkSubmitUsers(config: MainConfig, report: Report): void {
+  for (const item of config.list('authorized_submit_users')) {
+    const pattern = item.replace(/^!/, '');
+    if (pattern !== 'static:anyone' && /^[a-z0-9_-]+:/.test(pattern)) {
+      report.error({ file: config.file, line: config.lineOf('authorized_submit_users') },
+        `authorized_submit_users: "${pattern}" is not supported (static:anyone or login names); as it is, nobody may submit mail`);
+    }
+  }
+}
+
 function checkLogFile(config: MainConfig, report: Report): void {
   const file = config.get('maillog_file');
   if (!file) return;
@@ -363,6 +379,13 @@ export function checkInstance(configDir: string, now = new Date()): Complaint[] 
   let entries: MasterEntry[] = [];
   section('master.cf', { file: path.join(configDir, 'master.cf'), line: 0 }, () => { entries = checkMasterCf(configDir, config, accounts, report); });
   const views = viewsOf(config, entries, configDir);
+  if (accounts) {
+    const a: ServiceAccounts = accounts;
+    // a service that cannot read main.cf or reach the spool dies at every start
+    section('service accounts', mainAt, () => {
+      for (const p of serviceAccessProblems(configDir, config, entries, a)) report.error(mainAt, p);
+    });
+  }
   section('lookup tables', mainAt, () => checkTables(views, accounts, report));
   section('TLS', mainAt, () => checkTls(views, accounts, report, now));
   section('DKIM', mainAt, () => checkDkim(config, accounts, report));
@@ -371,6 +394,7 @@ export function checkInstance(configDir: string, now = new Date()): Complaint[] 
     section('spool', mainAt, () => checkSpool(config, a, report));
     section('mail root', mainAt, () => checkMailRoot(config, a, report));
   }
+  section('authorized_submit_users', mainAt, () => checkSubmitUsers(config, report));
   section('log', mainAt, () => checkLogFile(config, report));
   return report.complaints;
 }

@@ -2,9 +2,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { MainConfig, loadMasterCf, Spool, lookupSystemUser } from '@postern/common';
+import { MainConfig, loadMasterCf, Spool, lookupSystemUser, isRoot, serviceAccounts, serviceAccessProblems, programPath } from '@postern/common';
 
-export const MASTER_PROGRAM = path.resolve(__dirname, '..', '..', 'master', 'dist', 'main.js');
 
 export function spoolOf(configDir: string): Spool {
   return new Spool(MainConfig.load(configDir).get('queue_directory'));
@@ -30,16 +29,47 @@ export function checkConfig(configDir: string): boolean {
   }
 }
 
+/**
+ * As root: can every service account read main.cf and reach the spool? A
+ * service that cannot dies at every start and master restarts it forever, so
+ * start refuses, naming the directory that blocks which account.
+ */
+export function checkServiceAccess(configDir: string): boolean {
+  if (!isRoot()) return true;
+  let problems: string[];
+  try {
+    const config = MainConfig.load(configDir);
+    problems = serviceAccessProblems(configDir, config, loadMasterCf(configDir), serviceAccounts(config));
+  } catch { return true; } // a missing account: master names it
+  for (const p of problems) process.stderr.write(`postern: fatal: ${p}\n`);
+  return problems.length === 0;
+}
+
+/** Stop a master that did not come up: SIGTERM (it stops its services in order), then SIGKILL. */
+async function stopFailedMaster(child: ReturnType<typeof spawn>, exited: Promise<number>): Promise<void> {
+  // timers cleared once master is gone: a pending one would keep this command alive
+  const within = async (p: Promise<unknown>, ms: number): Promise<boolean> => {
+    let timer: NodeJS.Timeout | undefined;
+    const done = await Promise.race([p.then(() => true), new Promise<false>((r) => { timer = setTimeout(() => r(false), ms); })]);
+    clearTimeout(timer);
+    return done;
+  };
+  try { child.kill('SIGTERM'); } catch { return; }
+  if (!(await within(exited, 30000))) {
+    try { child.kill('SIGKILL'); } catch { /* gone */ }
+    await within(exited, 5000);
+  }
+}
+
 export async function startMaster(configDir: string, foreground: boolean): Promise<number> {
   if (!checkConfig(configDir)) return 1;
+  if (!checkServiceAccess(configDir)) return 1;
   const spool = spoolOf(configDir);
   const running = masterPid(spool);
   if (running) { process.stderr.write(`postern: fatal: already running (pid ${running})\n`); return 1; }
-  if (foreground) {
-    const { runMaster } = require(MASTER_PROGRAM);
-    return runMaster(configDir, true);
-  }
-  const child = spawn(process.execPath, [MASTER_PROGRAM, configDir], { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
+  const masterProgram = programPath('master', MainConfig.load(configDir));
+  if (foreground) return runForeground(masterProgram, configDir);
+  const child = spawn(process.execPath, [masterProgram, configDir], { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (d) => { stderr += d; });
   const exited = new Promise<number>((r) => child.once('exit', (code) => r(code ?? 1)));
@@ -56,9 +86,34 @@ export async function startMaster(configDir: string, foreground: boolean): Promi
       return 0;
     }
   }
-  process.stderr.write('postern: master did not report its services running within 20 s; see the log\n');
+  // do not leave a master behind restarting services that cannot start, nor wait on its stderr forever
+  const status = readStatus(spool);
+  const down = status?.master === child.pid ? status.services.filter((s: any) => !s.running).map((s: any) => `${s.command} (${s.service})`) : [];
+  process.stderr.write(`postern: master did not report its services running within 20 s${down.length ? `; not running: ${[...new Set(down)].join(', ')}` : ''}; stopping it (see the log, "postern check")\n`);
+  await stopFailedMaster(child, exited);
+  child.stderr!.destroy();
   child.unref();
   return 1;
+}
+
+/**
+ * `start --foreground`: master as a child process on this terminal (its log on
+ * standard output). Ctrl-C reaches master through the terminal's process
+ * group; a SIGTERM or SIGHUP sent to this command is passed on. Exits with
+ * master's status.
+ */
+function runForeground(masterProgram: string, configDir: string): Promise<number> {
+  const child = spawn(process.execPath, [masterProgram, configDir, '--foreground'], { stdio: 'inherit' });
+  const pass = (signal: NodeJS.Signals) => () => { try { child.kill(signal); } catch { /* gone */ } };
+  const handlers: [NodeJS.Signals, () => void][] = [['SIGINT', () => undefined], ['SIGTERM', pass('SIGTERM')], ['SIGHUP', pass('SIGHUP')]];
+  for (const [sig, h] of handlers) process.on(sig, h);
+  return new Promise((resolve) => {
+    child.once('error', (e) => { process.stderr.write(`postern: cannot start master: ${e.message}\n`); resolve(1); });
+    child.once('exit', (code, signal) => {
+      for (const [sig, h] of handlers) process.off(sig, h);
+      resolve(code ?? (signal ? 1 : 0));
+    });
+  });
 }
 
 export async function stopMaster(configDir: string): Promise<number> {

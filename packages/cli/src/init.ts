@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { isRoot, createSystemUser, lookupSystemUser, MainConfig, serviceAccounts, userTableFile } from '@postern/common';
+import { isRoot, createSystemUser, lookupSystemUser, MainConfig, serviceAccounts, userTableFile, secureUsersFile } from '@postern/common';
 
 export interface InitOptions {
   hostname?: string;
@@ -119,15 +119,19 @@ export function makeSelfSignedPair(cert: string, key: string, hostname: string):
   return true;
 }
 
-/** Group-readable by exactly the services that need them (see docs/security.md). */
-export function fixConfigOwnership(configDir: string): void {
+/**
+ * Readable by exactly the services that need them (see docs/security.md): the
+ * users file root-owned, smtpd's group, an ACL entry for local; the TLS key
+ * root:smtpd's group 0640. Returns what it changed.
+ */
+export function fixConfigOwnership(configDir: string): string[] {
   const config = MainConfig.load(configDir);
   const a = serviceAccounts(config);
-  if (!a.privileged) return;
-  const users = userTableFile(config);
-  if (users && fs.existsSync(users)) { fs.chownSync(users, a.mailbox.uid, a.smtpd.gid); fs.chmodSync(users, 0o640); }
+  if (!a.privileged) return [];
+  const done = secureUsersFile(userTableFile(config), a);
   const key = config.get('smtpd_tls_key_file');
   if (fs.existsSync(key)) { fs.chownSync(key, 0, a.smtpd.gid); fs.chmodSync(key, 0o640); }
+  return done;
 }
 
 export function initInstance(dirArg: string, o: InitOptions): string[] {

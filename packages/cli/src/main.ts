@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { Command, Option } from 'commander';
 import {
   MainConfig, defaultParameters, setMainCfParameters, addUser, deleteUser, hashPassword, UserTable, userTableFile, localDomains,
-  validateMailboxAddress, serviceAccounts, splitAddress, isRoot,
+  validateMailboxAddress, serviceAccounts, splitAddress, isRoot, secureUsersFileFd, ServiceAccounts,
 } from '@postern/common';
 import { initInstance, fixConfigOwnership } from './init.js';
 import { startMaster, stopMaster, signalMaster, statusReport, abortMaster } from './control.js';
@@ -35,6 +35,8 @@ const fail = (msg: string, code = 1): void => { process.stderr.write(`postern: $
 
 /** `postern user` edits the passwd-file that virtual_mailbox_maps names. */
 const usersFile = (config: MainConfig): string => userTableFile(config);
+/** As root, the rewritten users file gets root's ownership and local's ACL before it replaces the old one. */
+const secureUsers = (a: ServiceAccounts) => (a.privileged ? (fd: number) => secureUsersFileFd(fd, a) : undefined);
 
 async function readStdinLine(): Promise<string> {
   const chunks: Buffer[] = [];
@@ -120,7 +122,7 @@ user.command('add <address>').description('add a mail user')
     const home = path.join(cfg.get('virtual_mailbox_base'), domain, local);
     const file = usersFile(cfg);
     try {
-      addUser(file, addr, hashPassword(password), { uid: accounts.mailbox.uid, gid: accounts.mailbox.gid, home, mailbox: o.mailbox });
+      addUser(file, addr, hashPassword(password), { uid: accounts.mailbox.uid, gid: accounts.mailbox.gid, home, mailbox: o.mailbox, secure: secureUsers(accounts) });
     } catch (e) { return fail((e as Error).message); }
     if (isRoot()) fixConfigOwnership(configDir());
     if (!localDomains(cfg).has(domain)) {
@@ -136,7 +138,8 @@ user.command('list').description('list mail users').option('--json', 'one JSON o
   }
 });
 user.command('del <address>').description('remove a mail user (the mailbox stays on disk)').action((address: string) => {
-  if (!deleteUser(usersFile(MainConfig.load(configDir())), address.toLowerCase())) fail(`${address}: no such user`);
+  const cfg = MainConfig.load(configDir());
+  if (!deleteUser(usersFile(cfg), address.toLowerCase(), secureUsers(serviceAccounts(cfg)))) fail(`${address}: no such user`);
   else console.log(`postern: removed ${address.toLowerCase()}`);
 });
 

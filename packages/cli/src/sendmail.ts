@@ -14,7 +14,7 @@ import { Readable } from 'node:stream';
 import addressparser from 'nodemailer/lib/addressparser';
 import {
   MainConfig, Spool, newQueueId, fsyncDir, requestJson, lookupSystemUser, MaildropHeader, formatMaildropHeader,
-  envelopeAddressProblem, qualifyAddress, DSN_NOTIFY,
+  envelopeAddressProblem, qualifyAddress, DSN_NOTIFY, submitRefusal,
 } from '@postern/common';
 import { listQueue as queueEntries, formatMailq } from './queue.js';
 
@@ -23,6 +23,7 @@ const EX_USAGE = 64;
 const EX_DATAERR = 65;
 const EX_CONFIG = 78;
 const EX_TEMPFAIL = 75;
+const EX_NOPERM = 77;
 
 class SendmailError extends Error {
   constructor(message: string, readonly exitCode: number) { super(message); }
@@ -218,6 +219,9 @@ export interface Submitted { file: string; recipients: number }
 export async function submit(o: SendmailOptions, input: Readable): Promise<Submitted> {
   let config: MainConfig;
   try { config = MainConfig.load(o.configDir); } catch (e) { throw new SendmailError((e as Error).message, EX_CONFIG); }
+  // authorized_submit_users: pickup enforces it by the file's owner; refuse early with the reason
+  const refusal = submitRefusal(config, process.getuid!(), lookupSystemUser(process.getuid!())?.name ?? 'unknown');
+  if (refusal) throw new SendmailError(refusal, EX_NOPERM);
   const myorigin = config.get('myorigin');
   const spool = new Spool(config.get('queue_directory'));
   for (const r of o.recipients) {

@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command } from 'commander';
-import { MainConfig, Spool, serviceAccounts, prepareSpool } from '@postern/common';
+import { MainConfig, Spool, serviceAccounts, prepareSpool, prepareMailRoot } from '@postern/common';
 import { fixConfigOwnership, makeSelfSignedPair } from './init.js';
 
 export interface SetupOptions {
@@ -25,12 +25,7 @@ export function setupSystem(configDir: string, o: SetupOptions): string[] {
   for (const c of prepareSpool(spool, accounts)) done.push(c);
 
   // the mailbox tree belongs to the delivery agent (as master does at start)
-  const base = config.get('virtual_mailbox_base');
-  if (!fs.existsSync(base)) { fs.mkdirSync(base, { recursive: true, mode: 0o755 }); done.push(`created ${base}`); }
-  if (accounts.privileged && fs.statSync(base).uid === 0) {
-    fs.chownSync(base, accounts.mailbox.uid, accounts.mailbox.gid);
-    done.push(`owner of ${base}`);
-  }
+  for (const c of prepareMailRoot(config.get('virtual_mailbox_base'), accounts)) done.push(c);
 
   const log = config.get('maillog_file');
   if (log && !fs.existsSync(path.dirname(log))) {
@@ -45,7 +40,7 @@ export function setupSystem(configDir: string, o: SetupOptions): string[] {
       done.push(`created a self-signed certificate for ${host} in ${config.get('smtpd_tls_cert_file')}`);
     }
   }
-  if (accounts.privileged) fixConfigOwnership(configDir);
+  if (accounts.privileged) for (const c of fixConfigOwnership(configDir)) done.push(c);
   return done;
 }
 

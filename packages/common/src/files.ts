@@ -7,7 +7,9 @@ import { randomBytes } from 'node:crypto';
  * Replace `file` so a crash leaves the old or the new version, never a mix:
  * a temp file in the same directory, fsync, rename over, fsync the directory.
  */
-export function replaceFileDurably(file: string, data: string | Buffer, mode: number, owner?: { uid: number; gid: number }): void {
+export function replaceFileDurably(file: string, data: string | Buffer, mode: number, owner?: { uid: number; gid: number },
+  /** Last say over the new file's access (owner, mode, ACL), on its descriptor before it takes the name. */
+  secure?: (fd: number) => void): void {
   const dir = path.dirname(file);
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
   const fd = fs.openSync(tmp, 'wx', 0o600); // O_EXCL: never through a planted symlink
@@ -15,6 +17,7 @@ export function replaceFileDurably(file: string, data: string | Buffer, mode: nu
     try {
       if (owner) fs.fchownSync(fd, owner.uid, owner.gid);
       fs.fchmodSync(fd, mode);
+      secure?.(fd);
       fs.writeFileSync(fd, data);
       fs.fsyncSync(fd);
     } finally {

@@ -5,7 +5,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MainConfig } from './config.js';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { MainConfig, MasterEntry } from './config.js';
 import { Spool } from './spool.js';
 import { isRoot, lookupSystemUser, lookupGroupName, SystemUser } from './system.js';
 
@@ -108,32 +109,295 @@ export function spoolDifferences(spool: Spool, a: ServiceAccounts): SpoolDiffere
   if (a.privileged) try { hashDirs = fs.readdirSync(spool.dir('deferred')); } catch { /* reported above */ }
   for (const sub of hashDirs) {
     const dir = path.join(spool.dir('deferred'), sub);
-    if (fs.lstatSync(dir).isDirectory()) compare(dir, a.owner.uid, a.relay.gid, 0o2750);
+    const st = fs.lstatSync(dir, { throwIfNoEntry: false });
+    if (st?.isDirectory()) compare(dir, a.owner.uid, a.relay.gid, 0o2750);
+    else if (st && HASH_DIR_NAME.test(sub)) out.push({ path: dir, problem: `${kindOf(dir)}, not a directory (nothing follows it; remove it)`, missing: false });
   }
   return out;
 }
 
-/** Create the spool and put every directory's owner and mode right; returns what it changed. */
+/** Deferred's hash directories are named by one hex digit (Spool.pathOf). */
+export const HASH_DIR_NAME = /^[0-9A-F]$/;
+
+/** What a path is, for a message about something that is not the directory it should be. */
+function kindOf(p: string): string {
+  let st: fs.Stats;
+  try { st = fs.lstatSync(p); } catch { return 'gone'; }
+  if (st.isSymbolicLink()) return 'a symbolic link';
+  if (st.isFile()) return st.nlink > 1 ? `a file with ${st.nlink} links` : 'a file';
+  return st.isFIFO() ? 'a FIFO' : st.isSocket() ? 'a socket' : 'a special file';
+}
+
+/**
+ * Put one directory's owner and mode right without ever following a link:
+ * service accounts can write the spool, and a `deferred/7 -> /etc/shadow` they
+ * plant must not make root chown its target. The directory is opened with
+ * O_NOFOLLOW|O_DIRECTORY and changed through the descriptor, so a link or
+ * anything else in its place is reported and left alone.
+ */
+export function fixDirectory(dir: string, owner: { uid: number; gid: number } | null, mode: number, changed: string[]): void {
+  let fd: number;
+  try {
+    fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_DIRECTORY | fs.constants.O_NONBLOCK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP' || code === 'ENOTDIR') { changed.push(`left ${dir} alone: ${kindOf(dir)}, not a directory`); return; }
+    if (code === 'ENOENT') return; // removed meanwhile
+    throw e;
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (owner && (st.uid !== owner.uid || st.gid !== owner.gid)) { fs.fchownSync(fd, owner.uid, owner.gid); changed.push(`owner of ${dir}`); }
+    // chown may clear the setgid bit: compare with the mode as it is now
+    if ((fs.fstatSync(fd).mode & 0o7777) !== mode) { fs.fchmodSync(fd, mode); changed.push(`mode of ${dir}`); }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * Create the spool and put every directory's owner and mode right; returns what
+ * it changed, and what it left alone because it is not a directory (a link).
+ */
 export function prepareSpool(spool: Spool, a: ServiceAccounts): string[] {
   const changed: string[] = [];
   for (const d of SPOOL_DIRS) {
     const dir = path.join(spool.root, d.rel);
-    if (!fs.existsSync(dir)) { fs.mkdirSync(dir, { recursive: true, mode: 0o700 }); changed.push(`created ${dir}`); }
-    const st = fs.statSync(dir);
-    if (a.privileged) {
-      const [uid, gid] = [d.uid(a), d.gid(a)];
-      if (st.uid !== uid || st.gid !== gid) { fs.chownSync(dir, uid, gid); changed.push(`owner of ${dir}`); }
-    }
-    if ((st.mode & 0o7777) !== d.mode) { fs.chmodSync(dir, d.mode); changed.push(`mode of ${dir}`); }
+    if (!lexists(dir)) { fs.mkdirSync(dir, { recursive: true, mode: 0o700 }); changed.push(`created ${dir}`); }
+    fixDirectory(dir, a.privileged ? { uid: d.uid(a), gid: d.gid(a) } : null, d.mode, changed);
   }
   if (a.privileged) {
-    // deferred's hash directories
-    for (const sub of fs.readdirSync(spool.dir('deferred'))) {
-      const dir = path.join(spool.dir('deferred'), sub);
-      const st = fs.statSync(dir);
-      if (st.uid !== a.owner.uid || st.gid !== a.relay.gid) { fs.chownSync(dir, a.owner.uid, a.relay.gid); changed.push(`owner of ${dir}`); }
-      if ((st.mode & 0o7777) !== 0o2750) { fs.chmodSync(dir, 0o2750); changed.push(`mode of ${dir}`); }
+    // deferred's hash directories: qmgr (the queue owner) creates them, so they are the owner's to replace
+    let names: string[] = [];
+    try { names = fs.readdirSync(spool.dir('deferred')); } catch { /* not a directory: reported above */ }
+    for (const sub of names) {
+      if (HASH_DIR_NAME.test(sub)) fixDirectory(path.join(spool.dir('deferred'), sub), { uid: a.owner.uid, gid: a.relay.gid }, 0o2750, changed);
     }
   }
   return changed;
+}
+
+function lexists(p: string): boolean {
+  try { fs.lstatSync(p); return true; } catch { return false; }
+}
+
+/**
+ * The mailbox tree's root: created if missing, and as root a root-owned one is
+ * given to mailbox_user (master at start, `postern setup`), through a descriptor.
+ */
+export function prepareMailRoot(base: string, a: ServiceAccounts): string[] {
+  const done: string[] = [];
+  if (!lexists(base)) { fs.mkdirSync(base, { recursive: true, mode: 0o755 }); done.push(`created ${base}`); }
+  if (!a.privileged) return done;
+  let fd: number;
+  try {
+    fd = fs.openSync(base, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_DIRECTORY | fs.constants.O_NONBLOCK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP' || code === 'ENOTDIR') { done.push(`left ${base} alone: ${kindOf(base)}, not a directory`); return done; }
+    throw e;
+  }
+  try {
+    if (fs.fstatSync(fd).uid === 0) { fs.fchownSync(fd, a.mailbox.uid, a.mailbox.gid); done.push(`owner of ${base}`); }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return done;
+}
+
+/**
+ * Postern's own service accounts by uid, as a root-started master runs them
+ * (none in a sandbox, where everything runs as the invoking user). None of them
+ * ever submits mail: a maildrop file one of them owns comes from a compromised
+ * service, so pickup refuses it whatever authorized_submit_users says.
+ */
+const accountUidsCache = new WeakMap<MainConfig, Map<number, string>>();
+
+export function serviceAccountUids(config: MainConfig): Map<number, string> {
+  // pickup asks for every file: /etc/passwd is read once per configuration (reload)
+  const cached = accountUidsCache.get(config);
+  if (cached) return cached;
+  const out = new Map<number, string>();
+  accountUidsCache.set(config, out);
+  if (config.bool('unprivileged')) return out;
+  for (const param of ['mail_owner', 'smtpd_user', 'relay_user', 'mailbox_user']) {
+    const u = lookupSystemUser(config.get(param));
+    if (u && u.uid !== 0) out.set(u.uid, `${u.name} (${param})`);
+  }
+  return out;
+}
+
+/**
+ * Why the user `name` (uid) may not submit mail through maildrop/, or null.
+ * authorized_submit_users as Postfix reads it: `static:anyone` (the default)
+ * lets everyone, otherwise only the login names listed (first match wins,
+ * `!name` excludes; an empty list lets nobody; a uid without a passwd entry is
+ * `unknown`). Root is not exempt, as in Postfix. Enforced by pickup (the file
+ * owner's uid); sendmail checks the same early to give a clear message.
+ */
+export function submitRefusal(config: MainConfig, uid: number, name: string): string | null {
+  const svc = serviceAccountUids(config).get(uid);
+  if (svc) return `User ${name}(${uid}) is not allowed to submit mail: ${svc} is a Postern service account`;
+  for (const item of config.list('authorized_submit_users')) {
+    const negated = item.startsWith('!');
+    const pattern = negated ? item.slice(1) : item;
+    let match: boolean;
+    if (pattern === 'static:anyone') match = true;
+    else if (/^[a-z0-9_-]+:/.test(pattern)) {
+      // fail closed: a table this version cannot read lets nobody in
+      return `User ${name}(${uid}) is not allowed to submit mail: authorized_submit_users names "${pattern}", which is not supported (static:anyone or login names)`;
+    } else match = pattern === name;
+    if (match) return negated ? `User ${name}(${uid}) is not allowed to submit mail (authorized_submit_users)` : null;
+  }
+  return `User ${name}(${uid}) is not allowed to submit mail (authorized_submit_users)`;
+}
+
+/**
+ * The users file (virtual_mailbox_maps) as the services need it. Owner root: a
+ * service that could write it could add an AUTH user or point a mailbox
+ * anywhere. Group smtpd_user's, 0640: smtpd checks RCPT and AUTH against it.
+ * local (mailbox_user) finds mailboxes in it and reads it through one POSIX ACL
+ * entry, since services keep only their primary group and no group can hold
+ * exactly smtpd and local. No other service reads it. See docs/security.md.
+ */
+export const USERS_FILE_MODE = 0o640;
+
+function usersFileAcl(a: ServiceAccounts): string {
+  return `u::rw-,g::r--,o::---,u:${a.mailbox.uid}:r--,m::r--`;
+}
+
+/** Apply owner, mode and ACL to an open users file (a descriptor: never a path that could be swapped). */
+export function secureUsersFileFd(fd: number, a: ServiceAccounts): void {
+  fs.fchownSync(fd, 0, a.smtpd.gid);
+  fs.fchmodSync(fd, USERS_FILE_MODE);
+  try {
+    // setfacl reaches our descriptor through /proc, so the file it changes is the one we opened
+    execFileSync('setfacl', ['--set', usersFileAcl(a), `/proc/${process.pid}/fd/${fd}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new Error('setfacl is not installed (Debian package "acl"): it lets mailbox_user (local) read the users file');
+    }
+    throw new Error(`setfacl on the users file: ${String((e as { stderr?: Buffer }).stderr ?? (e as Error).message).trim()}`);
+  }
+}
+
+/** Whether the open users file has exactly the ACL secureUsersFileFd gives it. */
+function usersFileAclRight(fd: number, a: ServiceAccounts): boolean {
+  try {
+    const text = execFileSync('getfacl', ['--omit-header', '--numeric', '--absolute-names', `/proc/${process.pid}/fd/${fd}`],
+      { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
+    const entries = text.split('\n').map((l) => l.replace(/\s*#.*$/, '').trim()).filter(Boolean).sort();
+    const want = usersFileAcl(a).split(',').map((e) => e.replace(/^u:/, 'user:').replace(/^g:/, 'group:').replace(/^o:/, 'other:').replace(/^m:/, 'mask:')).sort();
+    return entries.join(',') === want.join(',');
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Put the users file's owner, mode and ACL right (as root, privileged; master
+ * at start, init, setup, user add/del); returns what changed. A missing file
+ * is left missing; a link or anything but a regular file is refused.
+ */
+export function secureUsersFile(file: string, a: ServiceAccounts): string[] {
+  if (!a.privileged) return [];
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return [];
+    if (code === 'ELOOP') return [`left ${file} alone: a symbolic link (the users file must be the file itself)`];
+    throw e;
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) return [`left ${file} alone: not a regular file`];
+    if (st.uid === 0 && st.gid === a.smtpd.gid && (st.mode & 0o7777) === USERS_FILE_MODE && usersFileAclRight(fd, a)) return [];
+    secureUsersFileFd(fd, a);
+    return [`owner, mode and ACL of ${file} (root:${a.smtpd.name}'s group 0640, ${a.mailbox.name} may read)`];
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** What an account can do with a path, asked of the kernel itself (ACLs included). */
+export interface AccessWant { path: string; want: 'read' | 'write' | 'enter' }
+
+/**
+ * As root: can `user` (with its primary group only, as master runs services)
+ * reach and use each path? Asked by a child process running as that user, so
+ * the kernel's answer counts, ACLs and all. For each path: null, or what
+ * blocks it, naming the directory it cannot enter. Not root: null for all
+ * (the caller falls back to reading modes).
+ */
+export function accessAs(user: SystemUser, wants: AccessWant[]): (string | null)[] {
+  if (!isRoot() || !wants.length) return wants.map(() => null);
+  const probe = `
+    const fs = require('fs'), path = require('path');
+    const out = JSON.parse(process.argv[1]).map(({ path: p, want }) => {
+      const parts = path.resolve(p).split('/').filter(Boolean);
+      let dir = '/';
+      for (let i = 0; i < parts.length; i++) {
+        try { fs.accessSync(dir, fs.constants.X_OK); } catch (e) { return { blocked: dir, code: e.code }; }
+        dir = path.join(dir, parts[i]);
+      }
+      const mode = want === 'read' ? fs.constants.R_OK : want === 'write' ? fs.constants.W_OK | fs.constants.X_OK : fs.constants.X_OK;
+      try { fs.accessSync(p, mode); return null; } catch (e) { return { code: e.code }; }
+    });
+    process.stdout.write(JSON.stringify(out));`;
+  const r = spawnSync(process.execPath, ['-e', probe, JSON.stringify(wants)],
+    { uid: user.uid, gid: user.gid, cwd: '/', encoding: 'utf8', timeout: 10000, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+  let results: ({ blocked?: string; code: string } | null)[];
+  try { results = JSON.parse(r.stdout); } catch { return wants.map(() => `cannot check as ${user.name}: ${r.stderr || r.error?.message || `exit ${r.status}`}`); }
+  return results.map((res, i) => {
+    if (!res) return null;
+    if (res.blocked) {
+      let how = '';
+      try { const st = fs.statSync(res.blocked); how = ` (owner ${lookupSystemUser(st.uid)?.name ?? st.uid}, mode 0${(st.mode & 0o7777).toString(8)})`; } catch { /* gone */ }
+      return `${user.name} cannot enter ${res.blocked}${how}`;
+    }
+    if (res.code === 'ENOENT') return `${wants[i].path} does not exist`;
+    return `${user.name} cannot ${wants[i].want} ${wants[i].path}`;
+  });
+}
+
+/**
+ * What keeps a service account from its configuration or the spool: every
+ * service reads main.cf at start and works in queue_directory, so an instance
+ * under a directory an account cannot enter (a 0700 parent) would have its
+ * services die at start over and over. As root, privileged; one line per
+ * account and path, naming the directory that blocks which account.
+ */
+export function serviceAccessProblems(configDir: string, config: MainConfig, entries: MasterEntry[], a: ServiceAccounts): string[] {
+  if (!a.privileged) return [];
+  const users = new Map<number, { user: SystemUser; commands: Set<string> }>();
+  for (const e of entries) {
+    const u = e.user === '-' ? defaultAccount(e.command, a) : lookupSystemUser(e.user);
+    if (!u) continue; // master.cf's check names a missing user
+    if (!users.has(u.uid)) users.set(u.uid, { user: u, commands: new Set() });
+    users.get(u.uid)!.commands.add(e.command);
+  }
+  const out: string[] = [];
+  const wants: AccessWant[] = [
+    { path: path.join(configDir, 'main.cf'), want: 'read' },
+    { path: config.get('queue_directory'), want: 'enter' },
+  ];
+  for (const { user, commands } of users.values()) {
+    accessAs(user, wants).forEach((problem, i) => {
+      if (problem) out.push(`${problem}: ${[...commands].join(', ')} (running as ${user.name}) cannot ${i === 0 ? 'read' : 'reach'} ${wants[i].path}`);
+    });
+  }
+  return out;
+}
+
+/**
+ * Where a program of the suite is (`master`, `smtpd`, ...): Postfix's
+ * daemon_directory, by default the installed program tree next to this
+ * package. Programs start each other as processes from here; none loads
+ * another's code.
+ */
+export function programPath(program: string, config: MainConfig): string {
+  const dir = config.get('daemon_directory') || path.resolve(__dirname, '..', '..');
+  return path.join(dir, program, 'dist', 'main.js');
 }

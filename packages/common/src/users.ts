@@ -269,8 +269,11 @@ function realTarget(file: string): string {
   }
 }
 
-/** Rewrite the table durably, keeping an existing file's mode (and owner, when root); a new file gets 0640. */
-function writeFileAtomic(file: string, text: string): void {
+/**
+ * Rewrite the table durably, keeping an existing file's mode (and owner, when root); a new file gets 0640.
+ * `secure` (as root: layout.ts's secureUsersFileFd) sets owner, mode and ACL on the new file before the rename.
+ */
+function writeFileAtomic(file: string, text: string, secure?: (fd: number) => void): void {
   let mode = 0o640;
   let owner: { uid: number; gid: number } | undefined;
   try {
@@ -280,7 +283,7 @@ function writeFileAtomic(file: string, text: string): void {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
-  replaceFileDurably(file, text, mode, owner);
+  replaceFileDurably(file, text, mode, owner, secure);
 }
 
 /**
@@ -291,7 +294,7 @@ export function addUser(
   file: string,
   address: string,
   passwordHash: string,
-  opts: { uid: number | null; gid: number | null; home: string; mailbox?: 'maildir' | 'mbox' },
+  opts: { uid: number | null; gid: number | null; home: string; mailbox?: 'maildir' | 'mbox'; secure?: (fd: number) => void },
 ): void {
   const user = address.toLowerCase();
   const bad = validateMailboxAddress(user);
@@ -314,11 +317,11 @@ export function addUser(
     extra: { userdb_mail: mail },
   });
   const sep = text === '' || text.endsWith('\n') ? '' : '\n';
-  writeFileAtomic(target, `${text}${sep}${line}\n`);
+  writeFileAtomic(target, `${text}${sep}${line}\n`, opts.secure);
 }
 
 /** Remove a user's line, keeping everything else. False (file untouched) if absent. */
-export function deleteUser(file: string, address: string): boolean {
+export function deleteUser(file: string, address: string, secure?: (fd: number) => void): boolean {
   const user = address.toLowerCase();
   const target = realTarget(file);
   const text = readIfExists(target);
@@ -326,7 +329,7 @@ export function deleteUser(file: string, address: string): boolean {
   if (!entry) return false;
   const lines = text.split('\n');
   lines.splice(entry.line - 1, 1);
-  writeFileAtomic(target, lines.join('\n'));
+  writeFileAtomic(target, lines.join('\n'), secure);
   return true;
 }
 

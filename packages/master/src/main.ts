@@ -11,8 +11,8 @@ import * as path from 'node:path';
 import { fork, ChildProcess } from 'node:child_process';
 import {
   MainConfig, ConfigError, MasterEntry, loadMasterCf, parseListenAddress, Spool, SERVICE_PROGRAMS,
-  serviceAccounts, ServiceAccounts, defaultAccount, socketAccess, prepareSpool, lookupSystemUser, SystemUser,
-  checkRestrictionLists, masterCfLocation,
+  serviceAccounts, ServiceAccounts, defaultAccount, socketAccess, prepareSpool, prepareMailRoot, lookupSystemUser, SystemUser,
+  checkRestrictionLists, masterCfLocation, secureUsersFile, userTableFile, programPath,
 } from '@postern/common';
 import { LogSink } from './log-sink.js';
 import { acquirePidFile, releasePidFile } from './pidfile.js';
@@ -73,10 +73,6 @@ function socketPathOf(entry: MasterEntry, spool: Spool): string {
   return entry.command === 'showq' ? spool.publicSocket(entry.service) : spool.privateSocket(entry.service);
 }
 
-function programPath(command: string, config: MainConfig): string {
-  const dir = config.get('daemon_directory') || path.resolve(__dirname, '..', '..');
-  return path.join(dir, SERVICE_PROGRAMS[command], 'dist', 'main.js');
-}
 
 export class Master {
   private slots: Slot[] = [];
@@ -108,8 +104,15 @@ export class Master {
   start(): void {
     this.spool = new Spool(this.config.get('queue_directory'));
     this.accounts = serviceAccounts(this.config);
-    prepareSpool(this.spool, this.accounts);
-    this.prepareMailRoot();
+    // what is not a directory (a link planted in the spool) is left alone and logged
+    for (const c of prepareSpool(this.spool, this.accounts)) if (c.startsWith('left ')) this.log({ level: 'warn' }, c);
+    for (const c of prepareMailRoot(this.config.get('virtual_mailbox_base'), this.accounts)) if (c.startsWith('left ')) this.log({ level: 'warn' }, c);
+    // the users file: root's, read by smtpd (group) and local (ACL); put back if someone changed it
+    try {
+      for (const c of secureUsersFile(userTableFile(this.config), this.accounts)) this.log({ level: c.startsWith('left ') ? 'warn' : 'info' }, c);
+    } catch (e) {
+      this.log({ level: 'error', err: (e as Error).message }, 'cannot set the users file\'s owner and ACL');
+    }
     acquirePidFile(this.spool.pidFile());
     this.awaitOldGeneration();
     this.ownsSpool = true;
@@ -142,21 +145,12 @@ export class Master {
     if (left.length) this.log({ level: 'warn', pids: left }, 'services of a previous master are still running');
   }
 
-  private prepareMailRoot(): void {
-    const base = this.config.get('virtual_mailbox_base');
-    if (!fs.existsSync(base)) fs.mkdirSync(base, { recursive: true, mode: 0o755 });
-    if (this.accounts.privileged) {
-      const st = fs.statSync(base);
-      if (st.uid === 0) fs.chownSync(base, this.accounts.mailbox.uid, this.accounts.mailbox.gid);
-    }
-  }
-
   private spawn(slot: Slot): void {
     const { entry } = slot;
     const overrides = Object.fromEntries(entry.overrides);
     // POSTERN_PROFILE_DIR (developers): every service writes a V8 CPU profile there when it exits
     const profile = process.env.POSTERN_PROFILE_DIR;
-    const child = fork(programPath(entry.command, this.config), [], {
+    const child = fork(programPath(SERVICE_PROGRAMS[entry.command], this.config), [], {
       execArgv: profile ? ['--cpu-prof', `--cpu-prof-dir=${profile}`] : [],
       env: {
         PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',

@@ -18,7 +18,7 @@ import { spawnSync } from 'node:child_process';
 import {
   runService, ServiceContext, RunningService, FrameReader, FrameWriter, connectUnix, Spool, Logger,
   lookupSystemUser, parseMaildropHeader, MaildropHeader, MAILDROP_HEADER_LIMIT, isMaildropTempName, qualifyAddress,
-  headerSafe, isQueueId, newQueueId, fsyncDir, MainConfig,
+  headerSafe, isQueueId, newQueueId, fsyncDir, MainConfig, submitRefusal,
 } from '@postern/common';
 
 const SCAN_EVERY_MS = 1000;
@@ -148,6 +148,10 @@ class Pickup {
       const st = await fh.stat();
       if (st.isDirectory()) return await this.moveToCorrupt(name, 'a directory', st.uid);
       if (!st.isFile()) return await this.removeNonFile(name);
+      // authorized_submit_users, by the file owner's uid: the only identity pickup trusts
+      const user = userName(st.uid);
+      const refusal = submitRefusal(this.config(), st.uid, user === String(st.uid) ? 'unknown' : user);
+      if (refusal) return await this.refuse(name, st.uid, refusal);
       // a hard link to someone else's file would borrow its owner's identity
       if (st.nlink !== 1) return await this.moveToCorrupt(name, `has ${st.nlink} links`, st.uid);
       let parsed: { header: MaildropHeader; messageStart: number };
@@ -217,6 +221,17 @@ class Pickup {
     } finally {
       sock.destroy();
     }
+    return true;
+  }
+
+  /** A file from a user who may not submit mail: logged with its uid and removed, never queued. */
+  private async refuse(name: string, uid: number, problem: string): Promise<true> {
+    await fsp.unlink(path.join(this.dir, name)).then(
+      () => this.log.warn({ maildrop_file: name, uid, problem }, 'maildrop file refused and removed: not authorized to submit mail'),
+      (e) => {
+        this.retries.set(name, { at: Date.now() + MAX_RETRY_DELAY_MS, delay: MAX_RETRY_DELAY_MS });
+        this.log.error({ maildrop_file: name, uid, problem, err: (e as Error).message }, 'maildrop file refused but could not be removed');
+      });
     return true;
   }
 
