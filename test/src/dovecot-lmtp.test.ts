@@ -181,3 +181,24 @@ describe('delivery over LMTP to Dovecot (docs/dovecot.md)', () => {
     assert.ok((await subjects(dovecot.port, CAROL, 'INBOX')).includes('after dave left'));
   });
 });
+
+describe('a wrong transport or SASL path is refused with its main.cf line', () => {
+  let inst: Instance;
+  before(async () => { inst = await Instance.create(); });
+  after(async () => { await inst?.destroy(); });
+
+  it('postern check names the line and the problem; config set refuses the value', () => {
+    const mainCf = path.join(inst.etc, 'main.cf');
+    const first = fs.readFileSync(mainCf, 'utf8').split('\n').length;
+    fs.appendFileSync(mainCf, 'virtual_transport = lmtp:tcp:127.0.0.1:24\nmailbox_transport = dovecot\nsmtpd_sasl_path = inet:127.0.0.1\n');
+    const r = inst.tryCli(['check']);
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    const at = (n: number) => `${mainCf}:${first + n - 1}: error: `;
+    assert.ok(r.stderr.includes(`${at(1)}virtual_transport: "lmtp:tcp:127.0.0.1:24" is not lmtp:unix:PATH or lmtp:inet:HOST:PORT`), r.stderr);
+    assert.ok(r.stderr.includes(`${at(2)}mailbox_transport: "dovecot" is not local, lmtp:unix:PATH or lmtp:inet:HOST:PORT`), r.stderr);
+    assert.ok(r.stderr.includes(`${at(3)}smtpd_sasl_path: "inet:127.0.0.1" is not inet:HOST:PORT`), r.stderr);
+    const set = inst.tryCli(['config', 'set', 'virtual_transport=lmtp:inet:host']);
+    assert.notEqual(set.code, 0);
+    assert.match(set.stderr, /virtual_transport: "lmtp:inet:host" is not lmtp:unix:PATH or lmtp:inet:HOST:PORT/);
+  });
+});

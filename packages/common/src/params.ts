@@ -4,7 +4,7 @@
  * one table, so a parameter exists exactly when it is listed here.
  */
 
-import { checkTransport } from './transport.js';
+import { checkSaslPath, checkTransport } from './transport.js';
 
 export type ParamType = 'string' | 'list' | 'int' | 'time' | 'size' | 'bool' | 'enum';
 
@@ -98,7 +98,7 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('smtpd_tls_wrappermode', 'bool', 'no', 'Speak TLS from the first byte (port 465, RFC 8314).'),
   P('smtpd_sasl_auth_enable', 'bool', 'no', 'Offer AUTH (only after TLS) against virtual_mailbox_maps.'),
   P('smtpd_sasl_type', 'enum', 'internal', 'Who checks AUTH passwords: internal (virtual_mailbox_maps) or dovecot (Dovecot\'s auth service at smtpd_sasl_path; docs/dovecot.md).', ['internal', 'dovecot']),
-  P('smtpd_sasl_path', 'string', 'private/auth', 'Dovecot\'s auth-client socket: a Unix socket path (relative to queue_directory unless absolute) or inet:HOST:PORT.'),
+  { ...P('smtpd_sasl_path', 'string', 'private/auth', 'Dovecot\'s auth-client socket: a Unix socket path (relative to queue_directory unless absolute) or inet:HOST:PORT.'), check: checkSaslPath },
   // Restrictions (smtpd): evaluated in order at RCPT time, as Postfix does with smtpd_delay_reject = yes
   P('smtpd_client_restrictions', 'list', 'permit_mynetworks, permit_sasl_authenticated, reject_unknown_reverse_client_hostname', 'Checks of the client: permit_mynetworks, permit_sasl_authenticated, reject_unknown_reverse_client_hostname, reject_unknown_client_hostname, reject_rbl_client ZONE[=127.0.0.N], reject_rhsbl_client ZONE, reject_rhsbl_sender ZONE, permit, reject (any restriction may appear in any list).'),
   P('smtpd_helo_restrictions', 'list', 'permit_mynetworks, permit_sasl_authenticated, reject_invalid_helo_hostname', 'Checks of the HELO/EHLO name: reject_invalid_helo_hostname, reject_non_fqdn_helo_hostname, ...'),

@@ -47,3 +47,10 @@ export function parseLmtpNexthop(nexthop: string): LmtpTarget {
 export function checkTransport(value: string): string | null {
   try { parseTransport(value); return null; } catch (e) { return (e as Error).message; }
 }
+
+/** For the config parser: smtpd_sasl_path is a socket path, or inet:HOST:PORT when it starts with inet:. */
+export function checkSaslPath(value: string): string | null {
+  if (!value.startsWith('inet:')) return /[\0\r\n]/.test(value) ? 'the socket path holds a control character' : null;
+  const m = /^inet:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(value);
+  return m && +m[1] >= 1 && +m[1] <= 65535 ? null : `"${value}" is not inet:HOST:PORT`;
+}
