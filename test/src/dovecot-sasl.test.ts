@@ -75,9 +75,12 @@ describe('Dovecot SASL: submission checks passwords with Dovecot (docs/dovecot.m
   });
 
   it('a wrong password gets 535 5.7.8 and queues nothing', async () => {
+    const queued = () => inst.logs().filter((e) => e.msg === 'queued' && e.service === 'cleanup').length;
+    const n = queued();
     const out = await submit(inst, USER, 'not the password');
     assert.match(out, /535 5\.7\.8/, out);
     assert.doesNotMatch(out, /235 /);
+    assert.equal(queued(), n);
   });
 
   it('Dovecot stopped: 454 4.7.0 Temporary authentication failure, never an accept; back again: accepted', async () => {
@@ -106,6 +109,9 @@ describe('Dovecot SASL: submission checks passwords with Dovecot (docs/dovecot.m
     assert.match(await submit(inst, USER, 'wrong'), /535 5\.7\.8/);
   });
 });
+
+/** The login name the scripted server answers with: lower case, and a bare name in example.test (Dovecot's auth_default_realm). */
+const canonical = (login: string) => (login.includes('@') ? login : `${login}@example.test`).toLowerCase();
 
 /**
  * A scripted auth server for what Debian 12's Dovecot cannot show: 2.4's
@@ -140,7 +146,7 @@ class ScriptedAuthServer {
             const resp = f.find((a) => a.startsWith('resp='));
             if (f[2] === 'PLAIN' && resp) {
               const [, user, pass] = Buffer.from(resp.slice(5), 'base64').toString().split('\0');
-              c.write(pass === password ? `OK\t${f[1]}\tuser=${user.toLowerCase()}\n` : `FAIL\t${f[1]}\tuser=${user}\n`);
+              c.write(pass === password ? `OK\t${f[1]}\tuser=${canonical(user)}\n` : `FAIL\t${f[1]}\tuser=${user}\n`);
             } else if (f[2] === 'LOGIN') {
               login.set(f[1], []);
               c.write(`CONT\t${f[1]}\t${Buffer.from('Username:').toString('base64')}\n`);
@@ -149,7 +155,7 @@ class ScriptedAuthServer {
             const got = login.get(f[1])!;
             got.push(Buffer.from(f[2], 'base64').toString());
             if (got.length === 1) c.write(`CONT\t${f[1]}\t${Buffer.from('Password:').toString('base64')}\n`);
-            else c.write(got[1] === password ? `OK\t${f[1]}\tuser=${got[0].toLowerCase()}\n` : `FAIL\t${f[1]}\n`);
+            else c.write(got[1] === password ? `OK\t${f[1]}\tuser=${canonical(got[0])}\n` : `FAIL\t${f[1]}\n`);
           }
         }
       });
@@ -196,6 +202,12 @@ describe('the auth-client protocol against Dovecot 2.4\'s order and a LOGIN-only
       assert.equal(Buffer.from(auth.find((a) => a.startsWith('resp='))!.slice(5), 'base64').toString(), `\0${USER}\0pw24`);
       // Postern's own table has another password: only the auth server decided
       assert.match(await submit(inst, USER, 'postern-side password'), /535 5\.7\.8/);
+      // logged in as "Alice", Dovecot's name for her is alice@example.test: that name owns MAIL FROM and is logged
+      const bare = await submit(inst, 'Alice', 'pw24');
+      assert.match(bare, /250 2\.0\.0 Ok: queued as ([0-9A-F]{20})/, bare);
+      const id = /queued as ([0-9A-F]{20})/.exec(bare)![1];
+      await inst.waitForLog('the queued line with Dovecot\'s name', (e) => e.queue_id === id && e.msg === 'queued' && e.sasl_username === USER);
+      assert.match(await submit(inst, 'Alice', 'pw24', 'alice@elsewhere.test'), /553 5\.7\.1/);
     } finally { await server.close(); }
   });
 
