@@ -8,12 +8,17 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, ChildProcess } from 'node:child_process';
-import { freePort, requireTool, run, tempDir, waitFor, IS_ROOT } from './harness.js';
+import { freePort, requireTool, run, tempDir, waitFor, IS_ROOT, ROOT, Instance } from './harness.js';
 import { ImapClient } from './imap.js';
 
 export interface DovecotOptions {
-  /** The instance's passwd-file (DIR/etc/users). */
-  usersFile: string;
+  /** The instance's passwd-file (DIR/etc/users), for the minimal IMAP-only configuration. */
+  usersFile?: string;
+  /**
+   * A whole configuration instead (docs/dovecot.md's, see configFromDoc): given
+   * Dovecot's temp directory and a free IMAP port; it must log to DIR/dovecot.log.
+   */
+  config?: (dir: string, imapPort: number) => Promise<string> | string;
 }
 
 export class Dovecot {
@@ -28,7 +33,8 @@ export class Dovecot {
     const dir = tempDir('dovecot');
     const port = await freePort();
     const conf = path.join(dir, 'dovecot.conf');
-    fs.writeFileSync(conf, dovecotConf(dir, port, o.usersFile));
+    if (!o.config && !o.usersFile) throw new Error('Dovecot.start: usersFile or config');
+    fs.writeFileSync(conf, o.config ? await o.config(dir, port) : dovecotConf(dir, port, o.usersFile!));
     const child = spawn(dovecot, ['-F', '-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     child.stdout!.on('data', (d) => { output += d; });
@@ -57,15 +63,65 @@ export class Dovecot {
     try { return fs.readFileSync(path.join(this.dir, 'dovecot.log'), 'utf8'); } catch { return ''; }
   }
 
-  /** SIGTERM, bounded wait, SIGKILL; then remove the temp directory. */
+  /**
+   * SIGTERM, bounded wait, SIGKILL; then wait (bounded) for the master's own
+   * processes (auth, lmtp, imap...) to be gone too: they may outlive the master
+   * for a moment and still answer a client that is already connected.
+   */
   async stop(): Promise<void> {
     if (this.child.exitCode === null && this.child.signalCode === null) {
+      const children = this.child.pid ? run('ps', ['--ppid', String(this.child.pid), '-o', 'pid=']).stdout.split('\n').map((l) => parseInt(l, 10)).filter((n) => n > 0) : [];
       this.child.kill('SIGTERM');
       const stopped = await Promise.race([this.exited.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 10000))]);
       if (!stopped) { this.child.kill('SIGKILL'); await this.exited; }
+      const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
+      await waitFor('Dovecot\'s processes to exit', () => !children.some(alive), 10000).catch(() => {
+        for (const pid of children.filter(alive)) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+      });
     }
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/** The fenced block of docs/dovecot.md opened with "```LANG NAME": the doc is what the tests run. */
+export function docBlock(name: string): string {
+  const doc = fs.readFileSync(path.join(ROOT, 'docs', 'dovecot.md'), 'utf8');
+  const m = new RegExp('^```\\w+ ' + name.replace(/[.]/g, '\\.') + '\\n([\\s\\S]*?)^```$', 'm').exec(doc);
+  if (!m) throw new Error(`docs/dovecot.md has no block "${name}"`);
+  return m[1];
+}
+
+/** Replace each key of `subs` in `text`; every one must occur (a doc that changed shape fails loudly, never half-applies). */
+export function substitute(text: string, subs: [string, string][], what: string): string {
+  for (const [from, to] of subs) {
+    if (!text.includes(from)) throw new Error(`${what} no longer contains "${from}": update the test's substitutions`);
+    text = text.split(from).join(to);
+  }
+  return text;
+}
+
+/** `name = value` lines of a main.cf block, for `postern config set`. */
+export function mainCfSettings(block: string): string[] {
+  return block.split('\n').filter((l) => /^\w+\s*=/.test(l)).map((l) => l.replace(/\s*=\s*/, '='));
+}
+
+/**
+ * docs/dovecot.md's dovecot.conf (and optional further blocks) for a Postern
+ * instance: its etc/ and spool/ for /etc/postern and /var/spool/postern, Dovecot's
+ * temp directory for its own paths, loopback and free ports for the listeners.
+ */
+export function configFromDoc(o: { etc: string; spool: string; dir: string; imapPort: number; imapsPort: number; extra?: string }): string {
+  const conf = substitute(docBlock('dovecot.conf'), [
+    ['/etc/postern/', `${o.etc}/`],
+    ['/var/spool/postern/', `${o.spool}/`],
+    ['/run/dovecot', `${o.dir}/run`],
+    ['/var/lib/dovecot', `${o.dir}/state`],
+    ['/var/log/dovecot.log', `${o.dir}/dovecot.log`],
+    ['listen = *, ::', 'listen = 127.0.0.1'],
+    ['port = 143', `port = ${o.imapPort}`],
+    ['port = 993', `port = ${o.imapsPort}`],
+  ], 'docs/dovecot.md dovecot.conf');
+  return conf + (o.extra ?? '');
 }
 
 /**
@@ -122,4 +178,13 @@ service imap-login {
   chroot =
 }
 `;
+}
+
+/** `postern reload`, then wait (bounded) until each service (log field `service`: a name, or a pattern) has logged it. */
+export async function reloadAndWait(inst: Instance, services: (string | RegExp)[]): Promise<void> {
+  const count = (s: string | RegExp) => inst.logs().filter((e) => e.msg === 'configuration reloaded'
+    && (typeof s === 'string' ? String(e.service) === s : s.test(String(e.service)))).length;
+  const before = services.map(count);
+  inst.cli(['reload']);
+  await waitFor(`${services.map(String).join(', ')} to reload`, () => services.every((s, i) => count(s) > before[i]), 15000);
 }

@@ -43,7 +43,7 @@ function checkValue(spec: ParamSpec, value: string): string | null {
     case 'time': return /^\d+[smhdw]?$/.test(value) ? null : `${spec.name}: "${value}" is not a time (a number with s, m, h, d or w)`;
     case 'bool': return /^(yes|no)$/i.test(value) ? null : `${spec.name}: "${value}" is not yes or no`;
     case 'enum': return spec.values!.includes(value) ? null : `${spec.name}: "${value}" is not one of ${spec.values!.join(', ')}`;
-    default: return null;
+    default: { const p = spec.check?.(value); return p ? `${spec.name}: ${p}` : null; }
   }
 }
 

@@ -4,6 +4,8 @@
  * one table, so a parameter exists exactly when it is listed here.
  */
 
+import { checkSaslPath, checkTransport } from './transport.js';
+
 export type ParamType = 'string' | 'list' | 'int' | 'time' | 'size' | 'bool' | 'enum';
 
 export interface ParamSpec {
@@ -14,6 +16,8 @@ export interface ParamSpec {
   description: string;
   /** Allowed words for 'enum'. */
   values?: string[];
+  /** Further syntax check of the expanded value: what is wrong, or null. */
+  check?: (value: string) => string | null;
 }
 
 const P = (name: string, type: ParamType, def: string, description: string, values?: string[]): ParamSpec =>
@@ -74,6 +78,7 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('qmgr_message_active_limit', 'int', '20000', 'Most messages qmgr keeps in the active queue at once.'),
   P('default_destination_concurrency_limit', 'int', '20', 'Parallel deliveries to one destination.'),
   P('local_destination_concurrency_limit', 'int', '20', 'Parallel deliveries to the local mailbox service.'),
+  P('lmtp_destination_concurrency_limit', 'int', '$default_destination_concurrency_limit', 'Parallel deliveries (and so connections) to one LMTP server named by an lmtp: transport (docs/dovecot.md).'),
   P('delivery_timeout', 'time', '600s', 'How long qmgr waits for one delivery request before treating it as a temporary failure.'),
 
   // Aliases (expanded by cleanup; smtpd accepts their addresses at RCPT)
@@ -86,6 +91,8 @@ export const PARAMETERS: readonly ParamSpec[] = [
   // Local delivery
   P('mailbox_format', 'enum', 'maildir', 'Mailbox format for users whose entry does not say (userdb_mail).', ['maildir', 'mbox']),
   P('mailbox_lock_timeout', 'time', '10s', 'How long local waits for an mbox lock before deferring.'),
+  { ...P('virtual_transport', 'string', 'local', 'Who delivers mail for users in virtual_mailbox_domains: local (Postern\'s mailbox service), lmtp:unix:PATH (relative to queue_directory unless absolute) or lmtp:inet:HOST:PORT, e.g. Dovecot\'s LMTP (docs/dovecot.md).'), check: checkTransport },
+  { ...P('mailbox_transport', 'string', 'local', 'The same for users in mydestination domains.'), check: checkTransport },
 
   // TLS (submission uses these; the MX listener offers STARTTLS when a certificate exists)
   P('smtpd_tls_cert_file', 'string', '$config_directory/tls/cert.pem', 'PEM certificate chain for smtpd.'),
@@ -93,6 +100,8 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('smtpd_tls_security_level', 'enum', 'may', 'STARTTLS policy: none, may (offer) or encrypt (required before MAIL).', ['none', 'may', 'encrypt']),
   P('smtpd_tls_wrappermode', 'bool', 'no', 'Speak TLS from the first byte (port 465, RFC 8314).'),
   P('smtpd_sasl_auth_enable', 'bool', 'no', 'Offer AUTH (only after TLS) against virtual_mailbox_maps.'),
+  P('smtpd_sasl_type', 'enum', 'internal', 'Who checks AUTH passwords: internal (virtual_mailbox_maps) or dovecot (Dovecot\'s auth service at smtpd_sasl_path; docs/dovecot.md).', ['internal', 'dovecot']),
+  { ...P('smtpd_sasl_path', 'string', 'private/auth', 'Dovecot\'s auth-client socket: a Unix socket path (relative to queue_directory unless absolute) or inet:HOST:PORT.'), check: checkSaslPath },
   // Restrictions (smtpd): evaluated in order at RCPT time, as Postfix does with smtpd_delay_reject = yes
   P('smtpd_client_restrictions', 'list', 'permit_mynetworks, permit_sasl_authenticated, reject_unknown_reverse_client_hostname', 'Checks of the client: permit_mynetworks, permit_sasl_authenticated, reject_unknown_reverse_client_hostname, reject_unknown_client_hostname, reject_rbl_client ZONE[=127.0.0.N], reject_rhsbl_client ZONE, reject_rhsbl_sender ZONE, permit, reject (any restriction may appear in any list).'),
   P('smtpd_helo_restrictions', 'list', 'permit_mynetworks, permit_sasl_authenticated, reject_invalid_helo_hostname', 'Checks of the HELO/EHLO name: reject_invalid_helo_hostname, reject_non_fqdn_helo_hostname, ...'),

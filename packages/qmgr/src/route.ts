@@ -1,14 +1,17 @@
 /**
  * Which delivery agent handles which recipient: local domains go to the lmtp
- * client (which talks to `local`), everything else to smtp, one group per
- * destination domain (or one for all when a relayhost is set).
+ * client, to the LMTP server their transport names (`mailbox_transport` for
+ * mydestination, `virtual_transport` for virtual_mailbox_domains: `local` is
+ * Postern's own mailbox service, `lmtp:unix:…`/`lmtp:inet:…` another server
+ * such as Dovecot); everything else to smtp, one group per destination domain
+ * (or one for all when a relayhost is set).
  */
-import { MainConfig, splitAddress, localDomains } from '@postern/common';
+import { MainConfig, splitAddress, transportNexthop } from '@postern/common';
 
 export interface DeliveryGroup {
   /** Socket name under private/ of the delivery agent. */
   transport: string;
-  /** For lmtp: the LMTP server's socket name; for smtp: the destination domain. */
+  /** For lmtp: `local`, `unix:PATH` or `inet:HOST:PORT`; for smtp: the destination domain. */
   nexthop: string;
   concurrency: number;
   recipients: { index: number; address: string }[];
@@ -16,16 +19,20 @@ export interface DeliveryGroup {
 
 export function planDeliveries(recipients: { index: number; address: string }[], config: MainConfig): DeliveryGroup[] {
   const groups = new Map<string, DeliveryGroup>();
-  const ours = localDomains(config);
+  // mydestination first, as Postfix: a domain in both lists is a local domain
+  const mydestination = new Set(config.list('mydestination').map((d) => d.toLowerCase()));
+  const virtual = new Set(config.list('virtual_mailbox_domains').map((d) => d.toLowerCase()));
   for (const r of recipients) {
-    const { domain } = splitAddress(r.address);
-    const local = ours.has(domain.toLowerCase());
-    const transport = local ? 'lmtp' : 'smtp';
-    const nexthop = local ? 'local' : domain;
+    const domain = splitAddress(r.address).domain.toLowerCase();
+    const param = mydestination.has(domain) ? 'mailbox_transport' : virtual.has(domain) ? 'virtual_transport' : null;
+    const transport = param ? 'lmtp' : 'smtp';
+    const nexthop = param ? transportNexthop(config.get(param)) : domain;
     const key = `${transport}:${nexthop}`;
     let g = groups.get(key);
     if (!g) {
-      g = { transport, nexthop, recipients: [], concurrency: config.int(local ? 'local_destination_concurrency_limit' : 'default_destination_concurrency_limit') };
+      const limit = !param ? 'default_destination_concurrency_limit'
+        : nexthop === 'local' ? 'local_destination_concurrency_limit' : 'lmtp_destination_concurrency_limit';
+      g = { transport, nexthop, recipients: [], concurrency: config.int(limit) };
       groups.set(key, g);
     }
     g.recipients.push(r);

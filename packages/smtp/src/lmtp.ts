@@ -1,19 +1,49 @@
 /**
- * Delivery over LMTP to a server on a Unix socket (our `local`, or Dovecot's
- * lmtp): one transaction, one reply per recipient. Idle sessions are kept for
+ * Delivery over LMTP to a server on a Unix socket or TCP (our `local`, or
+ * Dovecot's lmtp): one transaction, one reply per recipient. Idle sessions are kept for
  * the next message — a new LHLO per message is most of the cost of local
  * delivery. A transaction that ended with DATA leaves the server's session reset
  * (RFC 5321 4.1.4), so the next MAIL follows directly; RSET only after one that
  * stopped short.
  */
+import * as net from 'node:net';
+import * as path from 'node:path';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
-import { connectUnix, openMessage, QueueFileInfo } from '@postern/common';
+import { connectUnix, openMessage, QueueFileInfo, parseLmtpNexthop, Spool } from '@postern/common';
 import { DeliveryResult, dsnOf, oneLine } from './results.js';
 
 const IDLE_MS = 5000;
 /** An idle connection; `clean` when its last transaction ended with DATA (the server has reset the session itself). */
 interface Idle { conn: any; clean: boolean; timer: NodeJS.Timeout }
 const idle = new Map<string, Idle[]>();
+
+/** Where an LMTP server is: `key` names it for the idle pool and the logs. */
+export interface LmtpDestination { key: string; relay: string; connect(timeoutMs: number): Promise<net.Socket> }
+
+/**
+ * qmgr's next hop: `local` (private/local), `unix:PATH` (relative to the queue
+ * directory, as Postfix's lmtp) or `inet:HOST:PORT`; throws on anything else.
+ */
+export function lmtpDestination(nexthop: string, spool: Spool, queueDirectory: string): LmtpDestination {
+  const t = parseLmtpNexthop(nexthop);
+  if (t.kind === 'local') {
+    const p = spool.privateSocket('local');
+    return { key: p, relay: 'local[private/local]', connect: (ms) => connectUnix(p, ms) };
+  }
+  if (t.kind === 'unix') {
+    const p = path.resolve(queueDirectory, t.path);
+    return { key: p, relay: `${path.basename(p)}[${p}]`, connect: (ms) => connectUnix(p, ms) };
+  }
+  return {
+    key: `inet:${t.host}:${t.port}`, relay: `${t.host}[${t.host}]:${t.port}`,
+    connect: (ms) => new Promise((resolve, reject) => {
+      const s = net.createConnection({ host: t.host, port: t.port });
+      const timer = setTimeout(() => { s.destroy(); reject(new Error(`connect to ${t.host}:${t.port}: timed out`)); }, ms);
+      s.once('connect', () => { clearTimeout(timer); resolve(s); });
+      s.once('error', (e) => { clearTimeout(timer); reject(new Error(`connect to ${t.host}:${t.port}: ${e.message}`)); });
+    }),
+  };
+}
 
 function takeIdle(socketPath: string): Idle | null {
   const item = idle.get(socketPath)?.pop();
@@ -22,8 +52,10 @@ function takeIdle(socketPath: string): Idle | null {
   return item;
 }
 
-function putIdle(socketPath: string, conn: any, clean: boolean): void {
+function putIdle(socketPath: string, conn: any, clean: boolean, maxIdle: number): void {
   const list = idle.get(socketPath) ?? [];
+  // never more kept than qmgr lets run at once (lmtp_destination_concurrency_limit): the server's connection count stays capped
+  if (list.length >= maxIdle) { try { conn.quit(); } catch { /* closed */ } return; }
   const entry: Idle = { conn, clean, timer: setTimeout(() => { list.splice(list.indexOf(entry), 1); try { conn.quit(); } catch { /* closed */ } }, IDLE_MS) };
   entry.timer.unref();
   list.push(entry);
@@ -31,8 +63,8 @@ function putIdle(socketPath: string, conn: any, clean: boolean): void {
 }
 
 /** A connection for the next transaction; `reused` when it served one before (the server may have closed it meanwhile). */
-async function open(socketPath: string, opts: { name: string; timeoutMs: number }, fresh: boolean): Promise<{ conn: any; reused: boolean }> {
-  const kept = fresh ? null : takeIdle(socketPath);
+async function open(dest: LmtpDestination, opts: LmtpOptions, fresh: boolean): Promise<{ conn: any; reused: boolean }> {
+  const kept = fresh ? null : takeIdle(dest.key);
   if (kept) {
     // after a completed DATA the session is reset already: RSET only after a transaction that stopped short
     if (kept.clean) return { conn: kept.conn, reused: true };
@@ -40,7 +72,7 @@ async function open(socketPath: string, opts: { name: string; timeoutMs: number 
     if (ok) return { conn: kept.conn, reused: true };
     try { kept.conn.close(); } catch { /* closed */ }
   }
-  const socket = await connectUnix(socketPath);
+  const socket = await dest.connect(30000);
   const conn = new SMTPConnection({
     connection: socket, lmtp: true, name: opts.name, ignoreTLS: true,
     socketTimeout: opts.timeoutMs, greetingTimeout: 30000, connectionTimeout: 30000, logger: false,
@@ -52,14 +84,17 @@ async function open(socketPath: string, opts: { name: string; timeoutMs: number 
   return { conn, reused: false };
 }
 
-export async function deliverByLmtp(info: QueueFileInfo, socketPath: string, relay: string,
-  recipients: { index: number; address: string }[], opts: { name: string; timeoutMs: number }): Promise<DeliveryResult[]> {
+export interface LmtpOptions { name: string; timeoutMs: number; maxIdle: number }
+
+export async function deliverByLmtp(info: QueueFileInfo, dest: LmtpDestination,
+  recipients: { index: number; address: string }[], opts: LmtpOptions): Promise<DeliveryResult[]> {
+  const relay = dest.relay;
   let conn: any;
   let result: { err: any; info: any };
   for (let attempt = 0; ; attempt++) {
     let reused: boolean;
     try {
-      ({ conn, reused } = await open(socketPath, opts, attempt > 0));
+      ({ conn, reused } = await open(dest, opts, attempt > 0));
     } catch (e) {
       const err = e as any;
       return recipients.map((r) => ({ index: r.index, status: 'deferred', dsn: err.responseCode ? dsnOf(err.response, err.responseCode) : '4.4.2',
@@ -89,7 +124,7 @@ export async function deliverByLmtp(info: QueueFileInfo, socketPath: string, rel
     return recipients.map((r) => ({ index: r.index, status: code >= 500 ? 'bounced' : 'deferred',
       dsn: dsnOf(result.err.response, code), reason: oneLine(result.err.response || result.err.message), relay }));
   }
-  putIdle(socketPath, conn, !result.err);
+  putIdle(dest.key, conn, !result.err, opts.maxIdle);
   const accepted = new Set<string>((result.info?.accepted ?? []) as string[]);
   return recipients.map((r): DeliveryResult => {
     const rej = rejected.find((e) => e.recipient === r.address);

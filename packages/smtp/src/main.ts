@@ -8,7 +8,7 @@ import * as net from 'node:net';
 import {
   runService, ServiceContext, RunningService, FrameReader, FrameWriter, readQueueFile, delaySince,
 } from '@postern/common';
-import { deliverByLmtp } from './lmtp.js';
+import { deliverByLmtp, lmtpDestination } from './lmtp.js';
 import { deliverRemote, DeadHosts } from './remote.js';
 import { DeliveryResult } from './results.js';
 
@@ -25,9 +25,9 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     const timeoutMs = ctx.config.seconds('delivery_timeout') * 1000;
     let results: DeliveryResult[];
     if (lmtpMode) {
-      if (!/^[a-z][a-z0-9_-]*$/.test(req.nexthop)) throw new Error(`bad LMTP next hop "${req.nexthop}"`);
-      results = await deliverByLmtp(info, spool.privateSocket(req.nexthop), `${req.nexthop}[private/${req.nexthop}]`,
-        req.recipients, { name: ctx.config.get('myhostname'), timeoutMs });
+      const dest = lmtpDestination(String(req.nexthop), spool, ctx.config.get('queue_directory'));
+      const maxIdle = ctx.config.int(req.nexthop === 'local' ? 'local_destination_concurrency_limit' : 'lmtp_destination_concurrency_limit');
+      results = await deliverByLmtp(info, dest, req.recipients, { name: ctx.config.get('myhostname'), timeoutMs, maxIdle });
     } else {
       results = await deliverRemote(info, req.nexthop, req.recipients, ctx.config, log, dead);
     }

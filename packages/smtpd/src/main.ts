@@ -18,6 +18,7 @@ import { forbidUnauthPipelining } from './pipelining.js';
 import { AnvilClient } from './anvil-client.js';
 import { ClientLimits, limitPolicy, sleep } from './limits.js';
 import { queueSpaceShort, NO_STORAGE } from './queue-space.js';
+import { dovecotSaslFor, dovecotCheck } from './dovecot-sasl.js';
 
 installEnhancedCodeShim();
 
@@ -91,6 +92,8 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     void sleep(limits.errorDelay(session)).then(() => cb(err));
   };
   const servers: SMTPServer[] = [];
+  /** smtpd_sasl_type = dovecot: one auth-client connection for the process (dovecot-sasl.ts). */
+  let dovecot = dovecotSaslFor(ctx.config, null);
 
   const makeServer = (config: MainConfig): SMTPServer => {
     const tls = tlsOptions(config);
@@ -153,6 +156,15 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
           const refused: SmtpError | null = await limits.authAllowed(session);
           if (refused) return cb(refused);
           if (auth.method !== 'PLAIN' && auth.method !== 'LOGIN') return fail();
+          if (dovecot) {
+            const verdict = await dovecotCheck(dovecot, auth, session).catch((e: Error) => {
+              log.error({ client: clientName(session), method: auth.method, err: e.message }, `${clientName(session)}: SASL ${auth.method}: Dovecot auth unavailable`);
+              return null;
+            });
+            if (!verdict) return cb(smtpError(454, '4.7.0', 'Temporary authentication failure'));
+            // Dovecot's login name, not what the client typed, is the session's user (sender check, logs)
+            return verdict.ok ? cb(null, { user: verdict.user }) : fail();
+          }
           let entry;
           try { entry = policy.users.lookup(auth.username ?? ""); } catch (e) {
             log.error({ err: (e as Error).message }, 'user table unavailable');
@@ -326,6 +338,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     },
     reload(config) {
       policy = buildPolicy(config, policy);
+      dovecot = dovecotSaslFor(config, dovecot);
       limitsPolicy = limitPolicy(config, ctx.name);
       for (const s of servers) {
         // new TLS material and limits apply to new connections
@@ -335,7 +348,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       }
     },
     stop() {
-      return Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())))).then(() => anvil.close());
+      return Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())))).then(() => { anvil.close(); dovecot?.close(); });
     },
   };
 }
