@@ -21,7 +21,7 @@ function swaks(args: string[]): { code: number; out: string } {
 
 /** The delivered files in a user's Maildir that carry this Subject. */
 function deliveredWithSubject(inst: Instance, address: string, subject: string): string[] {
-  const re = new RegExp(`^Subject: ${subject.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\r?$`, 'm');
+  const re = new RegExp(`^Subject: ${subject.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\r?$`, 'm');
   return inst.delivered(address).filter((f) => re.test(fs.readFileSync(f, 'utf8')));
 }
 

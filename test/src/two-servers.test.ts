@@ -52,7 +52,7 @@ describe('a.test delivers to b.test by MX, DKIM-signed', () => {
     const info = await t.sendMail({ from: 'alice@a.test', to: 'bob@b.test', subject, text: 'Hello Bob,\nthis went A -> B by MX.\n' });
     const id = /queued as ([0-9A-F]{20})/.exec(info.response)?.[1];
     assert.ok(id, `A accepted the message: ${info.response}`);
-    const subjectLine = new RegExp(`^Subject: ${subject}\r?$`, 'm');
+    const subjectLine = new RegExp(`^Subject: ${subject}\\r?$`, 'm');
     const file = await waitFor(`"${subject}" in B`, () => b.delivered('bob@b.test').find((f) => subjectLine.test(fs.readFileSync(f, 'utf8'))), 30000);
     return { id, file, text: fs.readFileSync(file, 'utf8') };
   }
