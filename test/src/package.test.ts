@@ -276,7 +276,8 @@ test('installed into Debian 12: accounts, spool and modes; start, deliver on por
   fs.appendFileSync(aliases, 'a-key-without-a-target\n');
   const bad = inRoot(['newaliases']);
   assert.equal(bad.code, 1, `newaliases on a broken table exits 1 (stderr: ${bad.stderr})`);
-  assert.match(bad.stderr, /aliases:3: expected "key value", found "a-key-without-a-target"/, 'newaliases names the file and line');
+  assert.match(bad.stderr, /^newaliases: \/etc\/postern\/aliases:3: error: expected "key value", found "a-key-without-a-target"$/m,
+    'newaliases names the file and line');
   fs.writeFileSync(aliases, goodAliases);
   assert.equal(inRoot(['newaliases']).code, 0, 'newaliases passes again once the table is fixed');
 
