@@ -168,7 +168,9 @@ test('installed into Debian 12: accounts, spool and modes; start, deliver on por
     fs.writeFileSync(path.join(nodePkg, 'DEBIAN', 'control'), `Package: nodejs\nVersion: ${nodeVersion}\nArchitecture: ${arch}\n`
       + 'Maintainer: Postern tests <tests@postern.invalid>\nDepends: libc6, libstdc++6, libgcc-s1\n'
       + 'Description: node from the test machine (package test stand-in)\n');
-    must('dpkg-deb --build nodejs', run('dpkg-deb', ['--root-owner-group', '--build', nodePkg, path.join(chroot!, 'tmp', 'nodejs.deb')]));
+    // gzip, not xz: packing the node binary must not hit run()'s time limit on a loaded machine
+    must('dpkg-deb --build nodejs', run('dpkg-deb', ['--root-owner-group', '-Zgzip', '--build', nodePkg, path.join(chroot!, 'tmp', 'nodejs.deb')],
+      { timeout: 600000 }));
   } finally { fs.rmSync(nodePkg, { recursive: true, force: true }); }
   fs.copyFileSync(deb, path.join(chroot!, 'tmp', 'postern.deb'));
 
