@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 
 import { deliverToMaildir, deliverToMbox, MailboxError, asctime, type DeliveryInput } from '../../packages/local/dist/mailbox.js';
+import { waitFor } from './harness.js';
 
 function tempDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'postern-mailbox-'));
@@ -314,30 +315,59 @@ test('mbox: a stale dotlock is removed', async () => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-test('mbox: a fresh dotlock held by someone else makes delivery fail temporarily after lockTimeoutMs', async () => {
+/** The promise, or a failure naming what did not happen within a generous deadline. */
+async function within<T>(what: string, p: Promise<T>, ms = 30000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`${what}: not settled within ${ms} ms`)), ms); });
+  try { return await Promise.race([p, late]); } finally { clearTimeout(timer); }
+}
+
+test('mbox: a fresh dotlock held by someone else: delivery waits for it, fails temporarily at lockTimeoutMs, delivers once released', async () => {
   const dir = tempDir();
   const mbox = path.join(dir, 'bob');
   await deliverToMbox(mbox, input(MSG1));
   const before = fs.readFileSync(mbox);
   const lock = `${mbox}.lock`;
   fs.writeFileSync(lock, '');
-  const t0 = Date.now();
-  await assert.rejects(deliverToMbox(mbox, input(MSG2), { lockTimeoutMs: 300 }), (err: unknown) => {
-    assert.ok(err instanceof MailboxError);
+  await assert.rejects(within('delivery against a held lock', deliverToMbox(mbox, input(MSG2), { lockTimeoutMs: 300 })), (err: unknown) => {
+    assert.ok(err instanceof MailboxError, String(err));
     assert.equal(err.temporary, true);
     assert.match(err.message, /locked/);
     return true;
   });
-  const elapsed = Date.now() - t0;
-  assert.ok(elapsed >= 290, `waited ${elapsed} ms`);
-  assert.ok(elapsed < 3000, `waited ${elapsed} ms`);
   assert.ok(fs.existsSync(lock), "someone else's lock is left alone");
   assert.deepEqual(fs.readFileSync(mbox), before);
 
-  // Once released, delivery works again.
-  fs.unlinkSync(lock);
-  await deliverToMbox(mbox, input(MSG2));
-  assert.equal(pythonMbox(mbox).length, 2);
+  // Order, not duration: the delivery finds the lock taken and tries again (each refused
+  // O_EXCL create is seen through fs.promises.open), and appends only after the holder
+  // releases it.
+  const events: string[] = [];
+  const realOpen = fs.promises.open;
+  fs.promises.open = (async (file: fs.PathLike, ...rest: unknown[]) => {
+    try {
+      return await (realOpen as (...a: unknown[]) => Promise<fs.promises.FileHandle>)(file, ...rest);
+    } catch (e) {
+      if (file === lock && (e as NodeJS.ErrnoException).code === 'EEXIST') events.push('lock busy');
+      throw e;
+    }
+  }) as typeof fs.promises.open;
+  try {
+    const delivery = deliverToMbox(mbox, input(MSG2), { lockTimeoutMs: 60000 })
+      .then(() => { events.push('delivered'); }, (e: Error) => { events.push(`failed: ${e.message}`); });
+    await waitFor('the delivery to find the lock taken twice (or to end)',
+      () => events.filter((e) => e === 'lock busy').length >= 2 || events.some((e) => e !== 'lock busy'), 30000, 5);
+    assert.deepEqual(events.filter((e) => e !== 'lock busy'), [], `the delivery ended while the lock was held: ${events.join(', ')}`);
+    events.push('released');
+    fs.unlinkSync(lock);
+    await within('the delivery after the lock was released', delivery);
+  } finally {
+    fs.promises.open = realOpen;
+  }
+  // an attempt already under way at the release may still report the lock busy
+  assert.deepEqual(events.filter((e) => e !== 'lock busy').slice(-2), ['released', 'delivered'], events.join(', '));
+  assert.ok(events.indexOf('released') >= 2 && events.slice(0, events.indexOf('released')).every((e) => e === 'lock busy'), events.join(', '));
+  assert.ok(!fs.existsSync(lock), 'our own dotlock released');
+  assert.deepEqual(pythonMbox(mbox).map((m) => m.subject), ['first', 'second']);
   fs.rmSync(dir, { recursive: true, force: true });
 });
 

@@ -141,10 +141,24 @@ describe('outbound delivery through MX lookup', () => {
 
   it('a dead MX falls through to the next MX', async () => {
     const sink = await new Sink('127.0.0.3', port).start();
+    const atSink = () => sink.received().filter((m) => m.includes('Subject: via second mx')).length;
+    // the first MX accepts TCP and drops the connection before any greeting: dead, but countable
+    let firstMxConnections = 0;
+    let atSinkWhenFirstTried: number | null = null;
+    const deadMx = net.createServer((c) => { firstMxConnections++; atSinkWhenFirstTried ??= atSink(); c.destroy(); });
+    await new Promise<void>((r) => deadMx.listen(port, '127.0.0.4', r));
     try {
-      await submit(a, 'rcpt@dead.test', 'via second mx');
-      await waitFor('message at the second MX', () => sink.received().some((m) => m.includes('Subject: via second mx')), 20000);
-    } finally { await sink.stop(); }
+      const id = await submit(a, 'rcpt@dead.test', 'via second mx');
+      const sent = await a.waitForLog('the sent line', (e) => e.queue_id === id && e.status === 'sent', 20000);
+      assert.match(sent.relay, /^mx2\.dead\.test\[127\.0\.0\.3\]/, 'delivered by the second MX');
+      assert.ok(firstMxConnections >= 1, 'the first MX (priority 10) was tried');
+      assert.equal(atSinkWhenFirstTried, 0, 'the first MX was tried before the second got the message');
+      assert.equal(atSink(), 1, 'one copy at the second MX');
+      await waitFor('queue empty', () => a.queueEmpty(), 10000);
+    } finally {
+      await sink.stop();
+      await new Promise((r) => deadMx.close(r));
+    }
   });
 
   it('smtp_tls_policy_maps "encrypt": a destination without STARTTLS is deferred, never sent in the clear', async () => {

@@ -94,6 +94,37 @@ function procStatus(pid: number): { uid: number[]; gid: number[]; groups: string
   return { uid: field('Uid').split(/\s+/).map(Number), gid: field('Gid').split(/\s+/).map(Number), groups: field('Groups') };
 }
 
+/**
+ * Every process under `root` (children, their children, ...), found from the
+ * PPid of each process in /proc: what `postern status` lists and anything a
+ * service or master started besides.
+ */
+function processTree(root: number): { pid: number; uid: number[]; cmdline: string }[] {
+  const children = new Map<number, number[]>();
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    let text: string;
+    try { text = fs.readFileSync(`/proc/${name}/status`, 'utf8'); } catch { continue; } // exited meanwhile
+    const ppid = Number(/^PPid:\s+(\d+)$/m.exec(text)?.[1]);
+    if (!children.has(ppid)) children.set(ppid, []);
+    children.get(ppid)!.push(Number(name));
+  }
+  const out: { pid: number; uid: number[]; cmdline: string }[] = [];
+  const todo = [...(children.get(root) ?? [])];
+  for (let i = 0; i < todo.length && i < 10000; i++) {
+    const pid = todo[i];
+    let uid: number[];
+    let cmdline = '';
+    try {
+      uid = procStatus(pid).uid;
+      cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0').join(' ').trim();
+    } catch { continue; } // exited meanwhile
+    out.push({ pid, uid, cmdline });
+    todo.push(...(children.get(pid) ?? []));
+  }
+  return out;
+}
+
 test('as root: master runs as root and every service under its own account, with no supplementary groups', async (t) => {
   const inst = await instance();
   const status = inst.status();
@@ -126,7 +157,14 @@ test('as root: master runs as root and every service under its own account, with
     assert.match(row.args, new RegExp(`postern/${s.command}`), `ps names the process postern/${s.command}`);
     assert.equal(row.user, s.user, `ps: ${s.command} runs as ${s.user}`);
   }
-  assert.deepEqual([...rows].filter(([, r]) => r.user === 'root').map(([pid]) => pid), [status.master.pid], 'nothing but master runs as root');
+
+  // the kernel's whole tree under master, not only the pids status names: no process in it has uid 0 anywhere
+  assert.deepEqual(procStatus(status.master.pid).uid, [0, 0, 0, 0], 'master runs as root');
+  const tree = processTree(status.master.pid);
+  for (const p of tree) t.diagnostic(`under master: pid ${p.pid} uids ${p.uid.join(',')} ${p.cmdline}`);
+  const treePids = new Set(tree.map((p) => p.pid));
+  for (const s of services) assert.ok(treePids.has(s.pid), `${s.command} pid ${s.pid} is a descendant of master ${status.master.pid}`);
+  assert.deepEqual(tree.filter((p) => p.uid.includes(0)).map((p) => `${p.pid} ${p.cmdline}`), [], 'nothing but master runs as root');
 
   // real, effective, saved and filesystem ids all dropped, and no supplementary groups kept
   for (const s of services) {

@@ -16,6 +16,7 @@ import {
   UserTable,
   type UserEntry,
 } from '../../packages/common/dist/users.js';
+import { waitFor } from './harness.js';
 
 function tmpDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'postern-users-'));
@@ -227,19 +228,21 @@ test('UserTable: missing file is empty, lookups are case-insensitive, reloads on
   const dir = tmpDir();
   const file = path.join(dir, 'users');
   const t = new UserTable(file);
+  // checked at most once per interval: one whose interval is an hour never re-reads during this test
+  const hourly = new UserTable(file, { minCheckIntervalMs: 3600 * 1000 });
   assert.deepEqual(t.list(), []);
   assert.equal(t.lookup('a@d'), undefined);
+  assert.deepEqual(hourly.list(), []);
 
   fs.writeFileSync(file, 'a@d:{PLAIN}1\n');
-  assert.equal(t.lookup('a@d'), undefined, 'checked at most once a second');
-  await new Promise((r) => setTimeout(r, 1100));
-  assert.equal(t.lookup('A@D')?.password, '{PLAIN}1');
+  await waitFor('the table to notice the new file', () => t.lookup('A@D')?.password === '{PLAIN}1', 10000, 50);
 
-  // An atomic replace (new inode) of the same size is still noticed.
+  // An atomic replace (new inode) is noticed too.
   addUser(file, 'b@d', '{PLAIN}2', { uid: 1, gid: 1, home: '/h' });
-  await new Promise((r) => setTimeout(r, 1100));
-  assert.equal(t.lookup('b@d')?.password, '{PLAIN}2');
+  await waitFor('the table to notice the replaced file', () => t.lookup('b@d')?.password === '{PLAIN}2', 10000, 50);
   assert.equal(t.list().length, 2);
+  assert.equal(hourly.lookup('a@d'), undefined, 'not re-read within its check interval');
+  assert.deepEqual(hourly.list(), []);
 
   // A broken edit makes lookups fail (callers defer) until it is fixed.
   const fast = new UserTable(file, { minCheckIntervalMs: 0 });

@@ -100,7 +100,7 @@ class QueueManager {
       const st = await fsp.stat(file).catch(() => null);
       if (st && Date.now() - st.mtimeMs > 3600 * 1000) {
         await fsp.unlink(file).catch(() => undefined);
-        this.log.info({ file }, 'removed abandoned temporary queue file');
+        this.log.info({ queue_id: name.slice(1), file }, 'removed abandoned temporary queue file');
       }
     }
   }
