@@ -2,18 +2,21 @@
  * local: the LMTP server that writes mailboxes (entry point). Looks each
  * recipient up in the user table at RCPT, and after DATA answers once per
  * recipient, writing Maildir (default) or mbox with Return-Path: and
- * Delivered-To: added. Touches the mailbox tree only: no queue, no network.
+ * Delivered-To: added. Touches the mailbox tree and its own spool directory
+ * local/ only: no queue, no network.
  *
  * recipients.ts: who a recipient is; delivery.ts: one recipient's delivery and
  * reply; maildir.ts, mbox.ts (+ mbox-lock.ts): the two mailbox formats;
- * message-copy.ts: the copy a message for several recipients is read from.
+ * message-copy.ts: the copy a message for several recipients is read from
+ * (in the spool's local/, local's own directory).
  */
+import * as path from 'node:path';
 import { SMTPServer, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import {
   runService, ServiceContext, RunningService, MainConfig, UserTable, userTableFile, installEnhancedCodeShim,
 } from '@postern/common';
 import { deliverToRecipient } from './delivery.js';
-import { copyMessage, MessageCopy } from './message-copy.js';
+import { COPY_DIRECTORY, MessageCopies, MessageCopy } from './message-copy.js';
 import { findUser } from './recipients.js';
 
 installEnhancedCodeShim();
@@ -22,6 +25,14 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
   const { log } = ctx;
   let users = new UserTable(userTableFile(ctx.config));
   const servers: SMTPServer[] = [];
+  const copies = new MessageCopies(path.join(ctx.spool.root, COPY_DIRECTORY));
+  try {
+    const removed = await copies.removeLeftovers();
+    if (removed.length) log.info({ dir: copies.dir, removed }, 'removed message copies a stopped local left behind');
+  } catch (e) {
+    // only several-recipient messages need the directory: they get 451 4.3.0 until it is fixed
+    log.error({ dir: copies.dir, err: (e as Error).message }, 'cannot clean the message copy directory');
+  }
 
   /** One reply per recipient; a message for several recipients is read from one copy. */
   async function receive(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<(string | Error)[]> {
@@ -33,7 +44,12 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       let used = false;
       open = () => { if (used) throw new Error('message stream already read'); used = true; return stream; };
     } else {
-      copy = await copyMessage(stream);
+      try {
+        copy = await copies.copy(stream);
+      } catch (e) {
+        log.warn({ dir: copies.dir, err: (e as Error).message }, 'cannot copy a message for several recipients');
+        throw e;
+      }
       open = copy.open;
     }
     try {
