@@ -41,19 +41,26 @@ function lockMbox(inst: Instance, uid: number, gid: number): string {
 
 const copyDir = (inst: Instance) => path.join(inst.spool, 'local');
 
+/** An LMTP transaction on local's socket up to the end of DATA; the replies are the caller's to read. */
+async function sendLmtp(inst: Instance, rcpts: string[]): Promise<RawSmtp> {
+  const c = await waitFor('local to accept connections', () => RawSmtp.connectUnix(path.join(inst.spool, 'private', 'local')));
+  const steps = [['LHLO test.example.net', '250'], ['MAIL FROM:<alice@example.net>', '250'],
+    ...rcpts.map((r) => [`RCPT TO:<${r}>`, '250']), ['DATA', '354']];
+  for (const [line, code] of steps) {
+    const reply = await c.command(line);
+    assert.ok(reply.startsWith(code), `${line}: ${reply}`);
+  }
+  await c.send(`From: <alice@example.net>\r\nSubject: ${rcpts.length} recipients\r\n\r\nOne copy for both.\r\n.\r\n`);
+  return c;
+}
+
 /**
  * One message to carol (mbox, locked) and bob (Maildir) over LMTP; returns the
  * copy's path and stat taken while local waits for carol's lock, and the two replies.
  */
 async function deliverWhileLocked(inst: Instance, lock: string): Promise<{ copy: string; st: fs.Stats; body: Buffer; replies: string[] }> {
-  const c = await waitFor('local to accept connections', () => RawSmtp.connectUnix(path.join(inst.spool, 'private', 'local')));
+  const c = await sendLmtp(inst, [CAROL, BOB]);
   try {
-    for (const [line, code] of [['LHLO test.example.net', '250'], ['MAIL FROM:<alice@example.net>', '250'],
-      [`RCPT TO:<${CAROL}>`, '250'], [`RCPT TO:<${BOB}>`, '250'], ['DATA', '354']]) {
-      const reply = await c.command(line);
-      assert.ok(reply.startsWith(code), `${line}: ${reply}`);
-    }
-    await c.send('From: <alice@example.net>\r\nSubject: two recipients\r\n\r\nOne copy for both.\r\n.\r\n');
     let copy = '';
     let st: fs.Stats;
     let body: Buffer;
@@ -116,6 +123,27 @@ test('copies a crashed local left in spool/local/ are removed at start; a live p
     await inst.start();
     await waitFor('local to remove the left-overs', () => !fs.existsSync(dead) && !fs.existsSync(junk));
     assert.ok(fs.existsSync(live), 'a copy of a process that still runs (another local) is left alone');
+  } finally {
+    await inst.destroy();
+  }
+});
+
+test('without spool/local/, a message for several recipients gets 451 4.3.0 for each; one recipient is still delivered', async () => {
+  const inst = await instance(true);
+  try {
+    await inst.start();
+    fs.rmSync(copyDir(inst), { recursive: true });
+    let c = await sendLmtp(inst, [CAROL, BOB]);
+    const replies = [await c.reply(), await c.reply()];
+    c.close();
+    for (const [i, rcpt] of [CAROL, BOB].entries()) {
+      assert.match(replies[i], /^451 4\.3\.0 cannot copy the message for its recipients: .*ENOENT/, `${rcpt}: ${replies[i]}`);
+    }
+    assert.equal(inst.delivered(BOB).length, 0, 'nothing delivered');
+    await inst.waitForLog('the failed copy logged', (e) => e.service === 'local' && /cannot copy/.test(e.msg) && e.dir === copyDir(inst));
+    c = await sendLmtp(inst, [BOB]);
+    assert.match(await c.reply(), /^250 2\.0\.0 <bob@example\.test> delivered to maildir/);
+    c.close();
   } finally {
     await inst.destroy();
   }

@@ -27,7 +27,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
   const servers: SMTPServer[] = [];
   const copies = new MessageCopies(path.join(ctx.spool.root, COPY_DIRECTORY));
   try {
-    const removed = await copies.removeLeftovers();
+    const removed = copies.removeLeftovers();
     if (removed.length) log.info({ dir: copies.dir, removed }, 'removed message copies a stopped local left behind');
   } catch (e) {
     // only several-recipient messages need the directory: they get 451 4.3.0 until it is fixed

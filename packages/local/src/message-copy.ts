@@ -48,14 +48,16 @@ export class MessageCopies {
    * Removes what crashed local processes left; returns the names removed.
    * A copy of another local that still runs (process_limit above 1) is kept;
    * one with our own pid is a dead process's whose pid we got again.
+   * Synchronous: it runs once, while local starts, so no copy of ours exists yet
+   * and start() returns before master's first message arrives.
    */
-  async removeLeftovers(): Promise<string[]> {
+  removeLeftovers(): string[] {
     const removed: string[] = [];
-    for (const name of await fsp.readdir(this.dir)) {
+    for (const name of fs.readdirSync(this.dir)) {
       const m = COPY_NAME.exec(name);
       const pid = m ? Number(m[1]) : 0;
       if (pid !== 0 && pid !== process.pid && running(pid)) continue;
-      await fsp.rm(path.join(this.dir, name), { recursive: true, force: true });
+      fs.rmSync(path.join(this.dir, name), { recursive: true, force: true });
       removed.push(name);
     }
     return removed;
