@@ -233,6 +233,15 @@ export class RawSmtp {
     return c;
   }
 
+  /** The same over a Unix socket (an LMTP service such as `private/local`). */
+  static async connectUnix(socketPath: string): Promise<RawSmtp> {
+    const sock = net.createConnection(socketPath);
+    await new Promise<void>((res, rej) => { sock.once('connect', res); sock.once('error', rej); });
+    const c = new RawSmtp(sock);
+    c.greeting = await c.reply();
+    return c;
+  }
+
   /** The same over implicit TLS (the submissions port); the server's certificate is not checked. */
   static async connectTls(port: number, opts: { host?: string } = {}): Promise<RawSmtp> {
     const sock = tls.connect({ port, host: opts.host ?? '127.0.0.1', rejectUnauthorized: false });

@@ -7,7 +7,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 
-import { deliverToMaildir, deliverToMbox, MailboxError, asctime, type DeliveryInput } from '../../packages/local/dist/mailbox.js';
+import { deliverToMaildir } from '../../packages/local/dist/maildir.js';
+import { deliverToMbox, asctime } from '../../packages/local/dist/mbox.js';
+import { MailboxError } from '../../packages/local/dist/errors.js';
+import type { DeliveryInput } from '../../packages/local/dist/message-stream.js';
 import { waitFor } from './harness.js';
 
 function tempDir(): string {

@@ -73,6 +73,7 @@ const SPOOL_DIRS: DirSpec[] = [
   { rel: 'hold', uid: (a) => a.owner.uid, gid: (a) => a.owner.gid, mode: 0o700 },
   { rel: 'corrupt', uid: (a) => a.owner.uid, gid: (a) => a.owner.gid, mode: 0o700 },
   { rel: 'maildrop', uid: (a) => a.owner.uid, gid: (a) => a.owner.gid, mode: 0o1733 },
+  { rel: 'local', uid: (a) => a.mailbox.uid, gid: (a) => a.mailbox.gid, mode: 0o700 }, // local's copies of multi-recipient messages
   { rel: 'private', uid: root, gid: root, mode: 0o755 },
   { rel: 'public', uid: root, gid: root, mode: 0o755 },
   { rel: 'pid', uid: root, gid: root, mode: 0o755 },

@@ -1,87 +1,63 @@
 /**
- * local: the LMTP server that writes mailboxes. Looks each recipient up in
- * the user table, answers per recipient, and writes Maildir (default) or
- * mbox with Return-Path: and Delivered-To: added. Touches the mailbox tree
- * only: no queue, no network.
+ * local: the LMTP server that writes mailboxes (entry point). Looks each
+ * recipient up in the user table at RCPT, and after DATA answers once per
+ * recipient, writing Maildir (default) or mbox with Return-Path: and
+ * Delivered-To: added. Touches the mailbox tree and its own spool directory
+ * local/ only: no queue, no network.
+ *
+ * recipients.ts: who a recipient is; delivery.ts: one recipient's delivery and
+ * reply; maildir.ts, mbox.ts (+ mbox-lock.ts): the two mailbox formats;
+ * message-copy.ts: the copy a message for several recipients is read from
+ * (in the spool's local/, local's own directory).
  */
-import * as fs from 'node:fs';
-import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { SMTPServer, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import {
-  runService, ServiceContext, RunningService, MainConfig, UserTable, UserEntry, userTableFile, validateMailboxAddress, mailboxOf,
-  installEnhancedCodeShim, smtpError, headerSafe,
+  runService, ServiceContext, RunningService, MainConfig, UserTable, userTableFile, installEnhancedCodeShim,
 } from '@postern/common';
-import { deliverToMaildir, deliverToMbox, MailboxError, DeliveryInput } from './mailbox.js';
+import { deliverToRecipient } from './delivery.js';
+import { COPY_DIRECTORY, MessageCopies, MessageCopy } from './message-copy.js';
+import { findUser } from './recipients.js';
 
 installEnhancedCodeShim();
-
-/** The user's entry, or an SMTP error saying why there is none. */
-function findUser(users: UserTable, address: string): UserEntry {
-  const bad = validateMailboxAddress(address);
-  if (bad) throw smtpError(550, '5.1.3', `<${address}>: bad address: ${bad}`);
-  let entry: UserEntry | undefined;
-  try { entry = users.lookup(address); } catch (e) {
-    throw smtpError(451, '4.3.0', `user table unavailable: ${(e as Error).message}`);
-  }
-  if (!entry) throw smtpError(550, '5.1.1', `<${address}>: no such user`);
-  return entry;
-}
 
 async function start(ctx: ServiceContext): Promise<RunningService> {
   const { log } = ctx;
   let users = new UserTable(userTableFile(ctx.config));
   const servers: SMTPServer[] = [];
-  const myUid = process.getuid!();
-
-  async function deliverOne(entry: UserEntry, rcpt: string, session: SMTPServerSession, open: () => NodeJS.ReadableStream): Promise<string> {
-    if (myUid !== 0 && entry.uid !== null && entry.uid !== myUid) {
-      throw smtpError(451, '4.3.0', `<${rcpt}>: mailbox belongs to uid ${entry.uid} but local runs as uid ${myUid}`);
-    }
-    const box = mailboxOf(entry);
-    const sender = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
-    const input: DeliveryInput = {
-      prefix: Buffer.from(`Return-Path: <${headerSafe(sender)}>\r\nDelivered-To: ${headerSafe(rcpt)}\r\n`),
-      open, sender, arrival: new Date(), uid: entry.uid, gid: entry.gid,
-    };
-    try {
-      if (box.format === 'mbox') {
-        const r = await deliverToMbox(box.path, input, { lockTimeoutMs: ctx.config.seconds('mailbox_lock_timeout') * 1000 });
-        log.info({ to: `<${rcpt}>`, mailbox: box.path, size: r.size, locks: r.locks.join('+') }, 'delivered to mbox');
-        return `2.0.0 <${rcpt}> delivered to mbox`;
-      }
-      const r = await deliverToMaildir(box.path, input);
-      log.info({ to: `<${rcpt}>`, mailbox: r.path, size: r.size }, 'delivered to maildir');
-      return `2.0.0 <${rcpt}> delivered to maildir`;
-    } catch (e) {
-      const temporary = !(e instanceof MailboxError) || e.temporary;
-      log.warn({ to: `<${rcpt}>`, mailbox: box.path, err: (e as Error).message }, 'mailbox delivery failed');
-      throw temporary ? smtpError(451, '4.2.0', `<${rcpt}>: cannot write mailbox: ${(e as Error).message}`)
-        : smtpError(554, '5.2.0', `<${rcpt}>: cannot write mailbox: ${(e as Error).message}`);
-    }
+  const copies = new MessageCopies(path.join(ctx.spool.root, COPY_DIRECTORY));
+  try {
+    const removed = copies.removeLeftovers();
+    if (removed.length) log.info({ dir: copies.dir, removed }, 'removed message copies a stopped local left behind');
+  } catch (e) {
+    // only several-recipient messages need the directory: they get 451 4.3.0 until it is fixed
+    log.error({ dir: copies.dir, err: (e as Error).message }, 'cannot clean the message copy directory');
   }
 
-  /** One reply per recipient; a message for several recipients is spooled once to a private temp file. */
+  /** One reply per recipient; a message for several recipients is read from one copy. */
   async function receive(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<(string | Error)[]> {
     const rcpts = session.envelope.rcptTo.map((r) => r.address);
+    const sender = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
     let open: () => NodeJS.ReadableStream;
-    let tmp: string | null = null;
+    let copy: MessageCopy | null = null;
     if (rcpts.length === 1) {
       let used = false;
       open = () => { if (used) throw new Error('message stream already read'); used = true; return stream; };
     } else {
-      const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'postern-local-'));
-      tmp = path.join(dir, 'message');
-      await pipeline(stream, fs.createWriteStream(tmp, { mode: 0o600 }));
-      open = () => fs.createReadStream(tmp!);
+      try {
+        copy = await copies.copy(stream);
+      } catch (e) {
+        log.warn({ dir: copies.dir, err: (e as Error).message }, 'cannot copy a message for several recipients');
+        throw e;
+      }
+      open = copy.open;
     }
     try {
       const replies: (string | Error)[] = [];
       for (const rcpt of rcpts) {
         try {
-          replies.push(await deliverOne(findUser(users, rcpt), rcpt, session, open));
+          const lockTimeoutMs = ctx.config.seconds('mailbox_lock_timeout') * 1000;
+          replies.push(await deliverToRecipient({ rcpt, entry: findUser(users, rcpt), sender, open, lockTimeoutMs, log }));
         } catch (e) {
           replies.push(e as Error);
         }
@@ -89,7 +65,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       return replies;
     } finally {
       if (!stream.readableEnded) stream.resume();
-      if (tmp) await fsp.rm(path.dirname(tmp), { recursive: true, force: true });
+      if (copy) await copy.remove();
     }
   }
 

@@ -1,0 +1,53 @@
+/**
+ * One recipient's delivery as LMTP answers it: picks the user's mailbox
+ * (Maildir or mbox), puts Return-Path: and Delivered-To: in front of the
+ * message, writes it, logs it, and turns the outcome into the recipient's
+ * reply (`250 2.0.0`, or `451 4.2.0` / `554 5.2.0` from a MailboxError).
+ * Reads the message through the `open` it is given; never the queue.
+ */
+import { UserEntry, Logger, mailboxOf, headerSafe, smtpError } from '@postern/common';
+import { MailboxError } from './errors.js';
+import { deliverToMaildir } from './maildir.js';
+import { deliverToMbox } from './mbox.js';
+import type { DeliveryInput } from './message-stream.js';
+
+export interface RecipientDelivery {
+  rcpt: string;
+  entry: UserEntry;
+  /** Envelope sender, '' for the null sender. */
+  sender: string;
+  /** A fresh stream of the message each call (CRLF line endings, as the client sent it). */
+  open(): NodeJS.ReadableStream;
+  lockTimeoutMs: number;
+  log: Logger;
+}
+
+const myUid = process.getuid!();
+
+/** Delivers to one recipient; resolves to its 250 reply text, rejects with its SMTP error. */
+export async function deliverToRecipient(d: RecipientDelivery): Promise<string> {
+  const { rcpt, entry, sender, log } = d;
+  if (myUid !== 0 && entry.uid !== null && entry.uid !== myUid) {
+    throw smtpError(451, '4.3.0', `<${rcpt}>: mailbox belongs to uid ${entry.uid} but local runs as uid ${myUid}`);
+  }
+  const box = mailboxOf(entry);
+  const input: DeliveryInput = {
+    prefix: Buffer.from(`Return-Path: <${headerSafe(sender)}>\r\nDelivered-To: ${headerSafe(rcpt)}\r\n`),
+    open: d.open, sender, arrival: new Date(), uid: entry.uid, gid: entry.gid,
+  };
+  try {
+    if (box.format === 'mbox') {
+      const r = await deliverToMbox(box.path, input, { lockTimeoutMs: d.lockTimeoutMs });
+      log.info({ to: `<${rcpt}>`, mailbox: box.path, size: r.size, locks: r.locks.join('+') }, 'delivered to mbox');
+      return `2.0.0 <${rcpt}> delivered to mbox`;
+    }
+    const r = await deliverToMaildir(box.path, input);
+    log.info({ to: `<${rcpt}>`, mailbox: r.path, size: r.size }, 'delivered to maildir');
+    return `2.0.0 <${rcpt}> delivered to maildir`;
+  } catch (e) {
+    const temporary = !(e instanceof MailboxError) || e.temporary;
+    log.warn({ to: `<${rcpt}>`, mailbox: box.path, err: (e as Error).message }, 'mailbox delivery failed');
+    throw temporary ? smtpError(451, '4.2.0', `<${rcpt}>: cannot write mailbox: ${(e as Error).message}`)
+      : smtpError(554, '5.2.0', `<${rcpt}>: cannot write mailbox: ${(e as Error).message}`);
+  }
+}

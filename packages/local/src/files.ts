@@ -1,0 +1,61 @@
+/**
+ * File primitives local's mailbox writers share: files and directories that
+ * get the mailbox owner's uid/gid (fchown on the open descriptor, only when
+ * local runs as root), writes that are whole or fail, and an unlink that does
+ * not mind a file already gone. Opens directories with O_NOFOLLOW to chown
+ * them; never decides where a mailbox is.
+ */
+import { constants as fsConstants, promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import * as path from 'node:path';
+
+const runningAsRoot = typeof process.getuid === 'function' && process.getuid() === 0;
+
+/** Gives an open file to uid/gid when local runs as root; otherwise new files stay local's own. */
+export async function fchownIfRoot(fh: FileHandle, uid: number | null, gid: number | null): Promise<void> {
+  if (!runningAsRoot || (uid === null && gid === null)) return;
+  await fh.chown(uid ?? -1, gid ?? -1);
+}
+
+/** The same for a directory, by path. */
+export async function chownPathIfRoot(p: string, uid: number | null, gid: number | null): Promise<void> {
+  if (!runningAsRoot || (uid === null && gid === null)) return;
+  // Open the directory and fchown the descriptor (no window for a swapped-in symlink).
+  const fh = await fsp.open(p, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY | fsConstants.O_NOFOLLOW);
+  try {
+    await fh.chown(uid ?? -1, gid ?? -1);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Creates dir and missing parents, mode 0700; every directory created is owned by uid/gid. */
+export async function ensureOwnedDirectory(dir: string, uid: number | null, gid: number | null): Promise<void> {
+  const first = await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+  if (first === undefined) return;
+  // chown every directory this call created, from the first one down to dir.
+  const created: string[] = [];
+  for (let p = path.resolve(dir); ; p = path.dirname(p)) {
+    created.push(p);
+    if (p === path.resolve(first) || path.dirname(p) === p) break;
+  }
+  for (const p of created.reverse()) await chownPathIfRoot(p, uid, gid);
+}
+
+/** Writes all of buf at the file position, or throws (a write of 0 bytes is EIO). */
+export async function writeAll(fh: FileHandle, buf: Buffer): Promise<void> {
+  let off = 0;
+  while (off < buf.length) {
+    const { bytesWritten } = await fh.write(buf, off, buf.length - off);
+    if (bytesWritten <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
+    off += bytesWritten;
+  }
+}
+
+export async function safeUnlink(p: string): Promise<void> {
+  try {
+    await fsp.unlink(p);
+  } catch {
+    /* already gone or not ours to worry about */
+  }
+}
