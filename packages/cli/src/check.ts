@@ -12,7 +12,7 @@ import { X509Certificate, createPrivateKey, KeyObject } from 'node:crypto';
 import { Command } from 'commander';
 import {
   MainConfig, ConfigError, MasterEntry, loadMasterCf, PARAMETERS, paramSpec, checkRestrictionLists, masterCfLocation,
-  parseTexthash, parsePasswdFile, readDkimTable, Spool, spoolDifferences, serviceAccounts, ServiceAccounts,
+  parseTexthash, parsePasswdFile, tableTypes, readDkimTable, Spool, spoolDifferences, serviceAccounts, ServiceAccounts,
   lookupSystemUser, SystemUser, isRoot, accessAs, serviceAccessProblems,
 } from '@postern/common';
 
@@ -35,7 +35,6 @@ interface Location { file: string; line: number }
 const EXPIRY_WARNING_DAYS = 30;
 
 /** Lookup table types the services can open (packages/common/src/lookup.ts, users.ts). */
-const TABLE_TYPES = ['texthash', 'passwd-file'];
 
 class Report {
   readonly complaints: Complaint[] = [];
@@ -188,8 +187,8 @@ function checkTables(views: View[], accounts: ServiceAccounts | null, report: Re
         const m = /^([a-z][a-z0-9-]*):(.+)$/.exec(token);
         if (!m) continue;
         const at = v.where(p.name);
-        if (!TABLE_TYPES.includes(m[1])) {
-          if (p.name.endsWith('_maps')) report.error(at, `${p.name}: unsupported table type "${m[1]}" (${TABLE_TYPES.join(', ')})`);
+        if (!tableTypes().includes(m[1])) {
+          if (p.name.endsWith('_maps')) report.error(at, `${p.name}: unsupported table type "${m[1]}" (${tableTypes().join(', ')})`);
           continue;
         }
         if (done.has(token)) continue;

@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { SMTPServer, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import {
-  runService, ServiceContext, RunningService, MainConfig, UserTable, UserEntry, userTableFile, validateMailboxAddress, mailboxOf,
+  runService, ServiceContext, RunningService, MainConfig, UserDb, UserInfo, userDbOf, validateMailboxAddress, mailboxOf,
   installEnhancedCodeShim, smtpError, headerSafe,
 } from '@postern/common';
 import { deliverToMaildir, deliverToMbox, MailboxError, DeliveryInput } from './mailbox.js';
@@ -19,11 +19,11 @@ import { deliverToMaildir, deliverToMbox, MailboxError, DeliveryInput } from './
 installEnhancedCodeShim();
 
 /** The user's entry, or an SMTP error saying why there is none. */
-function findUser(users: UserTable, address: string): UserEntry {
+async function findUser(users: UserDb, address: string): Promise<UserInfo> {
   const bad = validateMailboxAddress(address);
   if (bad) throw smtpError(550, '5.1.3', `<${address}>: bad address: ${bad}`);
-  let entry: UserEntry | undefined;
-  try { entry = users.lookup(address); } catch (e) {
+  let entry: UserInfo | undefined;
+  try { entry = await users.userInfo(address); } catch (e) {
     throw smtpError(451, '4.3.0', `user table unavailable: ${(e as Error).message}`);
   }
   if (!entry) throw smtpError(550, '5.1.1', `<${address}>: no such user`);
@@ -32,11 +32,11 @@ function findUser(users: UserTable, address: string): UserEntry {
 
 async function start(ctx: ServiceContext): Promise<RunningService> {
   const { log } = ctx;
-  let users = new UserTable(userTableFile(ctx.config));
+  let users = userDbOf(ctx.config);
   const servers: SMTPServer[] = [];
   const myUid = process.getuid!();
 
-  async function deliverOne(entry: UserEntry, rcpt: string, session: SMTPServerSession, open: () => NodeJS.ReadableStream): Promise<string> {
+  async function deliverOne(entry: UserInfo, rcpt: string, session: SMTPServerSession, open: () => NodeJS.ReadableStream): Promise<string> {
     if (myUid !== 0 && entry.uid !== null && entry.uid !== myUid) {
       throw smtpError(451, '4.3.0', `<${rcpt}>: mailbox belongs to uid ${entry.uid} but local runs as uid ${myUid}`);
     }
@@ -81,7 +81,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       const replies: (string | Error)[] = [];
       for (const rcpt of rcpts) {
         try {
-          replies.push(await deliverOne(findUser(users, rcpt), rcpt, session, open));
+          replies.push(await deliverOne(await findUser(users, rcpt), rcpt, session, open));
         } catch (e) {
           replies.push(e as Error);
         }
@@ -99,7 +99,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       disabledCommands: ['AUTH', 'STARTTLS'], disableReverseLookup: true, hideSTARTTLS: true,
       socketTimeout: config.seconds('delivery_timeout') * 1000,
       onRcptTo(address, _session, cb) {
-        try { findUser(users, address.address); cb(); } catch (e) { cb(e as Error); }
+        findUser(users, address.address).then(() => cb(), (e) => cb(e as Error));
       },
       onData(stream, session, cb) {
         receive(stream, session).then((replies) => cb(null, replies as any), (err) => cb(err));
@@ -116,7 +116,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       servers.push(s);
     },
     reload(config) {
-      users = new UserTable(userTableFile(config));
+      users = userDbOf(config);
     },
     stop() {
       return Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r())))).then(() => undefined);
