@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import {
   openTable, openUserDb, openUserDbWriter, tableTypes, TableError, TableUnavailable, type Table, type UserDb,
 } from '../../packages/common/dist/index.js';
-import { Instance, RawSmtp, tempDir } from './harness.js';
+import { Instance, RawSmtp, tempDir, waitFor } from './harness.js';
 
 const fails = (re: RegExp, cls: Function = TableError) => (e: unknown) => {
   assert.ok(e instanceof cls, `${String(e)} is a ${cls.name}`);
@@ -111,4 +111,25 @@ test('virtual_mailbox_maps = passwd-file:FILE elsewhere: user add, user list, ma
   } finally {
     c.close();
   }
+});
+
+test('a users file already malformed when smtpd starts: smtpd runs and answers RCPT with 451 4.3.0 until it is fixed', async (t) => {
+  const a = await Instance.create({ users: [{ address: 'alice@example.test' }] });
+  t.after(() => a.destroy());
+  const users = path.join(a.etc, 'users');
+  const good = fs.readFileSync(users, 'utf8');
+  fs.appendFileSync(users, 'broken line\n');
+  await a.start();
+  const c = await RawSmtp.connect(a.ports.smtp);
+  try {
+    assert.match(await c.command('EHLO client.example.test'), /^250/);
+    assert.match(await c.command('MAIL FROM:<someone@remote.test>'), /^250 /);
+    assert.equal(await c.command('RCPT TO:<alice@example.test>'), '451 4.3.0 <alice@example.test>: Temporary lookup failure');
+    fs.writeFileSync(users, good);
+    await waitFor('RCPT accepted once the users file is fixed',
+      async () => /^250 /.test(await c.command('RCPT TO:<alice@example.test>')) || null, 10000, 500);
+  } finally {
+    c.close();
+  }
+  await a.waitForLog('user table unavailable', (e) => e.msg === 'user table unavailable' && /users:\d+: /.test(e.err));
 });
