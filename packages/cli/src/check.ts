@@ -195,7 +195,7 @@ function checkTables(views: View[], accounts: ServiceAccounts | null, report: Re
         done.add(token);
         if (!path.isAbsolute(m[2])) { report.error(at, `${p.name}: ${token}: the file must be an absolute path`); continue; }
         if (m[1] === 'texthash') checkTexthash(m[2], p.name, at, report);
-        else checkPasswdFile(m[2], p.name, at, accounts, report);
+        else if (m[1] === 'passwd-file') checkPasswdFile(m[2], p.name, at, accounts, report);
       }
     }
   }
