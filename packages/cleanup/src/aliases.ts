@@ -14,7 +14,7 @@ export interface ExpandedRecipients {
   statuses: StatusRecord[];
 }
 
-export function expandRecipients(original: Recipient[], maps: AliasMaps, log: Logger, queueId: string): ExpandedRecipients {
+export async function expandRecipients(original: Recipient[], maps: AliasMaps, log: Logger, queueId: string): Promise<ExpandedRecipients> {
   const recipients: Recipient[] = [];
   const statuses: StatusRecord[] = [];
   const seen = new Set<string>();
@@ -25,7 +25,7 @@ export function expandRecipients(original: Recipient[], maps: AliasMaps, log: Lo
     recipients.push(r);
   };
   for (const r of original) {
-    const expansion = maps.expand(r.address);
+    const expansion = await maps.expand(r.address);
     if (!expansion.expanded) { deliver(r); continue; }
     const orcpt = r.orcpt ?? r.address;
     const carry = r.notify ? { notify: r.notify } : {};

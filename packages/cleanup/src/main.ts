@@ -80,7 +80,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       const hostname = ctx.config.get('myhostname');
       // Received: names the recipient as the client gave it, not where its aliases lead
       const received = receivedHeader(env, hostname);
-      const expanded = expandRecipients(env.recipients, new AliasMaps(ctx.config), log, env.id);
+      const expanded = await expandRecipients(env.recipients, new AliasMaps(ctx.config), log, env.id);
       env.recipients = expanded.recipients;
       file = await QueueFileWriter.create(spool, env);
       file.addStatus(expanded.statuses);

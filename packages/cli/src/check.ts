@@ -12,7 +12,7 @@ import { X509Certificate, createPrivateKey, KeyObject } from 'node:crypto';
 import { Command } from 'commander';
 import {
   MainConfig, ConfigError, MasterEntry, loadMasterCf, PARAMETERS, paramSpec, checkRestrictionLists, masterCfLocation,
-  parseTexthash, parsePasswdFile, readDkimTable, Spool, spoolDifferences, serviceAccounts, ServiceAccounts,
+  parseTexthash, parsePasswdFile, tableTypes, readDkimTable, Spool, spoolDifferences, serviceAccounts, ServiceAccounts,
   lookupSystemUser, SystemUser, isRoot, accessAs, serviceAccessProblems,
 } from '@postern/common';
 
@@ -35,7 +35,6 @@ interface Location { file: string; line: number }
 const EXPIRY_WARNING_DAYS = 30;
 
 /** Lookup table types the services can open (packages/common/src/lookup.ts, users.ts). */
-const TABLE_TYPES = ['texthash', 'passwd-file'];
 
 class Report {
   readonly complaints: Complaint[] = [];
@@ -188,15 +187,15 @@ function checkTables(views: View[], accounts: ServiceAccounts | null, report: Re
         const m = /^([a-z][a-z0-9-]*):(.+)$/.exec(token);
         if (!m) continue;
         const at = v.where(p.name);
-        if (!TABLE_TYPES.includes(m[1])) {
-          if (p.name.endsWith('_maps')) report.error(at, `${p.name}: unsupported table type "${m[1]}" (${TABLE_TYPES.join(', ')})`);
+        if (!tableTypes().includes(m[1])) {
+          if (p.name.endsWith('_maps')) report.error(at, `${p.name}: unsupported table type "${m[1]}" (${tableTypes().join(', ')})`);
           continue;
         }
         if (done.has(token)) continue;
         done.add(token);
         if (!path.isAbsolute(m[2])) { report.error(at, `${p.name}: ${token}: the file must be an absolute path`); continue; }
         if (m[1] === 'texthash') checkTexthash(m[2], p.name, at, report);
-        else checkPasswdFile(m[2], p.name, at, accounts, report);
+        else if (m[1] === 'passwd-file') checkPasswdFile(m[2], p.name, at, accounts, report);
       }
     }
   }

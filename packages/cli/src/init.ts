@@ -128,7 +128,8 @@ export function fixConfigOwnership(configDir: string): string[] {
   const config = MainConfig.load(configDir);
   const a = serviceAccounts(config);
   if (!a.privileged) return [];
-  const done = secureUsersFile(userTableFile(config), a);
+  const users = userTableFile(config); // null: the users are not in a file (a database)
+  const done = users ? secureUsersFile(users, a) : [];
   const key = config.get('smtpd_tls_key_file');
   if (fs.existsSync(key)) { fs.chownSync(key, 0, a.smtpd.gid); fs.chmodSync(key, 0o640); }
   return done;

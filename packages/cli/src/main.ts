@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Command, Option } from 'commander';
 import {
-  MainConfig, defaultParameters, setMainCfParameters, addUser, deleteUser, hashPassword, UserTable, userTableFile, localDomains,
+  MainConfig, defaultParameters, setMainCfParameters, hashPassword, userDbOf, openUserDbWriter, localDomains,
   validateMailboxAddress, serviceAccounts, splitAddress, isRoot, secureUsersFileFd, ServiceAccounts,
 } from '@postern/common';
 import { initInstance, fixConfigOwnership } from './init.js';
@@ -33,8 +33,8 @@ const configDir = (): string => path.resolve(program.opts().config);
 let exitCode = 0;
 const fail = (msg: string, code = 1): void => { process.stderr.write(`postern: ${msg}\n`); exitCode = code; };
 
-/** `postern user` edits the passwd-file that virtual_mailbox_maps names. */
-const usersFile = (config: MainConfig): string => userTableFile(config);
+/** `postern user` edits the user database that virtual_mailbox_maps names, through its backend's writer. */
+const userWriter = (config: MainConfig, a: ServiceAccounts) => openUserDbWriter(config.get('virtual_mailbox_maps'), { secure: secureUsers(a) });
 /** As root, the rewritten users file gets root's ownership and local's ACL before it replaces the old one. */
 const secureUsers = (a: ServiceAccounts) => (a.privileged ? (fd: number) => secureUsersFileFd(fd, a) : undefined);
 
@@ -120,9 +120,8 @@ user.command('add <address>').description('add a mail user')
     if (!password) return fail('empty password');
     const accounts = serviceAccounts(cfg);
     const home = path.join(cfg.get('virtual_mailbox_base'), domain, local);
-    const file = usersFile(cfg);
     try {
-      addUser(file, addr, hashPassword(password), { uid: accounts.mailbox.uid, gid: accounts.mailbox.gid, home, mailbox: o.mailbox, secure: secureUsers(accounts) });
+      await userWriter(cfg, accounts).addUser(addr, hashPassword(password), { uid: accounts.mailbox.uid, gid: accounts.mailbox.gid, home, mailbox: o.mailbox });
     } catch (e) { return fail((e as Error).message); }
     if (isRoot()) fixConfigOwnership(configDir());
     if (!localDomains(cfg).has(domain)) {
@@ -131,15 +130,16 @@ user.command('add <address>').description('add a mail user')
     }
     console.log(`postern: added ${addr} (${o.mailbox}, ${home})`);
   });
-user.command('list').description('list mail users').option('--json', 'one JSON object per line').action((o) => {
-  const t = new UserTable(usersFile(MainConfig.load(configDir())));
-  for (const e of t.list()) {
+user.command('list').description('list mail users').option('--json', 'one JSON object per line').action(async (o) => {
+  const db = userDbOf(MainConfig.load(configDir()));
+  if (!db.list) return fail(`${db.spec}: this table type cannot list its users`);
+  for (const e of await db.list()) {
     console.log(o.json ? JSON.stringify({ user: e.user, uid: e.uid, gid: e.gid, home: e.home, mail: e.extra.userdb_mail ?? null }) : e.user);
   }
 });
-user.command('del <address>').description('remove a mail user (the mailbox stays on disk)').action((address: string) => {
+user.command('del <address>').description('remove a mail user (the mailbox stays on disk)').action(async (address: string) => {
   const cfg = MainConfig.load(configDir());
-  if (!deleteUser(usersFile(cfg), address.toLowerCase(), secureUsers(serviceAccounts(cfg)))) fail(`${address}: no such user`);
+  if (!await userWriter(cfg, serviceAccounts(cfg)).deleteUser(address.toLowerCase())) fail(`${address}: no such user`);
   else console.log(`postern: removed ${address.toLowerCase()}`);
 });
 

@@ -11,7 +11,7 @@ import { MainConfig, openTable, paramSpec, TableError } from '@postern/common';
 export function addMapCommands(program: Command, configDir: () => string, setExit: (code: number) => void): void {
   const map = program.command('map').description('lookup tables (postmap)');
   map.command('query <table> <key>').description('print the value of KEY in TABLE (postmap -q); exit 1 when not found')
-    .action((table: string, key: string) => {
+    .action(async (table: string, key: string) => {
       const specs = /^[a-z0-9_]+$/.test(table) && paramSpec(table) ? MainConfig.load(configDir()).list(table) : [table];
       if (!specs.length) {
         process.stderr.write(`postern: ${table} names no table\n`);
@@ -19,7 +19,7 @@ export function addMapCommands(program: Command, configDir: () => string, setExi
       }
       try {
         for (const spec of specs) {
-          const value = openTable(spec)!.lookup(key);
+          const value = await openTable(spec, spec === table ? undefined : table)!.lookup(key);
           if (value !== undefined) { console.log(value); return; }
         }
       } catch (e) {

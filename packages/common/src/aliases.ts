@@ -15,7 +15,7 @@
  */
 import { MainConfig } from './config.js';
 import { splitAddress } from './address.js';
-import { openTable, LookupTable } from './lookup.js';
+import { openTable, Table } from './tables/index.js';
 
 /** One matching entry: which table, which key form, and its targets as written. */
 export interface AliasEntry {
@@ -48,7 +48,7 @@ const UNSUPPORTED_TARGET = /^(?:\||\/|:include:|")/i;
 const ADDRESS = /^[^\s@<>(),;:"]+@[^\s@<>(),;:"]+$/;
 
 export class AliasMaps {
-  private readonly tables: LookupTable[];
+  private readonly tables: Table[];
   private readonly mydestination: Set<string>;
   private readonly localDomains: Set<string>;
   private readonly myorigin: string;
@@ -56,10 +56,15 @@ export class AliasMaps {
   readonly recursionLimit: number;
   readonly expansionLimit: number;
 
-  /** Opens the tables (once per process); a missing or malformed table throws TableError. */
+  /**
+   * Opens the tables (once per process); a bad spec throws TableError, and a lookup in a
+   * table that cannot answer now (missing, malformed, a database down) TableUnavailable.
+   */
   constructor(config: MainConfig) {
-    const specs = [...config.list('virtual_alias_maps'), ...config.list('alias_maps')];
-    this.tables = specs.map((s) => openTable(s)!);
+    this.tables = [
+      ...config.list('virtual_alias_maps').map((s) => openTable(s, 'virtual_alias_maps')!),
+      ...config.list('alias_maps').map((s) => openTable(s, 'alias_maps')!),
+    ];
     this.mydestination = new Set(config.list('mydestination').map((d) => d.toLowerCase()));
     this.localDomains = new Set([...this.mydestination, ...config.list('virtual_mailbox_domains').map((d) => d.toLowerCase())]);
     this.myorigin = config.get('myorigin').toLowerCase();
@@ -69,7 +74,7 @@ export class AliasMaps {
   }
 
   /** The entry that applies to an address, or undefined (then it is delivered as it is). */
-  lookup(address: string): AliasEntry | undefined {
+  async lookup(address: string): Promise<AliasEntry | undefined> {
     const addr = address.toLowerCase();
     const { local, domain } = splitAddress(addr);
     const keys = [addr];
@@ -77,7 +82,7 @@ export class AliasMaps {
     if (domain) keys.push(`@${domain}`);
     for (const table of this.tables) {
       for (const key of keys) {
-        const value = table.lookup(key);
+        const value = await table.lookup(key);
         if (value !== undefined) return { table: table.spec, key, targets: value.split(/[\s,]+/).filter(Boolean) };
       }
     }
@@ -88,8 +93,8 @@ export class AliasMaps {
   }
 
   /** smtpd's question at RCPT: is this address an alias (or postmaster/abuse) we accept? */
-  accepts(address: string): boolean {
-    return this.lookup(address) !== undefined;
+  async accepts(address: string): Promise<boolean> {
+    return (await this.lookup(address)) !== undefined;
   }
 
   /** A target as an address: a bare name gets @$myorigin; null for what cannot be delivered. */
@@ -105,7 +110,7 @@ export class AliasMaps {
    * that leads back to an address on its own path is a loop: that address
    * fails (5.4.6) and the other branches are still delivered.
    */
-  expand(address: string): AliasExpansion {
+  async expand(address: string): Promise<AliasExpansion> {
     const finals = new Set<string>();
     const failures = new Map<string, AliasFailure>();
     const done = new Set<string>();
@@ -113,13 +118,13 @@ export class AliasMaps {
     let overLimit = false;
     const fail = (addr: string, dsn: string, reason: string) => { if (!failures.has(addr)) failures.set(addr, { address: addr, dsn, reason }); };
 
-    const visit = (addr: string, path: string[]): void => {
+    const visit = async (addr: string, path: string[]): Promise<void> => {
       if (overLimit || done.has(addr)) return;
       if (path.length > this.recursionLimit) {
         fail(addr, '5.3.5', `alias nesting deeper than virtual_alias_recursion_limit (${this.recursionLimit}) at ${addr}`);
         return;
       }
-      const entry = this.lookup(addr);
+      const entry = await this.lookup(addr);
       if (!entry) { finals.add(addr); done.add(addr); return; }
       expanded = true;
       let usable = 0;
@@ -133,7 +138,7 @@ export class AliasMaps {
           fail(target, '5.4.6', `mail forwarding loop for ${target} (${[...path.slice(loopAt), addr, target].join(' -> ')})`);
           continue;
         }
-        visit(target, [...path, addr]);
+        await visit(target, [...path, addr]);
         if (finals.size > this.expansionLimit) {
           overLimit = true;
           return;
@@ -144,7 +149,7 @@ export class AliasMaps {
     };
 
     const start = address.toLowerCase();
-    visit(start, []);
+    await visit(start, []);
     if (overLimit) {
       return { addresses: [], expanded: true,
         failures: [{ address: start, dsn: '5.3.5', reason: `alias expansion of ${start} exceeds virtual_alias_expansion_limit (${this.expansionLimit} addresses)` }] };

@@ -13,7 +13,7 @@ export * from './smtp-replies.js';
 export * from './headers.js';
 export * from './users.js';
 export * from './password.js';
-export * from './lookup.js';
+export * from './tables/index.js';
 export * from './dns.js';
 export * from './restriction-lists.js';
 export * from './dns-wire.js';

@@ -10,6 +10,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { replaceFileDurably } from './files.js';
+import { WatchedFile } from './tables/watched-file.js';
 
 export interface UserEntry {
   user: string;
@@ -135,7 +136,7 @@ export function formatPasswdLine(e: Omit<UserEntry, 'line'>): string {
  * %u %n %d %h %%. Without one: Maildir at `${home}/Maildir`. Throws on what it cannot
  * honour (other formats, unknown variables, a relative result) so delivery defers.
  */
-export function mailboxOf(e: UserEntry): { format: 'maildir' | 'mbox'; path: string } {
+export function mailboxOf(e: Pick<UserEntry, 'user' | 'home' | 'extra'>): { format: 'maildir' | 'mbox'; path: string } {
   const loc = e.extra['userdb_mail'] ?? e.extra['mail'] ?? 'maildir:~/Maildir';
   const [format, root = '', ...opts] = loc.split(':');
   const at = e.user.lastIndexOf('@');
@@ -168,85 +169,32 @@ export function mailboxOf(e: UserEntry): { format: 'maildir' | 'mbox'; path: str
 }
 
 /**
- * A passwd-file kept in memory and re-read when it changes (inode, size, mtime or
- * ctime), checked at most once per `minCheckIntervalMs`. A missing file is an empty
- * table. A malformed file throws from the constructor and from every lookup until it
- * is fixed: callers answer with a temporary failure, as Postfix does for a broken table,
- * rather than bounce mail or refuse logins on a half-edited file.
+ * A passwd-file kept in memory and re-read when it changes, checked at most once per
+ * `minCheckIntervalMs` (tables/watched-file.ts). A missing file is an empty table. A
+ * malformed file throws (TableUnavailable) from the constructor and from every lookup
+ * until it is fixed. The passwd-file backend (tables/passwd-file.ts) serves it.
  */
 export class UserTable {
-  private byUser = new Map<string, UserEntry>();
-  private entries: UserEntry[] = [];
-  private signature: string | undefined;
-  private error: Error | undefined;
-  private lastCheck = -Infinity;
-  private readonly minCheckIntervalMs: number;
+  private readonly watched: WatchedFile<{ entries: UserEntry[]; byUser: Map<string, UserEntry> }>;
 
   constructor(
     readonly file: string,
     opts: { minCheckIntervalMs?: number } = {},
   ) {
-    this.minCheckIntervalMs = opts.minCheckIntervalMs ?? 1000;
-    this.refresh();
+    const parse = (text: string, name: string) => {
+      const entries = parsePasswdFile(text, name);
+      return { entries, byUser: new Map(entries.map((e) => [e.user, e])) };
+    };
+    this.watched = new WatchedFile(file, parse, { ...opts, missing: () => ({ entries: [], byUser: new Map() }) });
+    this.watched.get();
   }
 
   lookup(address: string): UserEntry | undefined {
-    this.refresh();
-    return this.byUser.get(address.toLowerCase());
+    return this.watched.get().byUser.get(address.toLowerCase());
   }
 
   list(): UserEntry[] {
-    this.refresh();
-    return [...this.entries];
-  }
-
-  private refresh(): void {
-    // Monotonic clock: a wall-clock step must not stop reloads.
-    const now = performance.now();
-    if (now - this.lastCheck >= this.minCheckIntervalMs) {
-      this.lastCheck = now;
-      try {
-        this.reload();
-      } catch (err) {
-        // e.g. EACCES: keep failing (not serving a stale table) until a reload succeeds.
-        this.signature = undefined;
-        this.error = err as Error;
-      }
-    }
-    if (this.error) throw this.error;
-  }
-
-  private reload(): void {
-    let fd: number;
-    try {
-      fd = fs.openSync(this.file, 'r');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      this.install('missing', []);
-      return;
-    }
-    try {
-      // fstat + read on one descriptor: the signature belongs to the bytes we parse.
-      const st = fs.fstatSync(fd);
-      const sig = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
-      if (sig === this.signature) return;
-      const text = fs.readFileSync(fd, 'utf8');
-      try {
-        this.install(sig, parsePasswdFile(text, this.file));
-      } catch (err) {
-        this.signature = sig; // don't re-parse the same broken file every check
-        this.error = err as Error;
-      }
-    } finally {
-      fs.closeSync(fd);
-    }
-  }
-
-  private install(sig: string, entries: UserEntry[]): void {
-    this.signature = sig;
-    this.error = undefined;
-    this.entries = entries;
-    this.byUser = new Map(entries.map((e) => [e.user, e]));
+    return [...this.watched.get().entries];
   }
 }
 
@@ -331,14 +279,6 @@ export function deleteUser(file: string, address: string, secure?: (fd: number) 
   lines.splice(entry.line - 1, 1);
   writeFileAtomic(target, lines.join('\n'), secure);
   return true;
-}
-
-/** The passwd-file that `virtual_mailbox_maps` names (the only user table type so far). */
-export function userTableFile(config: { get(name: string): string }): string {
-  const spec = config.get('virtual_mailbox_maps');
-  const m = /^passwd-file:(.+)$/.exec(spec);
-  if (!m) throw new Error(`virtual_mailbox_maps: unsupported table "${spec}" (passwd-file:PATH)`);
-  return m[1];
 }
 
 /** The domains delivered here: mydestination and virtual_mailbox_domains, lower-cased. */

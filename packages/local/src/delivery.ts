@@ -5,7 +5,7 @@
  * reply (`250 2.0.0`, or `451 4.2.0` / `554 5.2.0` from a MailboxError).
  * Reads the message through the `open` it is given; never the queue.
  */
-import { UserEntry, Logger, mailboxOf, headerSafe, smtpError } from '@postern/common';
+import { UserInfo, Logger, mailboxOf, headerSafe, smtpError } from '@postern/common';
 import { MailboxError } from './errors.js';
 import { deliverToMaildir } from './maildir.js';
 import { deliverToMbox } from './mbox.js';
@@ -13,7 +13,7 @@ import type { DeliveryInput } from './message-stream.js';
 
 export interface RecipientDelivery {
   rcpt: string;
-  entry: UserEntry;
+  entry: UserInfo;
   /** Envelope sender, '' for the null sender. */
   sender: string;
   /** A fresh stream of the message each call (CRLF line endings, as the client sent it). */

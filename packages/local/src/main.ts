@@ -13,7 +13,7 @@
 import * as path from 'node:path';
 import { SMTPServer, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import {
-  runService, ServiceContext, RunningService, MainConfig, UserTable, userTableFile, installEnhancedCodeShim,
+  runService, ServiceContext, RunningService, MainConfig, userDbOf, installEnhancedCodeShim,
 } from '@postern/common';
 import { deliverToRecipient } from './delivery.js';
 import { COPY_DIRECTORY, MessageCopies, MessageCopy } from './message-copy.js';
@@ -23,7 +23,7 @@ installEnhancedCodeShim();
 
 async function start(ctx: ServiceContext): Promise<RunningService> {
   const { log } = ctx;
-  let users = new UserTable(userTableFile(ctx.config));
+  let users = userDbOf(ctx.config);
   const servers: SMTPServer[] = [];
   const copies = new MessageCopies(path.join(ctx.spool.root, COPY_DIRECTORY));
   try {
@@ -57,7 +57,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       for (const rcpt of rcpts) {
         try {
           const lockTimeoutMs = ctx.config.seconds('mailbox_lock_timeout') * 1000;
-          replies.push(await deliverToRecipient({ rcpt, entry: findUser(users, rcpt), sender, open, lockTimeoutMs, log }));
+          replies.push(await deliverToRecipient({ rcpt, entry: await findUser(users, rcpt), sender, open, lockTimeoutMs, log }));
         } catch (e) {
           replies.push(e as Error);
         }
@@ -75,7 +75,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       disabledCommands: ['AUTH', 'STARTTLS'], disableReverseLookup: true, hideSTARTTLS: true,
       socketTimeout: config.seconds('delivery_timeout') * 1000,
       onRcptTo(address, _session, cb) {
-        try { findUser(users, address.address); cb(); } catch (e) { cb(e as Error); }
+        findUser(users, address.address).then(() => cb(), (e) => cb(e as Error));
       },
       onData(stream, session, cb) {
         receive(stream, session).then((replies) => cb(null, replies as any), (err) => cb(err));
@@ -92,7 +92,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       servers.push(s);
     },
     reload(config) {
-      users = new UserTable(userTableFile(config));
+      users = userDbOf(config);
     },
     stop() {
       return Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r())))).then(() => undefined);

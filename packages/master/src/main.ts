@@ -109,7 +109,8 @@ export class Master {
     for (const c of prepareMailRoot(this.config.get('virtual_mailbox_base'), this.accounts)) if (c.startsWith('left ')) this.log({ level: 'warn' }, c);
     // the users file: root's, read by smtpd (group) and local (ACL); put back if someone changed it
     try {
-      for (const c of secureUsersFile(userTableFile(this.config), this.accounts)) this.log({ level: c.startsWith('left ') ? 'warn' : 'info' }, c);
+      const users = userTableFile(this.config); // null: the users are not in a file (a database)
+      for (const c of users ? secureUsersFile(users, this.accounts) : []) this.log({ level: c.startsWith('left ') ? 'warn' : 'info' }, c);
     } catch (e) {
       this.log({ level: 'error', err: (e as Error).message }, 'cannot set the users file\'s owner and ACL');
     }

@@ -43,9 +43,9 @@ function parseRelayhost(spec: string): { host: string; port: number; mx: boolean
   return { host: m[2], port: m[3] ? parseInt(m[3], 10) : 25, mx: !m[1] };
 }
 
-function tlsLevelFor(domain: string, config: MainConfig): TlsLevel {
-  const table = openTable(config.get('smtp_tls_policy_maps'));
-  const v = table?.lookup(domain)?.split(/\s+/)[0];
+async function tlsLevelFor(domain: string, config: MainConfig): Promise<TlsLevel> {
+  const table = openTable(config.get('smtp_tls_policy_maps'), 'smtp_tls_policy_maps');
+  const v = (await table?.lookup(domain))?.split(/\s+/)[0];
   if (v === 'none' || v === 'may' || v === 'encrypt') return v;
   return config.get('smtp_tls_security_level') as TlsLevel;
 }
@@ -53,12 +53,12 @@ function tlsLevelFor(domain: string, config: MainConfig): TlsLevel {
 async function route(domain: string, config: MainConfig): Promise<Route> {
   const resolver = sharedResolver(config);
   const relay = config.get('relayhost');
-  let tls = tlsLevelFor(domain, config);
+  let tls = await tlsLevelFor(domain, config);
   let auth: Route['auth'];
   if (relay) {
     const r = parseRelayhost(relay);
-    const creds = openTable(config.get('smtp_sasl_password_maps'))?.lookup(`[${r.host}]:${r.port}`)
-      ?? openTable(config.get('smtp_sasl_password_maps'))?.lookup(r.host);
+    const passwords = openTable(config.get('smtp_sasl_password_maps'), 'smtp_sasl_password_maps');
+    const creds = await passwords?.lookup(`[${r.host}]:${r.port}`) ?? await passwords?.lookup(r.host);
     if (creds) {
       const i = creds.indexOf(':');
       auth = { user: creds.slice(0, i), pass: creds.slice(i + 1) };

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import { SMTPServer, SMTPServerDataStream, SMTPServerSession, SMTPServerOptions } from 'smtp-server';
 import {
   runService, ServiceContext, RunningService, MainConfig, NetworkList,
-  installEnhancedCodeShim, smtpError, connectUnix, FrameReader, FrameWriter, UserTable, verifyPassword, userTableFile, localDomains, sharedResolver,
+  installEnhancedCodeShim, smtpError, connectUnix, FrameReader, FrameWriter, UserDb, verifyPassword, userDbOf, localDomains, sharedResolver,
   AliasMaps, SmtpError,
 } from '@postern/common';
 
@@ -26,7 +26,7 @@ interface Policy {
   hostname: string;
   localDomains: Set<string>;
   mynetworks: NetworkList;
-  users: UserTable;
+  users: UserDb;
   recipientLimit: number;
   sizeLimit: number;
   restrictions: RestrictionPolicy;
@@ -36,7 +36,6 @@ interface Policy {
 }
 
 function buildPolicy(config: MainConfig, previous?: Policy): Policy {
-  const file = userTableFile(config);
   const mynetworks = new NetworkList(config.list('mynetworks'));
   const domains = localDomains(config);
   return {
@@ -44,7 +43,7 @@ function buildPolicy(config: MainConfig, previous?: Policy): Policy {
     localDomains: domains,
     mynetworks,
     restrictions: restrictionPolicy(config, mynetworks, domains),
-    users: previous && previous.users.file === file ? previous.users : new UserTable(file),
+    users: userDbOf(config), // one per spec and process: a reload keeps it
     recipientLimit: config.int('smtpd_recipient_limit'),
     sizeLimit: config.int('message_size_limit'),
     config,
@@ -66,8 +65,8 @@ function clientName(session: SMTPServerSession): string {
 }
 
 /** An address in our domains exists when it is a user, an alias, or postmaster@/abuse@ (aliases.ts). */
-function knownRecipient(policy: Policy, address: string): boolean {
-  if (policy.users.lookup(address)) return true;
+async function knownRecipient(policy: Policy, address: string): Promise<boolean> {
+  if (await policy.users.exists(address)) return true;
   policy.aliases ??= new AliasMaps(policy.config);
   return policy.aliases.accepts(address);
 }
@@ -166,7 +165,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
             return verdict.ok ? cb(null, { user: verdict.user }) : fail();
           }
           let entry;
-          try { entry = policy.users.lookup(auth.username ?? ""); } catch (e) {
+          try { entry = await policy.users.credentials(auth.username ?? ""); } catch (e) {
             log.error({ err: (e as Error).message }, 'user table unavailable');
             return cb(smtpError(454, '4.7.0', 'Temporary authentication failure'));
           }
@@ -208,12 +207,10 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         const current = policy;
         const checkRecipients = () => checkRecipient(current.restrictions, {
           resolver: sharedResolver(ctx.config),
-          knownRecipient: (a) => {
-            try { return knownRecipient(current, a); } catch (e) {
-              log.error({ err: (e as Error).message }, 'user table unavailable');
-              throw e;
-            }
-          },
+          knownRecipient: (a) => knownRecipient(current, a).catch((e) => {
+            log.error({ err: (e as Error).message }, 'user table unavailable');
+            throw e;
+          }),
           warn: (fields, msg) => log.warn({ client: clientName(session), ...fields }, msg),
         }, {
           client: sessionClient(session, ctx.config),

@@ -143,8 +143,8 @@ export interface RecipientRequest {
 
 export interface CheckEnvironment {
   resolver: DnsResolver;
-  /** Does this address in one of our domains have a mailbox? Throws when the table cannot be read. */
-  knownRecipient(address: string): boolean;
+  /** Does this address in one of our domains have a mailbox? Rejects when a table cannot answer (TableUnavailable). */
+  knownRecipient(address: string): boolean | Promise<boolean>;
   /** A check that could not be made (a DNS list did not answer). */
   warn(fields: Record<string, unknown>, message: string): void;
 }
@@ -163,7 +163,7 @@ export async function checkRecipient(policy: RestrictionPolicy, env: CheckEnviro
     }
   }
   if (policy.rejectUnlisted) {
-    const result = unlistedRecipient(policy, env, req.recipient);
+    const result = await unlistedRecipient(policy, env, req.recipient);
     if (result) return result;
   }
   return null;
@@ -243,10 +243,10 @@ async function evaluate(r: Restriction, list: RestrictionListName, policy: Restr
   throw new Error(`restriction ${r.name} has no evaluation`); // parseRestrictionList admits only the names above
 }
 
-function unlistedRecipient(policy: RestrictionPolicy, env: CheckEnvironment, recipient: string): Rejection | null {
+async function unlistedRecipient(policy: RestrictionPolicy, env: CheckEnvironment, recipient: string): Promise<Rejection | null> {
   if (!policy.localDomains.has(splitAddress(recipient).domain)) return null;
   let known: boolean;
-  try { known = env.knownRecipient(recipient); } catch {
+  try { known = await env.knownRecipient(recipient); } catch {
     return reject(451, '4.3.0', `<${recipient}>: Temporary lookup failure`);
   }
   return known ? null : reject(550, '5.1.1', `<${recipient}>: Recipient address rejected: User unknown in virtual mailbox table`);

@@ -1,0 +1,5 @@
+// The lookup interface (types.ts), the registry of table types, and the file backends.
+export * from './types.js';
+export * from './registry.js';
+export { parseTexthash } from './texthash.js';
+export { WatchedFile } from './watched-file.js';
