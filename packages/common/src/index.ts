@@ -24,3 +24,5 @@ export * from './aliases.js';
 export * from './files.js';
 export * from './group-commit.js';
 export * from './request-pool.js';
+export * from './ipc-schema.js';
+export * from './sender-login.js';
