@@ -18,7 +18,7 @@ import { spawnSync } from 'node:child_process';
 import {
   runService, ServiceContext, RunningService, FrameReader, FrameWriter, connectUnix, Spool, Logger,
   lookupSystemUser, parseMaildropHeader, MaildropHeader, MAILDROP_HEADER_LIMIT, isMaildropTempName, qualifyAddress,
-  headerSafe, isQueueId, newQueueId, fsyncDir, MainConfig,
+  headerSafe, isQueueId, newQueueId, fsyncDir, MainConfig, CLEANUP_LOCAL,
 } from '@postern/common';
 
 const SCAN_EVERY_MS = 1000;
@@ -184,7 +184,7 @@ class Pickup {
 
     let sock: net.Socket;
     try {
-      sock = await connectUnix(this.spool.privateSocket('cleanup'));
+      sock = await connectUnix(this.spool.privateSocket(CLEANUP_LOCAL));
     } catch (e) {
       const delay = Math.min(MAX_RETRY_DELAY_MS, (this.cleanupDown?.delay ?? 500) * 2);
       if (!this.cleanupDown) this.log.warn({ err: (e as Error).message }, 'cleanup is not reachable; maildrop waits');
