@@ -169,7 +169,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         } else throw new Error('unexpected frame inside a message');
       }
       await put(header.end());
-      if (header.removed.length) log.info({ queue_id: env.id, removed: header.removed.map((h) => h.slice(0, 200)) }, 'removed header fields only this system may set');
+      if (header.removed.length) log.info({ queue_id: env.id, removed: header.removed.map((h) => h.slice(0, 200)) }, 'removed Authentication-Results: claiming our host name, or X-Spam-*, X-Postern-Quarantine: from outside');
       if (header.added.length) log.info({ queue_id: env.id, added: header.added.map((h) => h.slice(0, h.indexOf(':'))).join(',') }, 'added missing headers');
       const summary = header.summary;
       if (summary?.truncated) log.warn({ queue_id: env.id, header_size_limit: config.int('header_size_limit') }, 'header section longer than header_size_limit; the rest is treated as body');
