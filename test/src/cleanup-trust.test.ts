@@ -295,6 +295,17 @@ describe('hopcount_limit', () => {
     assert.deepEqual(copiesWith(inst, looped), []);
     await inst.waitForLog('the refusal', (e) => e.service === 'cleanup' && e.dsn === '5.4.6' && e.status === 'reject');
   });
+
+  it('from sendmail, 50 Received: fields: not delivered, the sender gets a 5.4.6 DSN', async () => {
+    const looped = `sendmail-hops-${randomUUID()}`;
+    const r = run(process.execPath, [path.join(ROOT, 'bin', 'sendmail'), '-C', inst.etc, '-f', ALICE, BOB],
+      { input: [...received(50), `From: ${ALICE}`, `Subject: ${looped}`, '', 'x', ''].join('\n') });
+    assert.equal(r.code, 0, r.stderr);
+    const dsn = await waitFor('the DSN to alice', () => copiesWith(inst, looped, [ALICE]).find((t) => /^Subject: Undelivered Mail Returned to Sender$/m.test(t)));
+    assert.match(dsn, /^Status: 5\.4\.6$/m);
+    assert.match(dsn, /too many hops/);
+    assert.deepEqual(copiesWith(inst, looped, [BOB]), [], 'bob got nothing');
+  });
 });
 
 // ------------------------------------------------------------------ item 3
