@@ -218,6 +218,20 @@ describe('cleanup checks what its clients send (private/cleanup, as smtpd)', () 
     assert.deepEqual(copiesWith(inst, 'notes-', [CAROL]), [], 'carol got nothing: no recipient was added');
   });
 
+  it('a maildrop file whose request cleanup refuses goes to corrupt/ at once instead of being retried forever', async () => {
+    const maildrop = path.join(inst.spool, 'maildrop');
+    const name = '006B00000000000000F1';
+    // maildrop takes any number of NOTIFY words, cleanup's schema at most 8
+    fs.writeFileSync(path.join(maildrop, `.${name}`),
+      `{"maildrop":1,"sender":null,"recipients":["carol"],"notify":${JSON.stringify(Array(9).fill('FAILURE'))}}\nSubject: nine-notify\r\n\r\nbody\r\n`, { mode: 0o644 });
+    fs.renameSync(path.join(maildrop, `.${name}`), path.join(maildrop, name));
+    await waitFor('the file in corrupt/', () => fs.existsSync(path.join(inst.spool, 'corrupt', name)));
+    const line = inst.logs().find((e) => e.service === 'pickup' && e.maildrop_file === name && e.corrupt_file === name);
+    assert.match(String(line?.problem), /^cleanup: invalid request: request\.envelope\.recipients\[0\]\.notify: more than 8 entries$/);
+    assert.ok(!inst.logs().some((e) => e.service === 'pickup' && e.maildrop_file === name && /will retry/.test(e.msg)), 'not retried');
+    assert.deepEqual(copiesWith(inst, 'nine-notify'), []);
+  });
+
   it('the queue owner\'s socket private/cleanup.local (0600): pickup\'s uid is taken there, and origin is refused on smtpd\'s', async () => {
     const local = path.join(inst.spool, 'private', 'cleanup.local');
     assert.equal(fs.statSync(local).mode & 0o777, 0o600, 'only the queue owner (and root) can connect');

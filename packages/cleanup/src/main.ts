@@ -61,7 +61,7 @@ function envelopeFrom(raw: unknown, clients: Clients, config: MainConfig): Envel
     return { ...base, sender: e.sender, recipients: e.recipients, origin: 'smtpd', client: e.client, protocol: e.protocol,
       tls: e.tls, ...(e.sasl !== undefined ? { sasl: e.sasl } : {}) };
   }
-  const { envelope: e } = validate(localMessageRequest(limit), raw);
+  const { envelope: e } = validate(localMessageRequest(), raw);
   return { ...base, ...e };
 }
 

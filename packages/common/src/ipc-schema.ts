@@ -100,12 +100,12 @@ const recipientAddress: Schema = { ...address, min: 1 };
 /** What a client called itself (HELO) or its checked DNS name: one line, within a DNS name's length and some. */
 const hostText: Schema = { type: 'string', max: 255 };
 /** DSN NOTIFY (RFC 3461). */
-const notify: Schema = { type: 'array', max: 3, min: 1, items: { type: 'string', max: 7, values: ['NEVER', 'SUCCESS', 'FAILURE', 'DELAY'] } };
+const notify: Schema = { type: 'array', max: 8, min: 1, items: { type: 'string', max: 7, values: ['NEVER', 'SUCCESS', 'FAILURE', 'DELAY'] } };
 const dsn: Schema = {
   type: 'object', fields: {
     ret: opt({ type: 'string', max: 4, values: ['FULL', 'HDRS'] }),
-    // RFC 3461 4.4: ENVID is at most 100 characters of xtext
-    envid: opt({ type: 'string', max: 100, pattern: /^[\x21-\x7e]*$/ }),
+    // RFC 3461 4.4: ENVID is at most 100 characters; as sendmail takes it (maildrop.ts)
+    envid: opt({ type: 'string', max: 100, pattern: /^[^\s\x00-\x1f\x7f]*$/ }),
   },
 };
 
@@ -140,27 +140,35 @@ export function smtpdMessageRequest(recipientLimit: number): Schema {
 }
 
 /**
+ * sendmail's limits, not smtpd's: maildrop takes addresses of up to 1000
+ * characters (pickup adds @$myorigin) and any number of recipients within its
+ * 4 MiB header line; what pickup sends must never be refused for less.
+ */
+const localAddress = { type: 'string', max: 1000 + 256 } as const;
+const LOCAL_RECIPIENT_LIMIT = 1_000_000;
+
+/**
  * Requests on `private/cleanup.local`, whose only clients are the queue owner
  * (pickup, qmgr's notifications) and root: they say which of the two they are,
  * and pickup passes on the maildrop file owner's uid and login, the identity it
  * alone can see.
  */
-export function localMessageRequest(recipientLimit: number): Schema {
+export function localMessageRequest(): Schema {
   return {
     type: 'object', fields: {
       type: { type: 'string', max: 16, values: ['message'] },
       envelope: {
         type: 'object', fields: {
-          sender: address,
+          sender: localAddress,
           recipients: {
-            type: 'array', min: 1, max: recipientLimit, items: {
-              type: 'object', fields: { address: recipientAddress, notify: opt(notify) },
+            type: 'array', min: 1, max: LOCAL_RECIPIENT_LIMIT, items: {
+              type: 'object', fields: { address: { ...localAddress, min: 1 }, notify: opt(notify) },
             },
           },
           origin: { type: 'string', max: 16, values: ['pickup', 'bounce'] },
           protocol: opt({ type: 'string', max: 16, pattern: /^[A-Z]+$/ }),
           uid: opt({ type: 'integer', min: 0, max: 0xffffffff }),
-          user: opt({ type: 'string', max: 64, min: 1 }),
+          user: opt({ type: 'string', max: 256, min: 1 }),
           dsn: opt(dsn),
         },
       },

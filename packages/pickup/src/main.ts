@@ -204,6 +204,8 @@ class Pickup {
       }
       await writer.end();
       const reply = await reader.json();
+      // a request cleanup's schema refuses is refused every time: keep it for the administrator, do not retry
+      if (!reply.ok && /^invalid request: /.test(String(reply.error))) return await this.moveToCorrupt(name, `cleanup: ${reply.error}`, uid);
       if (!reply.ok) throw new Error(`cleanup: ${reply.error ?? 'refused'}`);
       // cleanup has it on stable storage: only now may the maildrop copy go
       await fsp.unlink(path.join(this.dir, name));
