@@ -18,6 +18,7 @@ import * as path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { Instance, RawSmtp, ROOT, IS_ROOT, run, runAsync, requireTool, tempDir, waitFor, RunResult } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
+import { validate, SchemaError, Schema } from '../../packages/common/dist/ipc-schema.js';
 
 const HOST = 'mx.example.test';
 const ALICE = 'alice@example.test';
@@ -366,5 +367,35 @@ describe('DKIM signing only for a From: the submitter owns (smtpd_reject_header_
     assert.deepEqual(all(f, 'dkim-signature'), [], 'never signed for second.example on nobody\'s word');
     const [o] = await waitFor('nobody\'s own', () => { const c = copiesWith(inst, own); return c.length ? c : null; });
     assert.deepEqual(sigDomains(o), ['example.test']);
+  });
+});
+
+// ------------------------------------------------------------------ the validator itself
+
+describe('ipc-schema: validate', () => {
+  const schema: Schema = { type: 'object', fields: {
+    name: { type: 'string', max: 8 },
+    n: { type: 'integer', min: 0, max: 9, optional: true },
+    tags: { type: 'array', max: 2, items: { type: 'string', max: 3, values: ['a', 'b'] }, optional: true },
+    either: { type: 'either', of: [{ type: 'null' }, { type: 'boolean' }], optional: true },
+  } };
+  const problem = (v: unknown) => { try { validate(schema, v); return 'accepted'; } catch (e) { assert.ok(e instanceof SchemaError); return (e as Error).message; } };
+
+  it('returns a new object holding only the allowed fields; names the first problem with its path', () => {
+    const input = JSON.parse('{"name":"x","n":3,"tags":["a"],"either":null}');
+    const out = validate(schema, input);
+    assert.deepEqual(out, { name: 'x', n: 3, tags: ['a'], either: null });
+    assert.notEqual(out, input);
+    assert.equal(problem(JSON.parse('{"name":"x","__proto__":{"n":1}}')), 'request.__proto__: field not allowed here');
+    assert.equal(problem({ name: 'x', constructor: 1 }), 'request.constructor: field not allowed here');
+    assert.equal(problem({}), 'request.name: missing');
+    assert.equal(problem({ name: 'a\nb' }), 'request.name: contains a control character (CR, LF, NUL, ...)');
+    assert.equal(problem({ name: '123456789' }), 'request.name: longer than 8 characters');
+    assert.equal(problem({ name: 'x', n: 1.5 }), 'request.n: expected an integer, got number');
+    assert.equal(problem({ name: 'x', n: 10 }), 'request.n: outside 0..9');
+    assert.equal(problem({ name: 'x', tags: ['a', 'c'] }), 'request.tags[1]: not one of a, b');
+    assert.equal(problem({ name: 'x', tags: ['a', 'a', 'a'] }), 'request.tags: more than 2 entries');
+    assert.equal(problem({ name: 'x', either: 'yes' }), 'request.either: expected null, got string');
+    assert.equal(problem([]), 'request: expected an object, got an array');
   });
 });
