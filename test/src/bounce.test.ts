@@ -159,7 +159,8 @@ test('undeliverable mail from the null sender is discarded with a log line, neve
 test('the original stays deferred until cleanup takes the report, then goes', async () => {
   const inst = await instance();
   const lock = lockMbox(inst, CAROL);
-  const cleanup = path.join(inst.spool, 'private', 'cleanup');
+  // qmgr's notifications go through the queue owner's cleanup socket
+  const cleanup = path.join(inst.spool, 'private', 'cleanup.local');
   try {
     await inst.start();
     const id = await send(inst, ALICE, CAROL, 'Kept until reported');

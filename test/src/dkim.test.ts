@@ -144,11 +144,21 @@ describe('header fix-up: what the message has, learnt while it streams', () => {
     assert.equal(fix('Subject: s\nDate: d\n\nb\n', 1).out, 'Subject: s\nDate: d\nMessage-ID: <20261124182248.ABCDEF0123456789ABCD@mx.example.test>\n\nb\n');
   });
 
-  it('a header section over the scan limit passes through untouched and is not examined', () => {
-    const huge = 'X-Big: ' + 'a'.repeat(HEADER_SCAN_LIMIT) + '\r\n\r\nbody\r\n';
-    const { out, fixup } = fix(huge, 64 * 1024);
-    assert.ok(out === huge, 'passed through byte for byte');
-    assert.equal(fixup.summary?.complete, false);
+  it('a header section over header_size_limit is cut at the last whole line within it; the rest is body', () => {
+    const line = (i: number) => `X-Line-${String(i).padStart(6, '0')}: ${'a'.repeat(40)}\r\n`; // 56 bytes
+    const lines = Array.from({ length: Math.ceil((2 * HEADER_SCAN_LIMIT) / 56) }, (_, i) => line(i));
+    const huge = 'From: a@example.test\r\n' + lines.join('') + 'X-Late: after the limit\r\n\r\nbody\r\n';
+    for (const size of [4096, 64 * 1024]) {
+      const { out, fixup } = fix(huge, size);
+      const [head, ...rest] = out.split('\r\n\r\n');
+      assert.ok(head.length <= HEADER_SCAN_LIMIT + 200, `cut near the limit (${head.length})`);
+      assert.match(head, /\r\nMessage-ID: <[^>]+>\r\nDate: [^\r]+$/, 'examined and fixed up: the fields go at the end of the kept part');
+      assert.match(rest.join('\r\n\r\n'), /X-Late: after the limit\r\n\r\nbody\r\n$/, 'the rest is kept, as body');
+      assert.equal(out.replace(/Message-ID: [^\r]+\r\nDate: [^\r]+\r\n\r\n/, ''), huge, 'nothing else changed');
+      assert.equal(fixup.summary?.complete, true);
+      assert.equal(fixup.summary?.truncated, true);
+      assert.deepEqual(fixup.summary?.from, ['a@example.test']);
+    }
   });
 });
 

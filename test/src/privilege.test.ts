@@ -220,6 +220,7 @@ test('as root: the spool, its sockets and the secrets have the owners and modes 
 
   // each socket's group is exactly its allowed clients
   check('private/cleanup', postern.uid, smtpdGroup, 0o660, 'cleanup socket: postern:postern-smtpd 0660');
+  check('private/cleanup.local', postern.uid, posternGroup, 0o600, 'cleanup socket of the queue owner (pickup, qmgr): postern 0600');
   check('private/qmgr', postern.uid, posternGroup, 0o600, 'qmgr socket: postern 0600');
   check('private/smtp', relay.uid, posternGroup, 0o660, 'smtp socket: postern-relay:postern 0660');
   check('private/lmtp', relay.uid, posternGroup, 0o660, 'lmtp socket: postern-relay:postern 0660');
@@ -244,4 +245,8 @@ test('as root: what a compromised smtpd could reach — no queue, no mailboxes',
   const r = spawnSync(process.execPath, ['-e', probe, ...places], { uid: smtpd.uid, gid: smtpd.gid, cwd: '/', encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   for (const p of places) assert.match(r.stdout, new RegExp(`^EACCES ${p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'), `postern-smtpd cannot list ${p}`);
+  // nor pose as pickup or qmgr: the queue owner's cleanup socket refuses it (identity comes from the socket)
+  const connect = 'const s = require("net").createConnection(process.argv[1]); s.on("connect", () => { console.log("CONNECTED"); s.destroy(); }); s.on("error", (e) => console.log(e.code));';
+  const c = spawnSync(process.execPath, ['-e', connect, path.join(inst.spool, 'private', 'cleanup.local')], { uid: smtpd.uid, gid: smtpd.gid, cwd: '/', encoding: 'utf8' });
+  assert.equal(c.stdout.trim(), 'EACCES', 'postern-smtpd cannot connect to private/cleanup.local');
 });

@@ -1,13 +1,13 @@
 /**
  * The primary header section of a message, held back while it streams into
- * cleanup (at most HEADER_SCAN_LIMIT bytes) so it can be edited once its end
+ * cleanup (at most header_size_limit bytes) so it can be edited once its end
  * is known: fields dropped (forged Authentication-Results:), missing ones added
  * at its end, where Postfix puts them. Everything else passes through byte for
  * byte; the body is never held.
  */
 
-/** Header sections larger than this are passed on untouched and unexamined. */
-export const HEADER_SCAN_LIMIT = 1024 * 1024;
+/** header_size_limit's default (Postfix's): the most of a header section held and examined. */
+export const HEADER_SCAN_LIMIT = 102400;
 
 export interface HeaderSummary {
   /** Lower-case names of the header fields present. */
@@ -16,8 +16,12 @@ export interface HeaderSummary {
   from: string[];
   /** Unfolded value of the first Message-ID: field. */
   messageId?: string;
-  /** False when the header section exceeded the scan limit: nothing above is known. */
+  /** Always true: a header section over the limit is cut (see `truncated`), never passed on unexamined. */
   complete: boolean;
+  /** The header section was longer than the limit: it was cut there and the rest became body. */
+  truncated: boolean;
+  /** How many Received: fields the message brought (the hop count). */
+  received: number;
   /** The message as written has an empty line between header and body. */
   hasSeparator: boolean;
   /** The message's last byte is a line feed (or the message is empty). */
@@ -72,12 +76,11 @@ export class HeaderSection {
       this.lineStart = lf + 1;
     }
     if (this.len > this.limit) {
-      // too big to examine: pass it on as it came
-      this.summary = { names: new Set(), from: [], complete: false, hasSeparator: true, endsWithNewline: true };
-      this.passing = true;
-      const all = this.take();
-      this.lastByte = all[all.length - 1];
-      return [all];
+      // too big (header_size_limit): the header section ends at the last whole line within the
+      // limit, as Postfix's does, and the rest is body; the edits apply to what is kept, so a
+      // forged field cannot hide behind a megabyte of others
+      const cut = this.lineStart > 0 ? this.lineStart : this.limit;
+      return this.release(cut, false, true);
     }
     return [];
   }
@@ -123,7 +126,7 @@ export class HeaderSection {
   }
 
   /** The header section is [0, at): apply the edits and let everything go. */
-  private release(at: number, blank: boolean): Buffer[] {
+  private release(at: number, blank: boolean, truncated = false): Buffer[] {
     this.passing = true;
     const held = this.take();
     const rest = held.subarray(at);
@@ -131,7 +134,7 @@ export class HeaderSection {
     let summary: HeaderSummary | undefined;
     // summarised as it will be written, less what `add` puts in
     const summarised = () => summary ??= {
-      ...summarise(Buffer.concat(fields)), hasSeparator: blank, endsWithNewline: endsWithLf([...fields, rest]),
+      ...summarise(Buffer.concat(fields)), hasSeparator: blank, endsWithNewline: endsWithLf([...fields, rest]), truncated,
     };
     for (const edit of this.edits) {
       if ('drop' in edit) {
@@ -141,14 +144,15 @@ export class HeaderSection {
     }
     this.summary = summarised();
     const out = [...fields];
-    if (this.added.length) {
+    if (this.added.length || truncated) {
       const header = Buffer.concat(fields);
       // CRLF, as in the queue, unless the message's own lines end in a bare LF
       const firstLf = header.indexOf(10);
       const eol = firstLf > 0 && header[firstLf - 1] !== 13 ? '\n' : '\r\n';
       const needsEol = header.length > 0 && header[header.length - 1] !== 10;
       // a body that starts without the empty line gets one, so it is not read as part of our header
-      const separator = !blank && rest.length ? eol : '';
+      // and so does the rest of a header section cut at the limit: it is body from here on
+      const separator = !blank && (rest.length || truncated) ? eol : '';
       if (separator) this.summary.hasSeparator = true;
       out.push(Buffer.from((needsEol ? eol : '') + this.added.map((h) => h + eol).join('') + separator, 'utf8'));
     }
@@ -202,6 +206,7 @@ export function summarise(header: Buffer): HeaderSummary {
   const names = new Set<string>();
   const from: string[] = [];
   let messageId: string | undefined;
+  let received = 0;
   const fields: string[] = [];
   for (const line of header.toString('utf8').split(/\r?\n/)) {
     if (/^[ \t]/.test(line) && fields.length) fields[fields.length - 1] += line;
@@ -213,8 +218,9 @@ export function summarise(header: Buffer): HeaderSummary {
     const name = f.slice(0, colon).trim().toLowerCase();
     const value = f.slice(colon + 1).trim();
     names.add(name);
+    if (name === 'received') received++;
     if (name === 'from') from.push(value);
     else if (name === 'message-id' && messageId === undefined) messageId = value;
   }
-  return { names, from, messageId, complete: true, hasSeparator: false, endsWithNewline: true };
+  return { names, from, messageId, complete: true, truncated: false, received, hasSeparator: false, endsWithNewline: true };
 }

@@ -33,3 +33,13 @@ export function forgedAuthResults(hostname: string): FieldPredicate {
   const ours = hostname.toLowerCase().replace(/\.$/, '');
   return (name, value) => name === 'authentication-results' && authservId(value).toLowerCase().replace(/\.$/, '') === ours;
 }
+
+/**
+ * Fields only our own checks may set: spamd's verdict (X-Spam-*) and a DMARC
+ * quarantine mark (X-Postern-Quarantine:). smtpd sends ours in the after-body
+ * frame and they are written in front of the message (P records), so any in
+ * the message's own header section came from outside, and go.
+ */
+export function incomingVerdicts(): FieldPredicate {
+  return (name) => name.startsWith('x-spam-') || name === 'x-postern-quarantine';
+}

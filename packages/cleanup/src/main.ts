@@ -4,14 +4,16 @@
  * then tells the sender (smtpd, pickup) the queue id. Never talks to the network.
  */
 import * as net from 'node:net';
+import addressparser from 'nodemailer/lib/addressparser';
 import {
   runService, ServiceContext, RunningService, FrameReader, FrameWriter, QueueFileWriter, Envelope,
-  newQueueId, rfc5322Date, headerSafe, requestJson, NetworkList, AliasMaps,
+  newQueueId, rfc5322Date, headerSafe, requestJson, NetworkList, AliasMaps, MainConfig, StatusRecord,
+  validate, SchemaError, smtpdMessageRequest, localMessageRequest, afterBodyRequest, loginOwnsAddress, localUserOwnsAddress,
 } from '@postern/common';
 import { expandRecipients } from './aliases.js';
-import { HeaderSection, HeaderEdit } from './header-section.js';
+import { HeaderSection, HeaderEdit, HeaderSummary } from './header-section.js';
 import { missingHeaders } from './header-fixup.js';
-import { forgedAuthResults } from './headers.js';
+import { forgedAuthResults, incomingVerdicts } from './headers.js';
 import { DkimKeyStore, signQueuedMessage } from './dkim.js';
 import { failureReply, drainMessage } from './write-error.js';
 
@@ -44,6 +46,49 @@ function isSubmission(env: Envelope, mynetworks: NetworkList): boolean {
   return !!env.client && mynetworks.contains(env.client.address);
 }
 
+/**
+ * Which socket a request came in on: `smtpd` is private/cleanup (smtpd's group),
+ * `local` is private/cleanup.local (the queue owner: pickup, qmgr's notifications).
+ * The socket, never the frame, says this (docs/security.md).
+ */
+export type Clients = 'smtpd' | 'local';
+
+/** The envelope from a checked request: only what that socket's clients may say, origin from the socket. */
+function envelopeFrom(raw: unknown, clients: Clients, config: MainConfig): Envelope {
+  const base = { id: newQueueId(), arrival: Date.now() };
+  const limit = config.int('smtpd_recipient_limit');
+  if (clients === 'smtpd') {
+    const { envelope: e } = validate(smtpdMessageRequest(limit), raw);
+    return { ...base, sender: e.sender, recipients: e.recipients, origin: 'smtpd', client: e.client, protocol: e.protocol,
+      tls: e.tls, ...(e.sasl !== undefined ? { sasl: e.sasl } : {}) };
+  }
+  const { envelope: e } = validate(localMessageRequest(), raw);
+  return { ...base, ...e };
+}
+
+/** A refusal of the whole message: smtpd's client gets it as the reply to DATA; local mail is bounced with it. */
+interface Refusal { code: number; dsn: string; text: string; log: string }
+
+/**
+ * Mail sent as a domain must come from someone who owns the From: address
+ * before we sign for that domain (DKIM, docs/dkim.md). Returns the first
+ * From: address the submitter does not own, or null.
+ */
+function unownedFrom(env: Envelope, summary: HeaderSummary | null, config: MainConfig): string | null {
+  let owns: ((a: string) => boolean) | null = null;
+  if (env.origin === 'smtpd' && env.sasl) owns = (a) => loginOwnsAddress(env.sasl!, a);
+  else if (env.origin === 'pickup' && Number.isInteger(env.uid)) {
+    // as pickup decides who may set any sender: root and the queue owner (this process's uid)
+    const who = { uid: env.uid!, user: env.user ?? String(env.uid), trusted: env.uid === 0 || env.uid === process.getuid!() };
+    owns = (a) => localUserOwnsAddress(who, a, { myorigin: config.get('myorigin'), myhostname: config.get('myhostname') });
+  }
+  if (!owns) return null; // mynetworks and our own notifications: signed as configured
+  for (const value of summary?.from ?? []) {
+    for (const a of addressparser(value, { flatten: true })) if (a.address && !owns(a.address)) return a.address;
+  }
+  return null;
+}
+
 async function start(ctx: ServiceContext): Promise<RunningService> {
   const { log, spool } = ctx;
   const dkimKeys = new DkimKeyStore(log);
@@ -61,48 +106,63 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       .catch((e) => log.warn({ queue_id: id, err: e.message }, 'could not wake qmgr; it will find the file on its next scan'));
   }
 
-  async function handle(conn: net.Socket): Promise<void> {
+  async function handle(conn: net.Socket, clients: Clients): Promise<void> {
     const reader = new FrameReader(conn);
     const writer = new FrameWriter(conn);
     let file: QueueFileWriter | null = null;
     let ended = false; // the client sent the whole message (E) or gave up (A)
+    let queueId: string | undefined;
     try {
-      const req = await reader.json();
-      if (req.type !== 'message' || !req.envelope) throw new Error('expected a message request');
-      const env: Envelope = {
-        ...req.envelope,
-        id: newQueueId(),
-        arrival: Date.now(),
-      };
-      if (typeof env.sender !== 'string' || !Array.isArray(env.recipients) || !env.recipients.length) {
-        throw new Error('envelope needs a sender and at least one recipient');
+      const config = ctx.config;
+      let env: Envelope;
+      try {
+        env = envelopeFrom(await reader.json(), clients, config);
+      } catch (e) {
+        if (!(e instanceof SchemaError)) throw e;
+        // a client that sends what it may not is refused whole: nothing of it is queued
+        log.warn({ queue_id: 'NOQUEUE', socket: clients, err: e.message }, 'request refused: not what this socket\'s clients may send');
+        await writer.json({ ok: false, error: `invalid request: ${e.message}` }).catch(() => undefined);
+        return;
       }
-      const hostname = ctx.config.get('myhostname');
+      queueId = env.id;
+      const hostname = config.get('myhostname');
       // Received: names the recipient as the client gave it, not where its aliases lead
       const received = receivedHeader(env, hostname);
-      const expanded = await expandRecipients(env.recipients, new AliasMaps(ctx.config), log, env.id);
+      const expanded = await expandRecipients(env.recipients, new AliasMaps(config), log, env.id);
       env.recipients = expanded.recipients;
       file = await QueueFileWriter.create(spool, env);
       file.addStatus(expanded.statuses);
       await file.write(Buffer.from(received));
       const submission = isSubmission(env, mynetworks());
       const edits: HeaderEdit[] = [];
-      // RFC 8601 5: an Authentication-Results: claiming our name that arrives with the message is forged
-      if (env.origin === 'smtpd' || env.origin === 'pickup') edits.push({ drop: forgedAuthResults(hostname) });
+      if (env.origin === 'smtpd' || env.origin === 'pickup') {
+        // RFC 8601 5: an Authentication-Results: claiming our name that arrives with the message is forged;
+        // X-Spam-* and X-Postern-Quarantine: are ours alone, and ours come in the after-body frame
+        edits.push({ drop: forgedAuthResults(hostname) }, { drop: incomingVerdicts() });
+      }
       if (submission) {
         edits.push({ add: (s) => missingHeaders(s, env.id, new Date(env.arrival), hostname, rfc5322Date(new Date(env.arrival))) });
       }
-      // without edits the header section need not be held
-      const header = edits.length ? new HeaderSection(edits) : null;
+      // held always: the hop count and the From: check need the header section
+      const header = new HeaderSection(edits, config.int('header_size_limit'));
       const put = async (bufs: Buffer[]) => { for (const b of bufs) await file!.write(b); };
       for (;;) {
         const f = await reader.next();
         if (!f) throw new Error('sender went away before the end of the message');
-        if (f.type === 'D') await put(header ? header.push(f.data) : [f.data]);
-        else if (f.type === 'J' && f.json?.type === 'after-body') {
-          // what smtpd learnt from the whole message: headers to add (Authentication-Results:, X-Spam-*) and envelope notes
-          if (typeof f.json.headers === 'string' && f.json.headers) file.addPrependedHeaders(Buffer.from(f.json.headers));
-          if (f.json.notes && typeof f.json.notes === 'object') file.addEnvelopeNotes(f.json.notes);
+        if (f.type === 'D') await put(header.push(f.data));
+        else if (f.type === 'J' && f.json?.type === 'after-body' && clients === 'smtpd') {
+          // what smtpd learnt from the whole message: its own header fields (Authentication-Results:, X-Spam-*) and envelope notes
+          let after;
+          try { after = validate(afterBodyRequest, f.json, 'after-body'); } catch (e) {
+            if (!(e instanceof SchemaError)) throw e;
+            log.warn({ queue_id: env.id, socket: clients, err: e.message }, 'request refused: not what this socket\'s clients may send');
+            await file.abort();
+            file = null;
+            await writer.json({ ok: false, error: `invalid request: ${e.message}` }).catch(() => undefined);
+            return;
+          }
+          if (after.headers) file.addPrependedHeaders(Buffer.from(after.headers));
+          if (after.notes && Object.keys(after.notes).length) file.addEnvelopeNotes(after.notes);
         } else if (f.type === 'E') { ended = true; break; }
         else if (f.type === 'A') {
           ended = true;
@@ -111,14 +171,47 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
           return;
         } else throw new Error('unexpected frame inside a message');
       }
-      if (header) {
-        await put(header.end());
-        if (header.removed.length) log.info({ queue_id: env.id, removed: header.removed.map((h) => h.slice(0, 200)) }, 'removed Authentication-Results: claiming our host name');
-        if (header.added.length) log.info({ queue_id: env.id, added: header.added.map((h) => h.slice(0, h.indexOf(':'))).join(',') }, 'added missing headers');
+      await put(header.end());
+      if (header.removed.length) log.info({ queue_id: env.id, removed: header.removed.map((h) => h.slice(0, 200)) }, 'removed Authentication-Results: claiming our host name, or X-Spam-*, X-Postern-Quarantine: from outside');
+      if (header.added.length) log.info({ queue_id: env.id, added: header.added.map((h) => h.slice(0, h.indexOf(':'))).join(',') }, 'added missing headers');
+      const summary = header.summary;
+      if (summary?.truncated) log.warn({ queue_id: env.id, header_size_limit: config.int('header_size_limit') }, 'header section longer than header_size_limit; the rest is treated as body');
+      let refusal: Refusal | null = null;
+      // Postfix's hopcount_limit: this many hops is a mail loop
+      const hops = summary?.received ?? 0;
+      if (hops >= config.int('hopcount_limit')) {
+        refusal = { code: 554, dsn: '5.4.6', text: 'Error: too many hops', log: `too many hops (${hops} Received: header fields)` };
+      }
+      // only mail whose From: the submitter owns is signed
+      let sign = submission;
+      const notOwned = submission && !refusal ? unownedFrom(env, summary, config) : null;
+      if (notOwned) {
+        sign = false;
+        const owner = env.sasl ? `user ${env.sasl}` : `local user ${env.user ?? env.uid}`;
+        if (env.origin === 'smtpd' && config.bool('smtpd_reject_header_from_mismatch')) {
+          refusal = { code: 550, dsn: '5.7.1', text: `<${notOwned}>: From: address rejected: not owned by ${owner}`, log: `From: <${notOwned}> not owned by ${owner}` };
+        } else log.warn({ queue_id: env.id, header_from: `<${notOwned}>`, sasl_username: env.sasl, uid: env.uid }, `From: address not owned by ${owner}; not DKIM signing`);
+      }
+      if (refusal && env.origin === 'smtpd') {
+        await file.abort();
+        file = null;
+        log.info({ queue_id: 'NOQUEUE', from: `<${env.sender}>`, client: env.client ? `${env.client.name}[${env.client.address}]` : undefined,
+          sasl_username: env.sasl, dsn: refusal.dsn, status: 'reject' }, `reject: ${refusal.code} ${refusal.dsn} ${refusal.text}: ${refusal.log}`);
+        await writer.json({ ok: false, error: refusal.text, code: refusal.code, dsn: refusal.dsn });
+        return;
+      }
+      if (refusal) {
+        // pickup and qmgr cannot pass a refusal on: the message is queued already bounced, and qmgr returns it to the sender
+        const done = new Set(expanded.statuses.map((st) => (st.type === 'rcpt' ? st.index : -1)));
+        const bounced: StatusRecord[] = env.recipients.map((_, index) => index).filter((i) => !done.has(i))
+          .map((index) => ({ type: 'rcpt', index, status: 'bounced', dsn: refusal!.dsn, reason: `${refusal!.code} ${refusal!.dsn} ${refusal!.text}`, at: Date.now() }));
+        file.addStatus(bounced);
+        sign = false;
+        log.warn({ queue_id: env.id, from: `<${env.sender}>`, dsn: refusal.dsn, status: 'bounced' }, `message bounced: ${refusal.log}`);
       }
       // only submitted mail is signed, and only its Message-ID is known for the log
       const fixed = submission ? header : null;
-      if (fixed) await signQueuedMessage(file, env, fixed.summary, ctx.config.get('dkim_signing_table'), dkimKeys, log);
+      if (sign) await signQueuedMessage(file, env, fixed!.summary, config.get('dkim_signing_table'), dkimKeys, log);
       await file.commit();
       log.info({ queue_id: env.id, from: `<${env.sender}>`, size: file.messageSize, nrcpt: env.recipients.length,
         client: env.client ? `${env.client.name}[${env.client.address}]` : undefined,
@@ -127,7 +220,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       await writer.json({ ok: true, queue_id: env.id });
       wakeQmgr(env.id);
     } catch (e) {
-      log.error({ queue_id: file?.id, err: (e as Error).message }, 'message not queued');
+      log.error({ queue_id: queueId ?? 'NOQUEUE', err: (e as Error).message }, 'message not queued');
       if (file) await file.abort();
       // a write error midway: let the client finish sending so it reads this reply
       if (!ended) await drainMessage(reader);
@@ -138,10 +231,12 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
   }
 
   return {
-    listen(h) {
+    listen(h, info) {
+      // master names the queue owner's socket; the other one is smtpd's
+      const clients: Clients = info?.clients === 'local' ? 'local' : 'smtpd';
       const server = net.createServer((conn) => {
         conn.on('error', () => undefined);
-        const p = handle(conn).finally(() => inFlight.delete(p));
+        const p = handle(conn, clients).finally(() => inFlight.delete(p));
         inFlight.add(p);
       });
       server.listen(h as any);

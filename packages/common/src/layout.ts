@@ -46,10 +46,19 @@ export function defaultAccount(command: string, a: ServiceAccounts): SystemUser 
   }
 }
 
+/**
+ * cleanup listens on two sockets, and which one a request came in on says who
+ * sent it (smtpd, or the queue owner): `private/NAME` and `private/NAME.local`
+ * (a dot no master.cf service name can have).
+ */
+export const CLEANUP_LOCAL = 'cleanup.local';
+
 /** Owner, group and mode of a service's Unix socket: the group is exactly its allowed clients. */
 export function socketAccess(command: string, a: ServiceAccounts): { uid: number; gid: number; mode: number } {
   switch (command) {
-    case 'cleanup': return { uid: a.owner.uid, gid: a.smtpd.gid, mode: 0o660 }; // smtpd and pickup write mail in
+    case 'cleanup': return { uid: a.owner.uid, gid: a.smtpd.gid, mode: 0o660 }; // smtpd writes mail in
+    // cleanup's second socket: the queue owner's own clients (pickup, qmgr's notifications) and root
+    case CLEANUP_LOCAL: return { uid: a.owner.uid, gid: a.owner.gid, mode: 0o600 };
     case 'smtp': case 'lmtp': return { uid: a.relay.uid, gid: a.owner.gid, mode: 0o660 }; // qmgr asks for deliveries
     case 'local': return { uid: a.mailbox.uid, gid: a.relay.gid, mode: 0o660 }; // the lmtp client delivers
     case 'anvil': return { uid: a.smtpd.uid, gid: a.smtpd.gid, mode: 0o600 }; // smtpd's client counters

@@ -52,6 +52,8 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('queue_minfree', 'size', '0', 'smtpd refuses MAIL FROM with 452 4.3.1 while the queue file system has no more free bytes than this (and a SIZE= that does not fit).'),
   P('message_size_limit', 'size', '10240000', 'Largest message accepted, in bytes (headers included).'),
   P('smtpd_recipient_limit', 'int', '1000', 'Most recipients accepted in one message.'),
+  P('header_size_limit', 'size', '102400', 'Largest primary header section cleanup examines, in bytes; what lies beyond is treated as body (an empty line is put at the cut).'),
+  P('hopcount_limit', 'int', '50', 'A message with this many Received: header fields (ours not counted) is refused (554 5.4.6 "too many hops") or, from sendmail, bounced: a mail loop.'),
   P('smtpd_timeout', 'time', '300s', 'How long smtpd waits for a client command or data.'),
   P('smtpd_client_connection_count_limit', 'int', '50', 'Simultaneous connections one client address may hold.'),
   P('smtpd_client_connection_rate_limit', 'int', '0', 'Connections one client address may open per anvil_rate_time_unit (421 4.7.0 beyond it); 0 means no limit.'),
@@ -133,6 +135,7 @@ export const PARAMETERS: readonly ParamSpec[] = [
 
   // DKIM signing (cleanup)
   P('dkim_signing_table', 'string', '$config_directory/dkim/signing.table', 'Lines "domain selector keyfile [algorithm]": which key signs mail from which sender domain.'),
+  P('smtpd_reject_header_from_mismatch', 'bool', 'yes', 'Refuse (550 5.7.1) an authenticated submission whose From: header names an address the login does not own (the reject_sender_login_mismatch rule); "no" queues it without a DKIM signature.'),
   P('dkim_key_directory', 'string', '$config_directory/dkim', 'Where "postern dkim keygen" writes private keys (readable by the queue owner only).'),
 
   // Message checks on mail from outside (smtpd; clients in mynetworks and authenticated clients skip them)

@@ -20,8 +20,11 @@ export interface ServiceContext {
 }
 
 export interface RunningService {
-  /** A listening handle from master; may be called more than once (one per listener). */
-  listen(handle: net.Server | object): void;
+  /**
+   * A listening handle from master; may be called more than once (one per listener).
+   * `info.clients` names who can reach a socket when a service has more than one (cleanup).
+   */
+  listen(handle: net.Server | object, info?: { clients?: string }): void;
   /** main.cf changed (SIGHUP to master): re-read what can change at run time. */
   reload?(config: MainConfig): void | Promise<void>;
   /** Stop accepting, let work in hand finish (or answer 421), then resolve. */
@@ -65,7 +68,7 @@ export function runService(command: string, start: (ctx: ServiceContext) => Prom
     };
     process.on('message', (msg: any, handle: any) => {
       if (msg?.type === 'listen' && handle) {
-        svc.listen(handle);
+        svc.listen(handle, typeof msg.clients === 'string' ? { clients: msg.clients } : undefined);
         // master counts the service as up only now: until listen() the socket refuses connections
         process.send?.({ type: 'listening' });
       } else if (msg?.type === 'reload') {

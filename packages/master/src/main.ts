@@ -12,7 +12,7 @@ import { fork, ChildProcess } from 'node:child_process';
 import {
   MainConfig, ConfigError, MasterEntry, loadMasterCf, parseListenAddress, Spool, SERVICE_PROGRAMS,
   serviceAccounts, ServiceAccounts, defaultAccount, socketAccess, prepareSpool, prepareMailRoot, lookupSystemUser, SystemUser,
-  checkRestrictionLists, masterCfLocation, secureUsersFile, userTableFile, programPath,
+  checkRestrictionLists, masterCfLocation, secureUsersFile, userTableFile, programPath, CLEANUP_LOCAL,
 } from '@postern/common';
 import { LogSink } from './log-sink.js';
 import { acquirePidFile, releasePidFile } from './pidfile.js';
@@ -22,6 +22,8 @@ interface Slot {
   index: number;
   user: SystemUser;
   handle: any;
+  /** cleanup's second socket, for the queue owner's clients (docs/security.md). */
+  localHandle?: any;
   child?: ChildProcess;
   startedAt: number;
   failures: number;
@@ -34,7 +36,7 @@ const createServerHandle: (address: string | null, port: number, addressType: nu
   (net as any)._createServerHandle;
 
 /** A listening handle that master binds but never accepts on: the children do (see docs/master.md). */
-function bindHandle(entry: MasterEntry, spool: Spool, accounts: ServiceAccounts): any {
+function bindHandle(entry: MasterEntry, spool: Spool, accounts: ServiceAccounts, socketPath?: string, access?: string): any {
   if (entry.type === 'inet') {
     const addr = parseListenAddress(entry.service)!;
     const host = addr.host ?? '::';
@@ -58,14 +60,19 @@ function bindHandle(entry: MasterEntry, spool: Spool, accounts: ServiceAccounts)
     }
     return h;
   }
-  const sockPath = socketPathOf(entry, spool);
+  const sockPath = socketPath ?? socketPathOf(entry, spool);
   fs.rmSync(sockPath, { force: true });
   const h = createServerHandle(sockPath, -1, -1);
   if (typeof h === 'number') throw new Error(`cannot create socket ${sockPath}: error ${h}`);
-  const access = socketAccess(entry.command, accounts);
-  if (accounts.privileged) fs.chownSync(sockPath, access.uid, access.gid);
-  fs.chmodSync(sockPath, access.mode);
+  const perm = socketAccess(access ?? entry.command, accounts);
+  if (accounts.privileged) fs.chownSync(sockPath, perm.uid, perm.gid);
+  fs.chmodSync(sockPath, perm.mode);
   return h;
+}
+
+/** cleanup's socket for the queue owner's clients: the identity of a request comes from the socket it used. */
+function localCleanupPath(entry: MasterEntry, spool: Spool): string | null {
+  return entry.command === 'cleanup' && entry.type === 'unix' ? spool.privateSocket(`${entry.service}.local`) : null;
 }
 
 /** Public services (showq) take requests from any local user; the rest sit in private/. */
@@ -122,7 +129,9 @@ export class Master {
         : this.accounts.privileged ? lookupSystemUser(entry.user) : defaultAccount(entry.command, this.accounts);
       if (!user) throw new ConfigError(path.join(this.configDir, 'master.cf'), entry.line, `user "${entry.user}" does not exist`);
       const handle = bindHandle(entry, this.spool, this.accounts);
-      for (let i = 0; i < entry.maxproc; i++) this.slots.push({ entry, index: i, user, handle, startedAt: 0, failures: 0 });
+      const local = localCleanupPath(entry, this.spool);
+      const localHandle = local ? bindHandle(entry, this.spool, this.accounts, local, CLEANUP_LOCAL) : undefined;
+      for (let i = 0; i < entry.maxproc; i++) this.slots.push({ entry, index: i, user, handle, localHandle, startedAt: 0, failures: 0 });
     }
     for (const slot of this.slots) this.spawn(slot);
     this.log({ services: this.slots.length, privileged: this.accounts.privileged }, `daemon started -- version ${version()}, configuration ${this.configDir}`);
@@ -177,6 +186,7 @@ export class Master {
     this.sink.attach(child, entry.command === entry.service ? entry.command : `${entry.command}[${entry.service}]`);
     child.once('spawn', () => {
       child.send({ type: 'listen' }, slot.handle);
+      if (slot.localHandle) child.send({ type: 'listen', clients: 'local' }, slot.localHandle);
       this.writeStatus();
     });
     child.on('message', (msg: any) => {
@@ -242,7 +252,11 @@ export class Master {
       })));
     }
     if (!this.ownsSpool) return;
-    for (const e of this.entries) if (e.type === 'unix') fs.rmSync(socketPathOf(e, this.spool), { force: true });
+    for (const e of this.entries) {
+      if (e.type === 'unix') fs.rmSync(socketPathOf(e, this.spool), { force: true });
+      const local = localCleanupPath(e, this.spool);
+      if (local) fs.rmSync(local, { force: true });
+    }
     fs.rmSync(this.spool.statusFile(), { force: true });
     releasePidFile(this.spool.pidFile());
   }

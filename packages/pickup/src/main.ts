@@ -18,7 +18,7 @@ import { spawnSync } from 'node:child_process';
 import {
   runService, ServiceContext, RunningService, FrameReader, FrameWriter, connectUnix, Spool, Logger,
   lookupSystemUser, parseMaildropHeader, MaildropHeader, MAILDROP_HEADER_LIMIT, isMaildropTempName, qualifyAddress,
-  headerSafe, isQueueId, newQueueId, fsyncDir, MainConfig, submitRefusal,
+  headerSafe, isQueueId, newQueueId, fsyncDir, MainConfig, submitRefusal, CLEANUP_LOCAL,
 } from '@postern/common';
 
 const SCAN_EVERY_MS = 1000;
@@ -188,7 +188,7 @@ class Pickup {
 
     let sock: net.Socket;
     try {
-      sock = await connectUnix(this.spool.privateSocket('cleanup'));
+      sock = await connectUnix(this.spool.privateSocket(CLEANUP_LOCAL));
     } catch (e) {
       const delay = Math.min(MAX_RETRY_DELAY_MS, (this.cleanupDown?.delay ?? 500) * 2);
       if (!this.cleanupDown) this.log.warn({ err: (e as Error).message }, 'cleanup is not reachable; maildrop waits');
@@ -208,6 +208,8 @@ class Pickup {
       }
       await writer.end();
       const reply = await reader.json();
+      // a request cleanup's schema refuses is refused every time: keep it for the administrator, do not retry
+      if (!reply.ok && /^invalid request: /.test(String(reply.error))) return await this.moveToCorrupt(name, `cleanup: ${reply.error}`, uid);
       if (!reply.ok) throw new Error(`cleanup: ${reply.error ?? 'refused'}`);
       // cleanup has it on stable storage: only now may the maildrop copy go
       await fsp.unlink(path.join(this.dir, name));

@@ -10,7 +10,7 @@ import * as fsp from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import {
   MainConfig, QueueFileInfo, StatusRecord, Spool, Logger, Envelope, connectUnix, FrameReader, FrameWriter,
-  rfc5322Date, headerSafe, appendStatus,
+  rfc5322Date, headerSafe, appendStatus, CLEANUP_LOCAL,
 } from '@postern/common';
 import { backscatterReason } from './backscatter.js';
 
@@ -306,7 +306,7 @@ export interface DsnContext { config: MainConfig; spool: Spool; log: Logger }
 
 async function queueDsn(ctx: DsnContext, info: QueueFileInfo, recipients: DsnRecipient[], kind: DsnKind): Promise<string> {
   const message = await buildDsn(info, recipients, ctx.config, kind);
-  return submitToCleanup(ctx.spool.privateSocket('cleanup'),
+  return submitToCleanup(ctx.spool.privateSocket(CLEANUP_LOCAL),
     { sender: '', recipients: [{ address: info.envelope.sender }], origin: 'bounce' }, message);
 }
 

@@ -8,7 +8,7 @@ import { SMTPServer, SMTPServerDataStream, SMTPServerSession, SMTPServerOptions 
 import {
   runService, ServiceContext, RunningService, MainConfig, NetworkList,
   installEnhancedCodeShim, smtpError, connectUnix, FrameReader, FrameWriter, UserDb, verifyPassword, userDbOf, localDomains, sharedResolver,
-  AliasMaps, SmtpError,
+  AliasMaps, SmtpError, loginOwnsAddress, headerSafe,
 } from '@postern/common';
 
 import { LineEndingCheck } from './line-endings.js';
@@ -181,7 +181,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         const cb = replyLater(session, done);
         if (tlsRequired && !session.secure) return cb(smtpError(530, '5.7.0', 'Must issue a STARTTLS command first'));
         if (authRequired && !session.user) return cb(smtpError(530, '5.7.0', 'Authentication required'));
-        if (session.user && address.address.toLowerCase() !== String(session.user).toLowerCase()) {
+        if (session.user && !loginOwnsAddress(String(session.user), address.address)) {
           // reject_sender_login_mismatch: an authenticated user sends only as an address they own
           log.info({ queue_id: 'NOQUEUE', client: clientName(session), sasl_username: String(session.user), from: address.address, status: 'reject' },
             `reject: MAIL from ${clientName(session)}: 553 5.7.1 <${address.address}>: Sender address rejected: not owned by user ${session.user}`);
@@ -264,8 +264,8 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         envelope: {
           sender: from,
           recipients: session.envelope.rcptTo.map((r) => ({ address: r.address })),
-          origin: 'smtpd',
-          client: { address: session.remoteAddress, name: clients.get(session)?.name ?? 'unknown', helo: session.hostNameAppearsAs || '' },
+          // cleanup takes one line of at most 255 characters: a client's odd HELO is cut, not a reason to fail
+          client: { address: session.remoteAddress, name: clients.get(session)?.name ?? 'unknown', helo: headerSafe(session.hostNameAppearsAs || '').slice(0, 255) },
           protocol: session.transmissionType,
           tls: session.secure ? describeTls(session) : null,
           sasl: session.user ? String(session.user) : undefined,
@@ -309,6 +309,11 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       if (headers || Object.keys(notes).length) await writer.json({ type: 'after-body', headers, notes });
       await writer.end();
       const reply = await reader.json();
+      if (!reply.ok && Number.isInteger(reply.code) && reply.code >= 400 && reply.code < 600
+        && typeof reply.dsn === 'string' && /^[45]\.\d{1,3}\.\d{1,3}$/.test(reply.dsn)) {
+        // cleanup refused the content (hop count, a From: the login does not own): its answer is the client's
+        throw smtpError(reply.code, reply.dsn, String(reply.error));
+      }
       if (!reply.ok) {
         log.error({ queue_id: 'NOQUEUE', err: reply.error }, 'cleanup failed to queue the message');
         // a full spool is the client's cue to come back later: Postfix's 452 4.3.1
