@@ -24,3 +24,4 @@ export * from './aliases.js';
 export * from './files.js';
 export * from './group-commit.js';
 export * from './request-pool.js';
+export * from './log-events.js';

@@ -9,6 +9,8 @@ import { ChildProcess } from 'node:child_process';
 
 export class LogSink {
   private out: NodeJS.WritableStream;
+  /** Sees every line written (master's feed to the metrics service); must not block or throw. */
+  tap?: (line: string) => void;
 
   constructor(private file: string | null) {
     this.out = this.open();
@@ -32,6 +34,7 @@ export class LogSink {
 
   write(line: string): void {
     this.out.write(line.endsWith('\n') ? line : line + '\n');
+    this.tap?.(line);
   }
 
   event(service: string, fields: Record<string, unknown>, msg: string): void {
