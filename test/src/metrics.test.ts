@@ -16,7 +16,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn, ChildProcess } from 'node:child_process';
 import { Instance, IS_ROOT, freePort, requireTool, runAsync, tempDir, waitFor, RunResult } from './harness.js';
+import * as net from 'node:net';
 import { TestDnsServer } from './dns-server.js';
+import { MetricsFeed } from '../../packages/master/dist/metrics-feed.js';
+import { Collector, feedReader } from '../../packages/metrics/dist/collector.js';
 
 const PW = 'pw-alice';
 
@@ -211,5 +214,35 @@ describe('metrics: Prometheus scrapes the counters of a known mix of mail', () =
     for (const n of names) after[n] = (await query(n))!.value;
     assert.deepEqual(after, before);
     assert.equal(promLog.includes('level=error'), false, promLog);
+  });
+});
+
+describe('master\'s feed to the metrics service', () => {
+  it('never blocks master: while the service is down lines wait in a bounded queue, the rest are dropped and counted', async () => {
+    const dir = tempDir('feed');
+    const sock = path.join(dir, 'metrics');
+    const feed = new MetricsFeed(sock, { lines: 100, bytes: 1 << 20, lineBytes: 1024, retryMs: 100 });
+    const collector = new Collector();
+    let server: net.Server | undefined;
+    try {
+      feed.start();
+      // the service is down: 1000 events and one overlong line, pushed without waiting
+      for (let i = 0; i < 1000; i++) feed.push(JSON.stringify({ service: 'cleanup', queue_id: `Q${i}`, msg: 'queued' }));
+      feed.push(JSON.stringify({ service: 'cleanup', queue_id: 'QX', msg: 'queued', pad: 'x'.repeat(2000) }));
+      // the service comes up on the socket: what was queued arrives, then the count of what was not
+      server = net.createServer((conn) => conn.on('data', feedReader((rec) => collector.record(rec), () => collector.events.inc({ outcome: 'bad' }))));
+      await new Promise<void>((r) => server!.listen(sock, r));
+      await waitFor('the queued events and the drop count', () => collector.received.total() === 100 && collector.dropped.total() === 901, 15000);
+      // connected: a new event goes straight through
+      feed.push(JSON.stringify({ service: 'cleanup', queue_id: 'QY', msg: 'queued' }));
+      await waitFor('the next event', () => collector.received.total() === 101, 15000);
+      assert.equal(collector.dropped.total(), 901);
+      assert.equal(collector.events.value({ outcome: 'bad' }), 0);
+      assert.match(collector.registry.render(), /^postern_metrics_events_dropped_total 901$/m);
+    } finally {
+      feed.stop();
+      server?.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

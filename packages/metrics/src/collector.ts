@@ -113,3 +113,24 @@ export class Collector {
     };
   }
 }
+
+/** Splits master's feed into records, each at most MAX_EVENT_BYTES; a longer one is skipped to its newline. */
+export function feedReader(onRecord: (rec: string) => void, onOverlong: () => void): (chunk: Buffer) => void {
+  let parts: Buffer[] = [];
+  let size = 0;
+  let skipping = false;
+  return (chunk) => {
+    let at = 0;
+    for (;;) {
+      const nl = chunk.indexOf(10, at);
+      const piece = chunk.subarray(at, nl < 0 ? chunk.length : nl);
+      if (!skipping) {
+        if (size + piece.length > MAX_EVENT_BYTES) { skipping = true; parts = []; size = 0; onOverlong(); } else { parts.push(piece); size += piece.length; }
+      }
+      if (nl < 0) return;
+      if (!skipping && size) onRecord(Buffer.concat(parts).toString('utf8'));
+      parts = []; size = 0; skipping = false;
+      at = nl + 1;
+    }
+  };
+}

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import { runService, ServiceContext, RunningService, metricsListenAddress, MainConfig } from '@postern/common';
-import { Collector, MAX_EVENT_BYTES } from './collector.js';
+import { Collector, feedReader } from './collector.js';
 import { Gauge, CONTENT_TYPE } from './registry.js';
 import { QueueScanner, GAUGE_QUEUES } from './queue-scan.js';
 import { DnsChecker, cliMainPath } from './dns-findings.js';
@@ -31,27 +31,6 @@ function readServices(file: string, now: number): { master: number | null; maste
     pid: typeof s.pid === 'number' ? s.pid : null, running: s.running === true, uptime_seconds: s.pid ? age(s.started) : null,
   }));
   return { master: typeof st.master === 'number' ? st.master : null, master_uptime_seconds: age(st.master_started), services };
-}
-
-/** Splits master's feed into records, each at most MAX_EVENT_BYTES; a longer one is skipped to its newline. */
-function feedReader(onRecord: (rec: string) => void, onOverlong: () => void): (chunk: Buffer) => void {
-  let parts: Buffer[] = [];
-  let size = 0;
-  let skipping = false;
-  return (chunk) => {
-    let at = 0;
-    for (;;) {
-      const nl = chunk.indexOf(10, at);
-      const piece = chunk.subarray(at, nl < 0 ? chunk.length : nl);
-      if (!skipping) {
-        if (size + piece.length > MAX_EVENT_BYTES) { skipping = true; parts = []; size = 0; onOverlong(); } else { parts.push(piece); size += piece.length; }
-      }
-      if (nl < 0) return;
-      if (!skipping && size) onRecord(Buffer.concat(parts).toString('utf8'));
-      parts = []; size = 0; skipping = false;
-      at = nl + 1;
-    }
-  };
 }
 
 async function start(ctx: ServiceContext): Promise<RunningService> {
