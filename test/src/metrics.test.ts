@@ -246,3 +246,27 @@ describe('master\'s feed to the metrics service', () => {
     }
   });
 });
+
+describe('metrics_listen: a bad value is refused with its file and line', () => {
+  it('postern check and postern start name main.cf\'s line; a master.cf without the service gets a warning', async () => {
+    const inst = await Instance.create({ main: { metrics_listen: '9154' } });
+    try {
+      const line = fs.readFileSync(path.join(inst.etc, 'main.cf'), 'utf8').split('\n').findIndex((l) => l.startsWith('metrics_listen')) + 1;
+      const problem = `metrics_listen: "9154" is not host:port (for example 127.0.0.1:9154)`;
+      const check = inst.tryCli(['check']);
+      assert.notEqual(check.code, 0);
+      assert.ok((check.stdout + check.stderr).includes(`main.cf:${line}: error: ${problem}`), check.stdout + check.stderr);
+      const start = inst.tryCli(['start']);
+      assert.notEqual(start.code, 0);
+      assert.ok(start.stderr.includes(`main.cf:${line}: ${problem}`), start.stderr);
+      // a good value, but master.cf from before the metrics service
+      inst.cli(['config', 'set', 'metrics_listen=127.0.0.1:9154']);
+      const cf = path.join(inst.etc, 'master.cf');
+      fs.writeFileSync(cf, fs.readFileSync(cf, 'utf8').split('\n').filter((l) => !/^metrics\s/.test(l)).join('\n'));
+      const again = inst.tryCli(['check']);
+      assert.match(again.stdout + again.stderr, /metrics_listen is set, but master.cf has no metrics service: add "metrics unix - 1 metrics"/);
+    } finally {
+      await inst.destroy();
+    }
+  });
+});
