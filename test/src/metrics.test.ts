@@ -158,6 +158,21 @@ describe('metrics: Prometheus scrapes the counters of a known mix of mail', () =
     });
   });
 
+  it('the metrics service runs as the queue owner; only root can write its feed socket', () => {
+    const svc = a.status().services.find((s: any) => s.command === 'metrics');
+    assert.ok(svc?.running, JSON.stringify(a.status()));
+    const st = fs.statSync(path.join(a.spool, 'private', 'metrics'));
+    assert.ok(st.isSocket());
+    assert.equal(st.mode & 0o777, 0o600);
+    if (IS_ROOT) {
+      assert.equal(svc.user, 'postern');
+      assert.equal(fs.readFileSync(`/proc/${svc.pid}/status`, 'utf8').match(/^Uid:\s+(\d+)/m)?.[1], String(svc.uid));
+      assert.notEqual(svc.uid, 0);
+      assert.equal(st.uid, 0);
+      assert.equal(st.gid, 0);
+    }
+  });
+
   it('queue gauges: a message deferred while B is down, then held', async () => {
     await b.stop();
     const r = await submit('bob@b.test');

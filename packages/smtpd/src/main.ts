@@ -137,7 +137,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       },
       onClose(session) {
         limits.disconnect(session);
-        log.info({ client: clientName(session), tls: !!session.secure }, 'disconnect');
+        log.info({ client: clientName(session), tls: session.secure || undefined }, 'disconnect');
       },
       onAuth(auth, session, cb) {
         const fail = async () => {
