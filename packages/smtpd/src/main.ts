@@ -185,7 +185,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
           `reject: RCPT from ${clientName(session)}: ${code} ${enhanced} ${text}`);
           cb(smtpError(code, enhanced, text));
         };
-        if (session.envelope.rcptTo.length >= policy.recipientLimit) return reject(452, '4.5.3', 'Error: too many recipients');
+        if (session.envelope.rcptTo.length >= policy.recipientLimit) return reject(452, '4.5.3', 'Error: too many recipients', 'smtpd_recipient_limit');
         const current = policy;
         const checkRecipients = () => checkRecipientNamed(current.restrictions, {
           resolver: sharedResolver(ctx.config),
@@ -208,7 +208,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         });
         // anvil's recipient rate first, then the restriction lists
         limits.recipient(session).then((tooMany) => {
-          if (tooMany) return reject(tooMany.responseCode, tooMany.enhanced, tooMany.message.slice(tooMany.enhanced.length + 1));
+          if (tooMany) return reject(tooMany.responseCode, tooMany.enhanced, tooMany.message.slice(tooMany.enhanced.length + 1), 'smtpd_client_recipient_rate_limit');
           return checkRecipients();
         }, () => checkRecipients());
       },
