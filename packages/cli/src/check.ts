@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { X509Certificate, createPrivateKey, KeyObject } from 'node:crypto';
 import { Command } from 'commander';
 import {
-  MainConfig, ConfigError, MasterEntry, loadMasterCf, PARAMETERS, paramSpec, checkRestrictionLists, masterCfLocation,
+  MainConfig, ConfigError, MasterEntry, loadMasterCf, PARAMETERS, paramSpec, checkRestrictionLists, masterCfLocation, metricsListenAddress,
   parseTexthash, parsePasswdFile, tableTypes, readDkimTable, Spool, spoolDifferences, serviceAccounts, ServiceAccounts,
   lookupSystemUser, SystemUser, isRoot, accessAs, serviceAccessProblems,
 } from '@postern/common';
@@ -141,6 +141,7 @@ function checkMainCf(configDir: string, report: Report): MainConfig | null {
     throw e;
   }
   for (const p of problems) report.fromConfigError(p);
+  try { metricsListenAddress(config); } catch (e) { if (e instanceof ConfigError) report.fromConfigError(e); else throw e; }
   for (const w of config.warnings) report.fromMessage('warning', config.file, w);
   for (const [name, value] of config.explicit()) {
     const at = { file: config.file, line: config.lineOf(name) };
@@ -163,6 +164,10 @@ function checkMasterCf(configDir: string, config: MainConfig, accounts: ServiceA
     throw e;
   }
   for (const p of problems) report.fromConfigError(p);
+  // an instance made before the metrics service existed has no line for it
+  if (config.get('metrics_listen').trim() && !entries.some((e) => e.command === 'metrics')) {
+    report.warning({ file: config.file, line: config.lineOf('metrics_listen') }, 'metrics_listen is set, but master.cf has no metrics service: add "metrics unix - 1 metrics"');
+  }
   for (const e of entries) {
     const at = masterCfLocation(configDir, e.line);
     if (accounts?.privileged && e.user !== '-' && !lookupSystemUser(e.user)) report.error(at, `user "${e.user}" does not exist`);

@@ -82,12 +82,14 @@ export function defaultMasterCf(ports: { smtp: number; submission: number; submi
     ['showq', 'unix', '-', '1', 'showq'],
     ['pickup', 'unix', '-', '1', 'pickup'],
     ['anvil', 'unix', '-', '1', 'anvil'],
+    ['metrics', 'unix', '-', '1', 'metrics'],
   ];
   const fmt = (r: string[]) => `${r[0].padEnd(18)}${r[1].padEnd(6)}${r[2].padEnd(6)}${r[3].padEnd(9)}${r.slice(4).join('  ')}`.trimEnd();
   return `# Postern master.cf: one service per line (docs/master.md).
 # "user" - means the command's own account (smtpd, anvil: postern-smtpd; cleanup/qmgr/pickup: postern,
 # smtp/lmtp: postern-relay, local: vmail); "maxproc" is the number of processes.
 # pickup's socket only wakes it (root and the queue owner); it also scans maildrop/ every second.
+# metrics (as postern) starts only when main.cf sets metrics_listen; master feeds it the log events.
 ${fmt(['# service', 'type', 'user', 'maxproc', 'command [-o name=value ...]'])}
 ${rows.map(fmt).join('\n')}
 `;

@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import { Command } from 'commander';
-import { MainConfig, parseTimeValue } from '@postern/common';
+import { MainConfig, parseTimeValue, classifyLogEvent } from '@postern/common';
 
 /** Longer lines are not ours (ours are well under 4 KiB): skipped and counted, never buffered. */
 export const MAX_LINE_BYTES = 64 * 1024;
@@ -46,9 +46,6 @@ export interface Stats {
   /** Delivery delay in seconds (arrival to status=sent), over the delivered recipients. */
   delay: { avg: number; max: number };
 }
-
-/** Delivery agents: the services whose status= lines are per-recipient results. */
-const AGENTS = new Set(['smtp', 'lmtp']);
 
 /** `RCPT 550 5.1.1 Recipient address rejected: User unknown...`, without the client and the address, so reasons group. */
 export function rejectReason(msg: string): string {
@@ -135,23 +132,21 @@ export async function logStats(config: MainConfig, o: StatsOptions = {}): Promis
       if (isNaN(t)) { st.skipped++; continue; }
       if (t < cutoff) continue;
     }
-    const service = String(e.service ?? '').replace(/\[.*$/, '');
-    const id = typeof e.queue_id === 'string' ? e.queue_id : '';
-    const msg = String(e.msg ?? '');
-    if (service === 'cleanup' && msg === 'queued' && id) {
-      st.received++;
-      const size = Number(e.size) || 0;
-      st.bytes_received += size;
-      sizes.set(id, size);
-      senders.add(bare(e.from));
-      continue;
-    }
-    if (service === 'qmgr' && msg === 'removed') { sizes.delete(id); continue; }
-    // a delivery agent that failed leaves its recipients deferred without a line of their own
-    if (service === 'qmgr' && msg === 'delivery agent failed') { st.deferrals++; if (id) deferredIds.add(id); continue; }
-    switch (e.status) {
-      case 'sent': {
-        if (!AGENTS.has(service)) break;
+    const ev = classifyLogEvent(e);
+    if (!ev) continue;
+    const id = ev.queue_id;
+    switch (ev.kind) {
+      case 'received': {
+        st.received++;
+        const size = Number(e.size) || 0;
+        st.bytes_received += size;
+        sizes.set(id, size);
+        senders.add(bare(e.from));
+        break;
+      }
+      case 'removed': sizes.delete(id); break;
+      case 'agent_failed': st.deferrals++; if (id) deferredIds.add(id); break;
+      case 'delivered': {
         st.delivered++;
         st.bytes_delivered += sizes.get(id) ?? 0;
         const to = bare(e.to);
@@ -166,22 +161,19 @@ export async function logStats(config: MainConfig, o: StatsOptions = {}): Promis
         break;
       }
       case 'deferred':
-        if (!AGENTS.has(service)) break;
         st.deferrals++;
         if (id) deferredIds.add(id);
         break;
       case 'bounced':
-        // qmgr's bounced lines sum up recipients an agent or cleanup already logged
-        if (service === 'qmgr') break;
         st.bounced++;
         break;
       case 'expired':
         st.expired++;
         st.bounced++;
         break;
-      case 'reject':
+      case 'rejected':
         st.rejected++;
-        reasons.add(rejectReason(msg));
+        reasons.add(rejectReason(String(e.msg ?? '')));
         break;
     }
   }

@@ -162,6 +162,7 @@ export type ServiceType = 'inet' | 'unix';
 /** Program packages by master.cf command name; lmtp is the smtp program in LMTP mode, as in Postfix. */
 export const SERVICE_PROGRAMS: Record<string, string> = {
   smtpd: 'smtpd', cleanup: 'cleanup', qmgr: 'qmgr', smtp: 'smtp', lmtp: 'smtp', local: 'local', pickup: 'pickup', showq: 'showq', anvil: 'anvil',
+  metrics: 'metrics',
 };
 
 export interface MasterEntry {
@@ -177,6 +178,21 @@ export interface MasterEntry {
 }
 
 const PORT_NAMES: Record<string, number> = { smtp: 25, submission: 587, submissions: 465, smtps: 465 };
+
+/**
+ * metrics_listen as host and port, or null when it is empty (metrics off).
+ * A host is required: the page and the metrics are for the operator, and a
+ * bare port would listen on every interface.
+ */
+export function metricsListenAddress(config: MainConfig): { host: string; port: number } | null {
+  const value = config.get('metrics_listen').trim();
+  if (!value) return null;
+  const a = parseListenAddress(value);
+  if (!a || !a.host || !/^\d+$/.test(value.slice(value.lastIndexOf(':') + 1))) {
+    throw new ConfigError(config.file, config.lineOf('metrics_listen'), `metrics_listen: "${value}" is not host:port (for example 127.0.0.1:9154)`);
+  }
+  return { host: a.host, port: a.port };
+}
 
 export function parseListenAddress(service: string): { host?: string; port: number } | null {
   const m = /^(?:\[?([^\]]*?)\]?:)?([A-Za-z0-9-]+)$/.exec(service);
@@ -222,6 +238,8 @@ function parseMasterLine(l: string, line: number, file: string, seen: Set<string
   if (command === 'pickup' && type !== 'unix') throw new ConfigError(file, line, 'pickup takes wake-up requests on a unix socket only');
   // the client counters must be one set, shared by every smtpd process
   if (command === 'anvil' && (maxproc !== 1 || type !== 'unix')) throw new ConfigError(file, line, 'anvil must run as exactly one process on a unix socket');
+  // one set of counters, fed by master over its socket
+  if (command === 'metrics' && (maxproc !== 1 || type !== 'unix')) throw new ConfigError(file, line, 'metrics must run as exactly one process on a unix socket');
   const overrides = new Map<string, string>();
   for (let i = 0; i < args.length; i++) {
     if (args[i] !== '-o' || i + 1 >= args.length) throw new ConfigError(file, line, `unexpected argument "${args[i]}" (only -o name=value)`);

@@ -27,3 +27,4 @@ export * from './request-pool.js';
 export * from './transport.js';
 export * from './ipc-schema.js';
 export * from './sender-login.js';
+export * from './log-events.js';

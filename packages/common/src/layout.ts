@@ -63,6 +63,7 @@ export function socketAccess(command: string, a: ServiceAccounts): { uid: number
     case 'local': return { uid: a.mailbox.uid, gid: a.relay.gid, mode: 0o660 }; // the lmtp client delivers
     case 'anvil': return { uid: a.smtpd.uid, gid: a.smtpd.gid, mode: 0o600 }; // smtpd's client counters
     case 'showq': return { uid: a.owner.uid, gid: a.owner.gid, mode: 0o666 }; // mailq for every local user
+    case 'metrics': return { uid: 0, gid: 0, mode: 0o600 }; // only master (root) feeds it the log events
     default: return { uid: a.owner.uid, gid: a.owner.gid, mode: 0o600 }; // qmgr: cleanup and root
   }
 }

@@ -149,6 +149,9 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('spamd_timeout', 'time', '30s', 'How long to wait for spamd\'s verdict; a slower or absent spamd means the message passes unchecked.'),
   P('backscatter_protection', 'bool', 'yes', 'Send a non-delivery notification for mail from outside only when its sender passed SPF or an aligned DKIM check; otherwise log and drop it.'),
 
+  // Operations (the metrics service, docs/metrics.md)
+  P('metrics_listen', 'string', '', 'host:port (loopback by example: 127.0.0.1:9154) where the metrics service serves Prometheus metrics (/metrics) and the read-only status page (/); empty (the default) turns it off and the metrics service is not started.'),
+
   // Local submission
   P('authorized_submit_users', 'list', 'static:anyone', 'Who may use the sendmail command (static:anyone or user names).'),
 ];

@@ -90,6 +90,8 @@ export class LogSink {
   private out: NodeJS.WritableStream;
   /** Child streams paused until the log output drains. */
   private paused = new Set<Readable>();
+  /** Sees every line written (master's feed to the metrics service); must not block or throw. */
+  tap?: (line: string) => void;
 
   constructor(private file: string | null) {
     this.out = this.open();
@@ -121,7 +123,9 @@ export class LogSink {
 
   /** Writes one line; false when the output is backed up (the caller should wait for it). */
   write(line: string): boolean {
-    return this.out.write(line.endsWith('\n') ? line : line + '\n');
+    const ok = this.out.write(line.endsWith('\n') ? line : line + '\n');
+    this.tap?.(line);
+    return ok;
   }
 
   event(service: string, fields: Record<string, unknown>, msg: string): void {

@@ -12,10 +12,11 @@ import { fork, ChildProcess } from 'node:child_process';
 import {
   MainConfig, ConfigError, MasterEntry, loadMasterCf, parseListenAddress, Spool, SERVICE_PROGRAMS,
   serviceAccounts, ServiceAccounts, defaultAccount, socketAccess, prepareSpool, prepareMailRoot, lookupSystemUser, SystemUser,
-  checkRestrictionLists, masterCfLocation, secureUsersFile, userTableFile, programPath, CLEANUP_LOCAL,
+  checkRestrictionLists, masterCfLocation, secureUsersFile, userTableFile, programPath, CLEANUP_LOCAL, metricsListenAddress,
 } from '@postern/common';
 import { LogSink } from './log-sink.js';
 import { acquirePidFile, releasePidFile } from './pidfile.js';
+import { MetricsFeed } from './metrics-feed.js';
 
 interface Slot {
   entry: MasterEntry;
@@ -90,6 +91,8 @@ export class Master {
   private entries!: MasterEntry[];
   private spool!: Spool;
   private accounts!: ServiceAccounts;
+  private feed?: MetricsFeed;
+  private readonly startedAt = Date.now();
 
   constructor(private configDir: string, private sink: LogSink) {}
 
@@ -105,6 +108,7 @@ export class Master {
     for (const e of this.entries.filter((x) => x.command === 'smtpd')) {
       checkRestrictionLists(this.config.withOverrides(e.overrides), (name) => (e.overrides.has(name) ? masterCfLocation(this.configDir, e.line) : undefined));
     }
+    metricsListenAddress(this.config); // a bad metrics_listen stops start, as any bad value
     for (const w of this.config.warnings) this.log({ level: 'warn' }, w);
   }
 
@@ -125,6 +129,11 @@ export class Master {
     this.awaitOldGeneration();
     this.ownsSpool = true;
     for (const entry of this.entries) {
+      // the metrics service runs only when metrics_listen asks for it (docs/metrics.md)
+      if (entry.command === 'metrics') {
+        if (!metricsListenAddress(this.config)) continue;
+        this.feed = new MetricsFeed(this.spool.privateSocket(entry.service));
+      }
       const user = entry.user === '-' ? defaultAccount(entry.command, this.accounts)
         : this.accounts.privileged ? lookupSystemUser(entry.user) : defaultAccount(entry.command, this.accounts);
       if (!user) throw new ConfigError(path.join(this.configDir, 'master.cf'), entry.line, `user "${entry.user}" does not exist`);
@@ -133,6 +142,7 @@ export class Master {
       const localHandle = local ? bindHandle(entry, this.spool, this.accounts, local, CLEANUP_LOCAL) : undefined;
       for (let i = 0; i < entry.maxproc; i++) this.slots.push({ entry, index: i, user, handle, localHandle, startedAt: 0, failures: 0 });
     }
+    if (this.feed) { const feed = this.feed; this.sink.tap = (line) => feed.push(line); feed.start(); }
     for (const slot of this.slots) this.spawn(slot);
     this.log({ services: this.slots.length, privileged: this.accounts.privileged }, `daemon started -- version ${version()}, configuration ${this.configDir}`);
   }
@@ -212,10 +222,11 @@ export class Master {
       service: s.entry.service, type: s.entry.type, command: s.entry.command, user: s.user.name, uid: s.user.uid,
       // running = serving: `postern start` returns only when every listener accepts connections
       pid: s.child?.pid ?? null, running: !!s.child && s.child.exitCode === null && !!s.listening,
+      started: s.child ? new Date(s.startedAt).toISOString() : null,
     }));
     const file = this.spool.statusFile();
     const tmp = `${file}.tmp`;
-    fs.writeFileSync(tmp, JSON.stringify({ master: process.pid, config: this.configDir, services }, null, 1) + '\n');
+    fs.writeFileSync(tmp, JSON.stringify({ master: process.pid, master_started: new Date(this.startedAt).toISOString(), config: this.configDir, services }, null, 1) + '\n');
     fs.renameSync(tmp, file);
   }
 
@@ -235,6 +246,8 @@ export class Master {
     if (this.stopping) return;
     this.stopping = true;
     this.log({}, 'terminating on signal');
+    this.sink.tap = undefined;
+    this.feed?.stop();
     const running = this.slots.filter((s) => s.child);
     for (const s of this.slots) if (s.timer) clearTimeout(s.timer);
     // close master's own copies of the listeners: once smtpd closes its copies, new clients

@@ -34,7 +34,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     for (const r of results) {
       const rcpt = req.recipients.find((x: any) => x.index === r.index);
       log.info({ queue_id: req.queue_id, to: `<${rcpt?.address}>`, relay: r.relay ?? 'none', delay: delaySince(info.envelope.arrival),
-        dsn: r.dsn, status: r.status }, `${r.status} (${r.reason})`);
+        dsn: r.dsn, status: r.status, tls: r.tls || undefined }, `${r.status} (${r.reason})`);
     }
     return results;
   }

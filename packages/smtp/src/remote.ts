@@ -216,13 +216,14 @@ export async function deliverRemote(info: QueueFileInfo, domain: string, recipie
     }
     putIdle(key, conn, config);
     const accepted = new Set<string>(result.info?.accepted ?? []);
+    const tls = !!conn.secure;
     return recipients.map((r): DeliveryResult => {
       const rej = rejected.find((e) => e.recipient === r.address);
       if (rej) {
         return { index: r.index, status: rej.responseCode >= 500 ? 'bounced' : 'deferred',
-          dsn: dsnOf(rej.response, rej.responseCode), reason: `host ${relay} said: ${oneLine(rej.response)}`, relay };
+          dsn: dsnOf(rej.response, rej.responseCode), reason: `host ${relay} said: ${oneLine(rej.response)}`, relay, tls };
       }
-      if (accepted.has(r.address)) return { index: r.index, status: 'sent', dsn: dsnOf(result.info?.response) , reason: oneLine(result.info?.response), relay };
+      if (accepted.has(r.address)) return { index: r.index, status: 'sent', dsn: dsnOf(result.info?.response) , reason: oneLine(result.info?.response), relay, tls };
       return { index: r.index, status: 'deferred', dsn: '4.4.2', reason: `no reply from ${relay} for this recipient`, relay };
     });
   }

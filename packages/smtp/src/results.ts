@@ -6,6 +6,8 @@ export interface DeliveryResult {
   dsn: string;
   reason: string;
   relay?: string;
+  /** The connection the result came over was TLS-protected (smtp only). */
+  tls?: boolean;
 }
 
 /** The enhanced status code in a reply, or one derived from its basic code. */

@@ -13,7 +13,7 @@ import {
 
 import { LineEndingCheck } from './line-endings.js';
 import { createMessageObservers, MessageObserver } from './message-checks.js';
-import { RestrictionPolicy, restrictionPolicy, SessionClient, checkRecipient } from './restrictions.js';
+import { RestrictionPolicy, restrictionPolicy, SessionClient, checkRecipientNamed } from './restrictions.js';
 import { forbidUnauthPipelining } from './pipelining.js';
 import { AnvilClient } from './anvil-client.js';
 import { ClientLimits, limitPolicy, sleep } from './limits.js';
@@ -140,7 +140,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       },
       onClose(session) {
         limits.disconnect(session);
-        log.info({ client: clientName(session) }, 'disconnect');
+        log.info({ client: clientName(session), tls: session.secure || undefined }, 'disconnect');
       },
       onAuth(auth, session, cb) {
         const fail = async () => {
@@ -197,15 +197,15 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       },
       onRcptTo(address, session, done) {
         const cb = replyLater(session, done);
-        const reject = (code: number, enhanced: string, text: string) => {
+        const reject = (code: number, enhanced: string, text: string, restriction?: string) => {
           log.info({ queue_id: 'NOQUEUE', client: clientName(session), from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
-            to: address.address, proto: session.transmissionType, helo: session.hostNameAppearsAs, dsn: enhanced, status: 'reject' },
+            to: address.address, proto: session.transmissionType, helo: session.hostNameAppearsAs, dsn: enhanced, restriction, status: 'reject' },
           `reject: RCPT from ${clientName(session)}: ${code} ${enhanced} ${text}`);
           cb(smtpError(code, enhanced, text));
         };
-        if (session.envelope.rcptTo.length >= policy.recipientLimit) return reject(452, '4.5.3', 'Error: too many recipients');
+        if (session.envelope.rcptTo.length >= policy.recipientLimit) return reject(452, '4.5.3', 'Error: too many recipients', 'smtpd_recipient_limit');
         const current = policy;
-        const checkRecipients = () => checkRecipient(current.restrictions, {
+        const checkRecipients = () => checkRecipientNamed(current.restrictions, {
           resolver: sharedResolver(ctx.config),
           knownRecipient: (a) => knownRecipient(current, a).catch((e) => {
             log.error({ err: (e as Error).message }, 'user table unavailable');
@@ -218,13 +218,13 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
           sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
           recipient: address.address,
           authenticated: !!session.user,
-        }).then((r) => (r ? reject(r.code, r.enhanced, r.text) : cb()), (e) => {
+        }).then((r) => (r ? reject(r.rejection.code, r.rejection.enhanced, r.rejection.text, r.restriction) : cb()), (e) => {
           log.error({ err: (e as Error).stack ?? String(e) }, 'restriction check failed');
           reject(451, '4.3.0', 'Error: internal error, try again later');
         });
         // anvil's recipient rate first, then the restriction lists
         limits.recipient(session).then((tooMany) => {
-          if (tooMany) return reject(tooMany.responseCode, tooMany.enhanced, tooMany.message.slice(tooMany.enhanced.length + 1));
+          if (tooMany) return reject(tooMany.responseCode, tooMany.enhanced, tooMany.message.slice(tooMany.enhanced.length + 1), 'smtpd_client_recipient_rate_limit');
           return checkRecipients();
         }, () => checkRecipients());
       },

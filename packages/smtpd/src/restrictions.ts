@@ -155,16 +155,23 @@ type Result = 'permit' | Rejection | null;
 
 /** The reply to one RCPT: a rejection, or null to accept the recipient. */
 export async function checkRecipient(policy: RestrictionPolicy, env: CheckEnvironment, req: RecipientRequest): Promise<Rejection | null> {
+  const r = await checkRecipientNamed(policy, env, req);
+  return r && r.rejection;
+}
+
+/** The same, with the name of the restriction that rejected (for the log line and the metrics). */
+export async function checkRecipientNamed(policy: RestrictionPolicy, env: CheckEnvironment, req: RecipientRequest):
+  Promise<{ rejection: Rejection; restriction: string } | null> {
   for (const list of RESTRICTION_LISTS) {
     for (const r of policy.lists[list]) {
       const result = await evaluate(r, list, policy, env, req);
       if (result === 'permit') break;
-      if (result) return result;
+      if (result) return { rejection: result, restriction: r.name };
     }
   }
   if (policy.rejectUnlisted) {
     const result = await unlistedRecipient(policy, env, req.recipient);
-    if (result) return result;
+    if (result) return { rejection: result, restriction: 'reject_unlisted_recipient' };
   }
   return null;
 }
