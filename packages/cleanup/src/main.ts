@@ -1,7 +1,9 @@
 /**
  * cleanup: turns an envelope and a stream of message bytes into a durable
- * queue file in incoming/, adds our Received: header, wakes qmgr, and only
- * then tells the sender (smtpd, pickup) the queue id. Never talks to the network.
+ * queue file in incoming/ (adding our Received: header, expanding aliases,
+ * DKIM-signing submitted mail), tells its client (smtpd, pickup, qmgr's
+ * notifications) the queue id only once the file is durable, then wakes qmgr.
+ * Never talks to the network.
  */
 import * as net from 'node:net';
 import addressparser from 'nodemailer/lib/addressparser';

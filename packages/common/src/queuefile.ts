@@ -12,7 +12,8 @@
  *   X\n                              end of what cleanup wrote
  *   S <len>\n<status JSON>\n          0..n, appended by qmgr
  *
- * Only qmgr appends, and a record torn by a crash is ignored, so a recipient is
+ * Only qmgr appends (and `postern queue expire` on a stopped system, through
+ * queue-ops.ts), and a record torn by a crash is ignored, so a recipient is
  * at worst delivered once more; a failed append (full disk) is cut back to the
  * last whole record, so later records stay readable.
  */

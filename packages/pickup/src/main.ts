@@ -8,7 +8,7 @@
  *
  * Wake-ups: maildrop/ is scanned every second, and at once when root or the
  * queue owner (sendmail run by them, the CLI) pokes pickup's private socket.
- * Ordinary users cannot reach that socket and rely on the scan (docs/sendmail.md).
+ * Ordinary users cannot reach that socket and rely on the scan (docs/pickup.md).
  */
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';

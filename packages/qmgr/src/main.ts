@@ -3,7 +3,9 @@
  * delivery agents (smtp, lmtp) to deliver each recipient group, records each
  * recipient's result in the queue file, and then removes the file, or parks
  * it in deferred/ until its next retry (its mtime is the retry time, as in
- * Postfix). Reads message bodies never; talks to the network never.
+ * Postfix). Reads a message's content only to build a notification for its
+ * sender (bounce.ts): the header section, or for DSN RET=FULL the whole
+ * message when it is within bounce_size_limit. Talks to the network never.
  */
 import * as net from 'node:net';
 import * as fsp from 'node:fs/promises';

@@ -1,8 +1,9 @@
 /**
  * showq: the queue listing for users who may not read the spool (mailq,
  * sendmail -bp as an ordinary user), on the world-connectable public/showq
- * socket. Runs as the queue owner, reads envelopes only, answers one
- * {type:'list'} request per connection, and changes nothing.
+ * socket. Runs as the queue owner, uses envelopes and recipient states only
+ * (never the message), answers one {type:'list'} request per connection, and
+ * changes nothing.
  */
 import * as net from 'node:net';
 import { runService, ServiceContext, RunningService, FrameReader, FrameWriter, readQueue } from '@postern/common';

@@ -1,8 +1,9 @@
 /**
  * smtp: the delivery client. qmgr hands it a queue file and a recipient group;
  * it reads the message (never writes the queue), delivers it over LMTP to a
- * local socket (as `lmtp`) or over SMTP to the world (as `smtp`), logs one
- * line per recipient and answers qmgr with each recipient's result.
+ * Unix socket or TCP server (as `lmtp`: our local, or Dovecot) or over SMTP to
+ * the world (as `smtp`), logs one line per recipient and answers qmgr with
+ * each recipient's result.
  */
 import * as net from 'node:net';
 import {

@@ -9,7 +9,7 @@
  *   are exempt. anvil counts a client by clientKey(): IPv4 per address
  *   (smtpd_client_ipv4_prefix_length), IPv6 per /64 (smtpd_client_ipv6_prefix_length).
  * - per session: every 4xx/5xx reply is an error; past smtpd_soft_error_limit
- *   the MAIL, RCPT and AUTH error replies wait smtpd_error_sleep_time, at
+ *   the MAIL and RCPT error replies wait smtpd_error_sleep_time, at
  *   smtpd_hard_error_limit the next command gets `421 4.7.0 Error: too many
  *   errors` and the connection closes. A failed AUTH waits longer with every
  *   failure of the client. NOOP, RSET, VRFY and HELP beyond

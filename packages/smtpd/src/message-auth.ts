@@ -17,7 +17,7 @@ import { authenticate } from 'mailauth';
 import { spf as checkSpf } from 'mailauth/lib/spf';
 import type { AuthenticateResult, DKIMResult } from 'mailauth';
 import { sharedResolver, smtpError, SmtpError } from '@postern/common';
-import type { CheckContext, MessageObserver, ObserverVerdict } from './message-checks.js';
+import type { CheckContext, MessageObserver, ObserverVerdict } from './observer.js';
 
 /**
  * The whole check (all DNS lookups included) must end within this. Each

@@ -5,34 +5,11 @@
  * envelope notes to record. An observer must never hold up or lose a message
  * because something it depends on is down: it then passes, and logs.
  */
-import { SMTPServerSession } from 'smtp-server';
-import { MainConfig, Logger, SmtpError } from '@postern/common';
+import type { CheckContext, MessageObserver } from './observer.js';
 import { createMessageAuth } from './message-auth.js';
 import { createSpamCheck } from './spamd.js';
 
-export interface ObserverVerdict {
-  reject?: SmtpError;
-  /** Header lines (CRLF-terminated) to deliver in front of the message. */
-  headers?: string;
-  /** Facts for the queue file's envelope (e.g. { auth: {...} }). */
-  notes?: Record<string, unknown>;
-}
-
-export interface MessageObserver {
-  /** Called with each chunk as stored; must not throw. */
-  write(chunk: Buffer): void;
-  finish(): Promise<ObserverVerdict>;
-  /** The message was rejected or the client went away. */
-  abort(): void;
-}
-
-export interface CheckContext {
-  session: SMTPServerSession;
-  config: MainConfig;
-  log: Logger;
-  /** True for clients in mynetworks or authenticated: the checks for mail from outside are skipped. */
-  trusted: boolean;
-}
+export type { CheckContext, MessageObserver, ObserverVerdict } from './observer.js';
 
 /**
  * The observers for one message from outside, in the order their headers go

@@ -7,7 +7,8 @@
  * `permit` ends only its own list, a reject ends the evaluation. Evaluating at
  * RCPT rather than at connect lets permit_sasl_authenticated and the sender
  * checks work in any list, and puts the envelope into the reject log line;
- * the client's reverse DNS is still looked up once, when it connects.
+ * the client's reverse DNS is still looked up once per connection: when it
+ * connects (a client outside mynetworks), or when a restriction first needs it.
  *
  * A DNS failure never turns into a permanent reject: the reverse-DNS and
  * sender-domain checks answer 450, a DNS list that does not answer is skipped

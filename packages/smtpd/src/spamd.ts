@@ -13,7 +13,7 @@
  */
 import * as net from 'node:net';
 import { smtpError, headerSafe, rfc5322Date } from '@postern/common';
-import type { CheckContext, MessageObserver, ObserverVerdict } from './message-checks.js';
+import type { CheckContext, MessageObserver, ObserverVerdict } from './observer.js';
 
 export type SpamdAddress = { path: string } | { host: string; port: number };
 
