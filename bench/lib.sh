@@ -44,7 +44,10 @@ bench_parse_args() {
          if ! { declare -F bench_extra_arg >/dev/null && bench_extra_arg "$1" "${2-}"; }; then
            echo "bench: unknown argument $1" >&2; usage
          fi
-         shift $((BENCH_EXTRA_SHIFT - 1)) ;;
+         if [ "$BENCH_EXTRA_SHIFT" = 2 ]; then
+           [ $# -ge 2 ] || bench_die "$1 needs a value"
+           shift
+         fi ;;
     esac
     shift
   done
@@ -508,10 +511,13 @@ machine_json() {
 
 # --- CPU per program, latency ------------------------------------------------
 
-# cpu_start FILE ROOTPID: sample the CPU of every process below ROOTPID (a master)
-# with bench/tools/proc-cpu.js until cpu_stop; its JSON goes to FILE. Sets CPU_PID.
+# cpu_start FILE ROOTPID [HELPERPID]: sample the CPU of every process below ROOTPID (a
+# master), and below HELPERPID, with bench/tools/proc-cpu.js until cpu_stop; its JSON
+# goes to FILE. Sets CPU_PID.
 cpu_start() {
-  timeout "$BENCH_BG_LIMIT" node "$BENCH_ROOT/bench/tools/proc-cpu.js" --root "$2" >"$1" 2>&1 </dev/null &
+  local also=()
+  [ -n "${3:-}" ] && also=(--also "$3")
+  timeout "$BENCH_BG_LIMIT" node "$BENCH_ROOT/bench/tools/proc-cpu.js" --root "$2" "${also[@]}" >"$1" 2>&1 </dev/null &
   CPU_PID=$!
   BENCH_BG_PIDS+=" $CPU_PID"
   sleep 0.3   # its first sample is the baseline

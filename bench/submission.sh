@@ -30,7 +30,7 @@ PASSWORD=bench-password
 RECIPIENT=someone@sink.test
 SINK_ADDR=127.0.0.9   # the "remote" MX: another loopback address, as mx.sink.test
 
-usage() { sed -n '12,13p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 2; }
+usage() { sed -n '13,14p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 2; }
 bench_extra_arg() { [ "$1" = --mx ] && MX=yes; }
 bench_parse_args "$@"
 
@@ -51,10 +51,10 @@ load_failure() { # LOG-PREFIX: why a load run failed, in one line
   { json_field "$1.json" errors 2>/dev/null || true; tail -n 3 "$1.err" 2>/dev/null; } | tr '\n' ' '
 }
 
-# measure NAME PORT SINKDIR MASTERPID: warm up, then the timed load (CPU of every process
-# below MASTERPID sampled); sets M_* or MEASURE_ERROR.
+# measure NAME PORT SINKDIR MASTERPID [HELPERPID]: warm up, then the timed load (CPU of
+# every process below MASTERPID, and HELPERPID, sampled); sets M_* or MEASURE_ERROR.
 measure() {
-  local name="$1" port="$2" sink="$3" root="$4" log base t0 tl dump
+  local name="$1" port="$2" sink="$3" root="$4" helper="${5:-}" log base t0 tl dump
   if [ "$WARMUP" -gt 0 ]; then
     log="$WORK/$name-warmup.load"
     if ! submit "$log" "$port" "$WARMUP"; then
@@ -67,7 +67,7 @@ measure() {
   fi
   base="$(sink_messages "$sink")"
   log="$WORK/$name.load"
-  cpu_start "$WORK/$name.cpu" "$root"
+  cpu_start "$WORK/$name.cpu" "$root" "$helper"
   if ! submit "$log" "$port" "$MESSAGES"; then
     cpu_stop
     MEASURE_ERROR="submission failed or took over $TIMEOUT s: $(load_failure "$log")"; return 1
@@ -201,7 +201,8 @@ smtp_tls_security_level = may"
     PF_ERROR="$POSTFIX_START_ERROR"
   else
     bench_note "Postfix $PF_VERSION: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PF_SUB_PORT, relayed to smtp-sink on $SINK_ADDR:$PF_SINK_PORT"
-    if measure postfix "$PF_SUB_PORT" "$WORK/sink-postfix" "$(postfix_master_pid "$PF")"; then
+    # Dovecot's auth service checks Postfix's passwords (Postern's smtpd does it itself): counted with Postfix
+    if measure postfix "$PF_SUB_PORT" "$WORK/sink-postfix" "$(postfix_master_pid "$PF")" "$DOVECOT_PID"; then
       POSTFIX_JSON="$(result_json "" "$PF_VERSION")"
       PF_SUBMITTED="$M_SUBMITTED"; PF_E2E="$M_END_TO_END"
     else

@@ -2,10 +2,12 @@
 // bench/tools/proc-cpu.js: the CPU time (user + system, all threads) each process of a
 // mail system spends while it runs, by program, for CPU milliseconds per message.
 //
-//   node bench/tools/proc-cpu.js --root PID [--interval MS] [--timeout SECONDS]
+//   node bench/tools/proc-cpu.js --root PID [--also PID] [--interval MS] [--timeout SECONDS]
 //
-// Samples the process tree below PID (PID included: Postern's or Postfix's master)
-// every --interval ms (default 200) until SIGTERM or SIGINT (or --timeout, default
+// Samples the process tree below PID (PID included: Postern's or Postfix's master),
+// and the one below --also's PID if given (a helper the server needs, such as the
+// Dovecot auth service Postfix's smtpd asks; its programs named "helper:NAME", and
+// counted from samples only), every --interval ms (default 200) until SIGTERM or SIGINT (or --timeout, default
 // 7200 s), then prints one JSON object:
 //   by_program  ms of CPU per program name (/proc comm: Postern's "postern/smtpd" is
 //               "smtpd", Postfix's daemons are named as themselves), each process
@@ -24,8 +26,8 @@
 'use strict';
 const { argsOrExit, CLK_TCK, procStat, procCpuNs, procTree } = require('../load-lib');
 
-const opts = argsOrExit('proc-cpu', process.argv.slice(2), { interval: 200, timeout: 7200 },
-  { numeric: ['root', 'interval', 'timeout'], required: ['root'] });
+const opts = argsOrExit('proc-cpu', process.argv.slice(2), { interval: 200, timeout: 7200, also: undefined },
+  { numeric: ['root', 'also', 'interval', 'timeout'], required: ['root'] });
 
 // the start time (clock ticks since boot) of this tool: a process that started later
 // spent all its CPU during the measurement
@@ -38,15 +40,23 @@ if (!rootFirst) {
 const seen = new Map(); // pid -> {name, start, first, last (ns), existedBefore}
 let rootLast = rootFirst;
 
+const alsoPids = new Set(); // processes of the --also tree
+
 function sample() {
-  for (const st of procTree(opts.root).values()) {
+  const rootTree = procTree(opts.root);
+  const all = [...rootTree.values()];
+  if (opts.also) {
+    for (const st of procTree(opts.also).values()) if (!rootTree.has(st.pid)) { alsoPids.add(st.pid); all.push(st); }
+  }
+  for (const st of all) {
     const ns = procCpuNs(st.pid);
     if (ns === null) continue;
     if (st.pid === opts.root) rootLast = st;
     const s = seen.get(st.pid);
     if (s && s.start === st.start) { s.last = ns; continue; }
     const newer = st.start > self.start;
-    seen.set(st.pid, { name: st.comm.replace(/^postern\//, ''), start: st.start, first: newer ? 0 : ns, last: ns, existedBefore: !newer });
+    const name = (alsoPids.has(st.pid) ? 'helper:' : '') + st.comm.replace(/^postern\//, '');
+    seen.set(st.pid, { name, start: st.start, first: newer ? 0 : ns, last: ns, existedBefore: !newer });
   }
 }
 
@@ -60,6 +70,7 @@ function finish() {
     const ms = (s.last - s.first) / 1e6;
     byProgram[s.name] = (byProgram[s.name] || 0) + ms;
     attributed += ms;
+    if (alsoPids.has(pid)) { total += ms; continue; } // sampled only: no exact total for it
     if (pid === opts.root || alive.has(pid)) total += ms;
     else if (s.existedBefore) total -= s.first / 1e6; // what it spent before the run is in cutime too
   }
