@@ -79,6 +79,7 @@ measure() {
   cpu_stop
   M_CPU="$(cpu_json "$WORK/$name.cpu" "$MESSAGES")"
   M_LATENCY="$(json_field "$log.json" data_to_250)"
+  M_CLIENT_CPU="$(json_field "$log.json" client_cpu_ms)"
   t0="$(awk -v ms="$(json_field "$log.json" start_ms)" 'BEGIN { printf "%.3f", ms / 1000 }')"
   tl="$(sink_last_time "$sink")"
   M_SUBMIT_S="$(json_field "$log.json" seconds)"
@@ -102,12 +103,12 @@ result_json() { # ERROR-or-empty [VERSION]
   if [ -n "$1" ]; then
     error_json "$1" "${2:-}"
   else
-    node -e 'const [a, e, s, t, r, tls, dkim, sa, lat, cpu, v] = process.argv.slice(1);
+    node -e 'const [a, e, s, t, r, tls, dkim, sa, lat, cpu, client, v] = process.argv.slice(1);
       console.log(JSON.stringify({ version: v || null, submitted_per_s: +a, end_to_end_per_s: +e,
         submit_seconds: +s, end_to_end_seconds: +t, sink_received: +r, tls: JSON.parse(tls),
         dkim_signed: dkim === "true", received_with_esmtpsa: sa === "true",
-        data_to_250: JSON.parse(lat), cpu: JSON.parse(cpu) }))' \
-      "$M_SUBMITTED" "$M_END_TO_END" "$M_SUBMIT_S" "$M_E2E_S" "$M_RECEIVED" "$M_TLS" "$M_DKIM" "$M_ESMTPSA" "$M_LATENCY" "$M_CPU" "${2:-}"
+        data_to_250: JSON.parse(lat), cpu: JSON.parse(cpu), client_cpu_ms: +client }))' \
+      "$M_SUBMITTED" "$M_END_TO_END" "$M_SUBMIT_S" "$M_E2E_S" "$M_RECEIVED" "$M_TLS" "$M_DKIM" "$M_ESMTPSA" "$M_LATENCY" "$M_CPU" "$M_CLIENT_CPU" "${2:-}"
   fi
 }
 

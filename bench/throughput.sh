@@ -82,8 +82,11 @@ measure() {
   M_ACCEPTED="$(rate "$MESSAGES" "$M_SEND_S")"
   M_END_TO_END="$(rate "$MESSAGES" "$M_E2E_S")"
   M_DELIVERED="$(maildir_count "$new")"
-  M_LATENCY=null
-  [ "$LOADER" = mx-load ] && M_LATENCY="$(json_field "$log.json" data_to_250)"
+  M_LATENCY=null M_CLIENT_CPU=null
+  if [ "$LOADER" = mx-load ]; then
+    M_LATENCY="$(json_field "$log.json" data_to_250)"
+    M_CLIENT_CPU="$(json_field "$log.json" client_cpu_ms)"
+  fi
   M_CPU="$(cpu_json "$WORK/$name.cpu" "$MESSAGES")"
 }
 
@@ -91,10 +94,11 @@ result_json() { # ERROR-or-empty [VERSION]
   if [ -n "$1" ]; then
     error_json "$1" "${2:-}"
   else
-    node -e 'const [a, e, s, t, d, lat, cpu, v] = process.argv.slice(1);
+    node -e 'const [a, e, s, t, d, lat, cpu, client, v] = process.argv.slice(1);
       console.log(JSON.stringify({ version: v || null, accepted_per_s: +a, end_to_end_per_s: +e,
-        send_seconds: +s, end_to_end_seconds: +t, delivered: +d, data_to_250: JSON.parse(lat), cpu: JSON.parse(cpu) }))' \
-      "$M_ACCEPTED" "$M_END_TO_END" "$M_SEND_S" "$M_E2E_S" "$M_DELIVERED" "$M_LATENCY" "$M_CPU" "${2:-}"
+        send_seconds: +s, end_to_end_seconds: +t, delivered: +d, data_to_250: JSON.parse(lat), cpu: JSON.parse(cpu),
+        client_cpu_ms: JSON.parse(client) }))' \
+      "$M_ACCEPTED" "$M_END_TO_END" "$M_SEND_S" "$M_E2E_S" "$M_DELIVERED" "$M_LATENCY" "$M_CPU" "$M_CLIENT_CPU" "${2:-}"
   fi
 }
 
