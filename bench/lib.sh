@@ -25,8 +25,9 @@ bench_require_build() {
   command -v node >/dev/null || bench_die "node is not on PATH"
 }
 
-# The options both benchmarks take; a script handles its own extra flags in
-# bench_extra_arg FLAG (return 0 when it took the flag). Sets MESSAGES, SIZE,
+# The options every benchmark takes; a script handles its own extra flags in
+# bench_extra_arg FLAG NEXT-WORD (return 0 when it took the flag, and set
+# BENCH_EXTRA_SHIFT=2 when it took NEXT-WORD as its value). Sets MESSAGES, SIZE,
 # SESSIONS, WARMUP, TIMEOUT, POSTERN_ONLY, KEEP; usage() must exist.
 bench_parse_args() {
   while [ $# -gt 0 ]; do
@@ -39,8 +40,13 @@ bench_parse_args() {
       --warmup) WARMUP="$2"; shift ;;
       --timeout) TIMEOUT="$2"; shift ;;
       -h|--help) usage ;;
-      *) if ! { declare -F bench_extra_arg >/dev/null && bench_extra_arg "$1"; }; then
+      *) BENCH_EXTRA_SHIFT=1   # bench_extra_arg sets 2 when it took the next word as the value
+         if ! { declare -F bench_extra_arg >/dev/null && bench_extra_arg "$1" "${2-}"; }; then
            echo "bench: unknown argument $1" >&2; usage
+         fi
+         if [ "$BENCH_EXTRA_SHIFT" = 2 ]; then
+           [ $# -ge 2 ] || bench_die "$1 needs a value"
+           shift
          fi ;;
     esac
     shift
@@ -72,6 +78,39 @@ wait_for_port() {
     sleep 0.1
   done
   return 1
+}
+
+# bench_workdir: the benchmark's temporary directory WORK under $TMPDIR, with PT (the
+# Postern instance) and PF (the Postfix instance) below it. On exit, Ctrl-C included,
+# both servers and every helper server are stopped and WORK is removed (kept with --keep).
+bench_workdir() {
+  WORK="$(mktemp -d "${TMPDIR:-/tmp}/postern-bench.XXXXXX")"
+  # Postfix's virtual(8), smtpd (user postfix, to Dovecot's socket) and smtp-sink (nobody) work below it
+  chmod 755 "$WORK"
+  PT="$WORK/postern"
+  PF="$WORK/postfix"
+  trap bench_cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+bench_cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  postern_stop "$PT" || true
+  postfix_stop "$PF" || true
+  bench_stop_background
+  if [ "${KEEP:-no}" = yes ]; then bench_note "kept $WORK"; else rm -rf "$WORK"; fi
+  exit "$status"
+}
+
+# error_json MESSAGE [VERSION]: a server's half of a report when it did not run.
+error_json() {
+  node -e 'console.log(JSON.stringify({ error: process.argv[1], version: process.argv[2] || null }))' "$1" "${2:-}"
+}
+
+# postern_version: the package version and the commit the benchmark measures.
+postern_version() {
+  echo "$(node -p 'require(process.argv[1]).version' "$BENCH_ROOT/package.json")+$(git -C "$BENCH_ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
 }
 
 # --- Maildir ---------------------------------------------------------------
@@ -246,6 +285,30 @@ ${POSTFIX_EXTRA_MASTER_CF:-}
 EOF
 }
 
+# postfix_can_run: whether the Postfix half can run here (not --postern-only, root, its
+# accounts); when not, PF_ERROR says why.
+postfix_can_run() {
+  PF_ERROR=""
+  if [ "$POSTERN_ONLY" = yes ]; then
+    PF_ERROR="not run (--postern-only)"
+  elif [ "$(id -u)" != 0 ]; then
+    PF_ERROR="not run: Postfix's master must be started as root (it drops to the postfix user itself); run as root, or pass --postern-only"
+  elif ! postfix_ensure_accounts; then
+    PF_ERROR="could not create the postfix user and the postfix/postdrop groups Postfix's master requires"
+  fi
+  [ -z "$PF_ERROR" ]
+}
+
+# postfix_up PORT ADDRESS: postfix_create in $PF (listening on 127.0.0.1:PORT, ADDRESS's
+# Maildir written as nobody), PF_VERSION, and postfix_start; when it does not start,
+# PF_ERROR says why.
+postfix_up() {
+  bench_note "Postfix: private instance in $PF"
+  postfix_create "$PF" "$1" postfix.bench.test "$2" "$(id -u nobody)" "$(id -g nobody)"
+  PF_VERSION="$(postfix_version "$PF")"
+  postfix_start "$PF" "$1" || { PF_ERROR="$POSTFIX_START_ERROR"; return 1; }
+}
+
 # The postfix command with a clean environment (it would sanitise it anyway).
 postfix_cmd() { # DIR ARGS...
   env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LD_LIBRARY_PATH="$PFX_LIB" \
@@ -418,7 +481,16 @@ dns_start() {
   return 1
 }
 
-# --- Machine -----------------------------------------------------------------
+# --- Machine, report ----------------------------------------------------------
+
+# report_start NAME: DATE, MACHINE_JSON (of the spools under $WORK) and OUT, the report's
+# path bench/out/NAME-TIMESTAMP.json.
+report_start() {
+  DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  MACHINE_JSON="$(machine_json "$WORK")"
+  mkdir -p "$BENCH_ROOT/bench/out"
+  OUT="$BENCH_ROOT/bench/out/$1-$(date -u +%Y%m%dT%H%M%SZ).json"
+}
 
 # machine_json DIR: what the figures depend on, as a JSON object (DIR: where the
 # spools live; fsync cost depends on its filesystem).
@@ -435,4 +507,89 @@ machine_json() {
       os: release,
       spool_filesystem: process.env.BENCH_FS,
     }));'
+}
+
+# --- CPU per program, latency ------------------------------------------------
+
+# cpu_start FILE ROOTPID [HELPERPID]: sample the CPU of every process below ROOTPID (a
+# master), and below HELPERPID, with bench/tools/proc-cpu.js until cpu_stop; its JSON
+# goes to FILE. Sets CPU_PID.
+cpu_start() {
+  local also=()
+  [ -n "${3:-}" ] && also=(--also "$3")
+  timeout "$BENCH_BG_LIMIT" node "$BENCH_ROOT/bench/tools/proc-cpu.js" --root "$2" "${also[@]}" >"$1" 2>&1 </dev/null &
+  CPU_PID=$!
+  BENCH_BG_PIDS+=" $CPU_PID"
+  sleep 0.3   # its first sample is the baseline
+}
+cpu_stop() { bench_kill "$CPU_PID"; }   # the tool prints its totals on TERM
+
+# cpu_json FILE COUNT: proc-cpu's totals divided by COUNT (messages, or sessions), as
+# {per: COUNT, total_ms, by_program: {name: ms per unit}, total_ms_per_unit,
+# unattributed_ms_per_unit}; {error} when the sampler failed.
+cpu_json() {
+  node -e '
+    const fs = require("fs"), [file, n] = process.argv.slice(1);
+    let r;
+    try { r = JSON.parse(fs.readFileSync(file, "utf8").trim().split("\n").pop()); }
+    catch (e) { console.log(JSON.stringify({ error: "CPU sampler: " + (fs.existsSync(file) ? fs.readFileSync(file, "utf8").slice(0, 200) : e.message) })); process.exit(0); }
+    const per = (ms) => Math.round((ms / n) * 1000) / 1000;
+    console.log(JSON.stringify({ per: +n, total_ms: r.total_ms, total_ms_per_unit: per(r.total_ms),
+      unattributed_ms_per_unit: per(r.unattributed_ms),
+      by_program: Object.fromEntries(Object.entries(r.by_program).map(([k, v]) => [k, per(v)])) }));' "$1" "$2"
+}
+
+# json_field FILE FIELD: FIELD of the JSON object on the last line of FILE (objects as JSON).
+json_field() {
+  node -e 'const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").pop());
+    const v = r[process.argv[2]]; console.log(v !== null && typeof v === "object" ? JSON.stringify(v) : v);' "$1" "$2"
+}
+
+# print_cpu_latency REPORT UNIT: the lines every benchmark prints after its figures:
+# CPU ms per UNIT (message or session) of each program of both servers
+# ({postern,postfix}.cpu), and p50/p99 from the end of DATA to the 250
+# ({postern,postfix}.data_to_250).
+print_cpu_latency() {
+  node -e '
+    const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")), unit = process.argv[2];
+    const sides = [["Postern", r.postern], ["Postfix", r.postfix]].filter(([, s]) => s && !s.error);
+    const lat = (s) => s.data_to_250 ? `p50 ${s.data_to_250.p50_ms.toFixed(2)} ms, p99 ${s.data_to_250.p99_ms.toFixed(2)} ms (${s.data_to_250.count} messages)` : "-";
+    console.log("");
+    for (const [name, s] of sides) console.log(`${(name + " end of DATA to 250").padEnd(32)}${lat(s)}`);
+    for (const [name, s] of sides) {
+      const c = s.cpu;
+      if (!c || c.error) { console.log(`${name} CPU: ${c ? c.error : "not measured"}`); continue; }
+      const parts = Object.entries(c.by_program).filter(([, v]) => v >= 0.005).map(([k, v]) => `${k} ${v.toFixed(2)}`);
+      if (c.unattributed_ms_per_unit >= 0.005) parts.push(`exited between samples ${c.unattributed_ms_per_unit.toFixed(2)}`);
+      console.log(`${(name + " CPU ms/" + unit).padEnd(32)}total ${c.total_ms_per_unit.toFixed(2)}: ${parts.join(", ")}`);
+    }' "$1" "$2"
+}
+
+# raise_fd_limit N: at least N open files for this shell and what it starts.
+raise_fd_limit() {
+  [ "$(ulimit -n)" -ge "$1" ] && return 0
+  ulimit -n "$1" 2>/dev/null && return 0
+  ulimit -Hn "$1" 2>/dev/null && ulimit -n "$1" 2>/dev/null   # root may raise the hard limit
+}
+
+# Messages still queued (incoming, active, deferred) in the spool SPOOL.
+queue_count() { # SPOOL [QUEUE...]
+  local spool="$1" q n=0; shift
+  for q in "${@:-incoming active deferred}"; do
+    for q in $q; do
+      [ -d "$spool/$q" ] && n=$((n + $(find "$spool/$q" -type f ! -name '.*' | wc -l)))
+    done
+  done
+  echo "$n"
+}
+
+# wait_for_queue SPOOL QUEUE COUNT SECONDS: until QUEUE holds COUNT messages and the
+# others (incoming, active, deferred) none beyond.
+wait_for_queue() {
+  local spool="$1" q="$2" want="$3" deadline=$((SECONDS + $4))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    [ "$(queue_count "$spool" "$q")" -ge "$want" ] && [ "$(queue_count "$spool")" -eq "$want" ] && return 0
+    sleep 0.5
+  done
+  return 1
 }

@@ -7,7 +7,8 @@
 # to a sandbox Postern instance, which relays them to Postfix's smtp-sink on
 # 127.0.0.9; then the same load to a private Postfix instance (run from the unpacked
 # Debian package, SASL by Dovecot's auth service) relaying to its own smtp-sink.
-# Reports submitted and end-to-end messages per second for each, and Postern/Postfix.
+# Reports submitted and end-to-end messages per second for each and Postern/Postfix,
+# CPU ms per message of each program, and p50/p99 end of DATA to 250.
 #
 #   bench/submission.sh [--postern-only] [--mx] [--keep] [--messages N] [--size BYTES]
 #                       [--sessions N] [--warmup N] [--timeout SECONDS]
@@ -29,7 +30,7 @@ PASSWORD=bench-password
 RECIPIENT=someone@sink.test
 SINK_ADDR=127.0.0.9   # the "remote" MX: another loopback address, as mx.sink.test
 
-usage() { sed -n '12,13p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 2; }
+usage() { sed -n '13,14p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 2; }
 bench_extra_arg() { [ "$1" = --mx ] && MX=yes; }
 bench_parse_args "$@"
 
@@ -38,23 +39,7 @@ bench_require_build test/dist/dns-server.js
   bench_die "node_modules/nodemailer is missing: run \`make build\` first"
 postfix_tools
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/postern-bench.XXXXXX")"
-chmod 755 "$WORK"   # smtp-sink (nobody) writes below it; Postfix's smtpd (postfix) reaches Dovecot's socket
-PT="$WORK/postern"
-PF="$WORK/postfix"
-
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  postern_stop "$PT" || true
-  postfix_stop "$PF" || true
-  bench_stop_background
-  if [ "$KEEP" = yes ]; then bench_note "kept $WORK"; else rm -rf "$WORK"; fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_workdir
 
 # submit LOG-PREFIX PORT COUNT: run the load generator; its JSON report goes to LOG-PREFIX.json.
 submit() {
@@ -62,14 +47,14 @@ submit() {
     --port "$2" --user "$USER_ADDR" --from "$USER_ADDR" --to "$RECIPIENT" \
     --messages "$3" --sessions "$SESSIONS" --size "$SIZE" --timeout "$TIMEOUT" >"$1.json" 2>"$1.err"
 }
-load_field() { node -e 'const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); const v = r[process.argv[2]]; console.log(typeof v === "object" ? JSON.stringify(v) : v);' "$1" "$2"; }
 load_failure() { # LOG-PREFIX: why a load run failed, in one line
-  { load_field "$1.json" errors 2>/dev/null || true; tail -n 3 "$1.err" 2>/dev/null; } | tr '\n' ' '
+  { json_field "$1.json" errors 2>/dev/null || true; tail -n 3 "$1.err" 2>/dev/null; } | tr '\n' ' '
 }
 
-# measure NAME PORT SINKDIR: warm up, then the timed load; sets M_* or MEASURE_ERROR.
+# measure NAME PORT SINKDIR MASTERPID [HELPERPID]: warm up, then the timed load (CPU of
+# every process below MASTERPID, and HELPERPID, sampled); sets M_* or MEASURE_ERROR.
 measure() {
-  local name="$1" port="$2" sink="$3" log base t0 tl dump
+  local name="$1" port="$2" sink="$3" root="$4" helper="${5:-}" log base t0 tl dump
   if [ "$WARMUP" -gt 0 ]; then
     log="$WORK/$name-warmup.load"
     if ! submit "$log" "$port" "$WARMUP"; then
@@ -82,20 +67,27 @@ measure() {
   fi
   base="$(sink_messages "$sink")"
   log="$WORK/$name.load"
+  cpu_start "$WORK/$name.cpu" "$root" "$helper"
   if ! submit "$log" "$port" "$MESSAGES"; then
+    cpu_stop
     MEASURE_ERROR="submission failed or took over $TIMEOUT s: $(load_failure "$log")"; return 1
   fi
   if ! sink_wait "$sink" $((base + MESSAGES)) "$TIMEOUT"; then
+    cpu_stop
     MEASURE_ERROR="smtp-sink got only $(( $(sink_messages "$sink") - base )) of $MESSAGES messages within $TIMEOUT s of the end of submission"; return 1
   fi
-  t0="$(awk -v ms="$(load_field "$log.json" start_ms)" 'BEGIN { printf "%.3f", ms / 1000 }')"
+  cpu_stop
+  M_CPU="$(cpu_json "$WORK/$name.cpu" "$MESSAGES")"
+  M_LATENCY="$(json_field "$log.json" data_to_250)"
+  M_CLIENT_CPU="$(json_field "$log.json" client_cpu_ms)"
+  t0="$(awk -v ms="$(json_field "$log.json" start_ms)" 'BEGIN { printf "%.3f", ms / 1000 }')"
   tl="$(sink_last_time "$sink")"
-  M_SUBMIT_S="$(load_field "$log.json" seconds)"
+  M_SUBMIT_S="$(json_field "$log.json" seconds)"
   M_E2E_S="$(seconds_between "$t0" "$tl")"
   M_SUBMITTED="$(rate "$MESSAGES" "$M_SUBMIT_S")"
   M_END_TO_END="$(rate "$MESSAGES" "$M_E2E_S")"
   M_RECEIVED="$(( $(sink_messages "$sink") - base ))"
-  M_TLS="$(load_field "$log.json" tls)"
+  M_TLS="$(json_field "$log.json" tls)"
   # What reached the sink: signed or not (Postern signs when the sender's domain has a
   # key; the benchmark gives it none), and submitted with authentication.
   dump="$(sink_any_dump "$sink")"
@@ -109,13 +101,14 @@ measure() {
 
 result_json() { # ERROR-or-empty [VERSION]
   if [ -n "$1" ]; then
-    node -e 'console.log(JSON.stringify({ error: process.argv[1], version: process.argv[2] || null }))' "$1" "${2:-}"
+    error_json "$1" "${2:-}"
   else
-    node -e 'const [a, e, s, t, r, tls, dkim, sa, v] = process.argv.slice(1);
+    node -e 'const [a, e, s, t, r, tls, dkim, sa, lat, cpu, client, v] = process.argv.slice(1);
       console.log(JSON.stringify({ version: v || null, submitted_per_s: +a, end_to_end_per_s: +e,
         submit_seconds: +s, end_to_end_seconds: +t, sink_received: +r, tls: JSON.parse(tls),
-        dkim_signed: dkim === "true", received_with_esmtpsa: sa === "true" }))' \
-      "$M_SUBMITTED" "$M_END_TO_END" "$M_SUBMIT_S" "$M_E2E_S" "$M_RECEIVED" "$M_TLS" "$M_DKIM" "$M_ESMTPSA" "${2:-}"
+        dkim_signed: dkim === "true", received_with_esmtpsa: sa === "true",
+        data_to_250: JSON.parse(lat), cpu: JSON.parse(cpu), client_cpu_ms: +client }))' \
+      "$M_SUBMITTED" "$M_END_TO_END" "$M_SUBMIT_S" "$M_E2E_S" "$M_RECEIVED" "$M_TLS" "$M_DKIM" "$M_ESMTPSA" "$M_LATENCY" "$M_CPU" "$M_CLIENT_CPU" "${2:-}"
   fi
 }
 
@@ -152,9 +145,10 @@ fi
 [ -s "$PT/etc/dkim/signing.table" ] && bench_die "the new instance has a DKIM signing table; the benchmark expects none"
 sink_start "$WORK/sink-postern" "$SINK_ADDR" "$PT_SINK_PORT" || bench_die "smtp-sink did not start on $SINK_ADDR:$PT_SINK_PORT"
 postern_start "$PT" || bench_die "postern start failed; log: $(tail -n 5 "$PT/postern.log" 2>/dev/null)"
-PT_VERSION="$(node -p 'require(process.argv[1]).version' "$BENCH_ROOT/package.json")+$(git -C "$BENCH_ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+PT_VERSION="$(postern_version)"
 bench_note "Postern: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PT_SUB_PORT, relayed to smtp-sink on $SINK_ADDR:$PT_SINK_PORT"
-if ! measure postern "$PT_SUB_PORT" "$WORK/sink-postern"; then
+PT_MASTER="$(node -e 'console.log(JSON.parse(process.argv[1]).master.pid)' "$POSTERN_STATUS_JSON")"
+if ! measure postern "$PT_SUB_PORT" "$WORK/sink-postern" "$PT_MASTER"; then
   bench_die "Postern: $MEASURE_ERROR (log: $PT/postern.log$([ "$KEEP" = yes ] || echo ', rerun with --keep to keep it'))"
 fi
 POSTERN_JSON="$(result_json "" "$PT_VERSION")"
@@ -165,14 +159,10 @@ bench_kill "$SINK_PID"
 # --- Postfix -----------------------------------------------------------------
 PF_ERROR=""
 PF_VERSION=""
-if [ "$POSTERN_ONLY" = yes ]; then
-  PF_ERROR="not run (--postern-only)"
-elif [ "$MX" = yes ]; then
+if [ "$MX" = yes ] && [ "$POSTERN_ONLY" != yes ]; then
   PF_ERROR="not run (--mx): Postfix resolves through /etc/resolv.conf, which cannot name a DNS server's port; without --mx both use relayhost"
-elif [ "$(id -u)" != 0 ]; then
-  PF_ERROR="not run: Postfix's master must be started as root (it drops to the postfix user itself); run as root, or pass --postern-only"
-elif ! postfix_ensure_accounts; then
-  PF_ERROR="could not create the postfix user and the postfix/postdrop groups Postfix's master requires"
+elif ! postfix_can_run; then
+  :
 elif ! dovecot_auth_start "$WORK/dovecot" "$PT/etc/users" 2>"$WORK/dovecot-start.err"; then
   PF_ERROR="Dovecot's auth service (Postfix's SASL) did not start: $(tail -n 3 "$WORK/dovecot-start.err" | tr '\n' ' ')"
 else
@@ -212,7 +202,8 @@ smtp_tls_security_level = may"
     PF_ERROR="$POSTFIX_START_ERROR"
   else
     bench_note "Postfix $PF_VERSION: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PF_SUB_PORT, relayed to smtp-sink on $SINK_ADDR:$PF_SINK_PORT"
-    if measure postfix "$PF_SUB_PORT" "$WORK/sink-postfix"; then
+    # Dovecot's auth service checks Postfix's passwords (Postern's smtpd does it itself): counted with Postfix
+    if measure postfix "$PF_SUB_PORT" "$WORK/sink-postfix" "$(postfix_master_pid "$PF")" "$DOVECOT_PID"; then
       POSTFIX_JSON="$(result_json "" "$PF_VERSION")"
       PF_SUBMITTED="$M_SUBMITTED"; PF_E2E="$M_END_TO_END"
     else
@@ -227,10 +218,7 @@ R_SUBMITTED="$(ratio "$PT_SUBMITTED" "${PF_SUBMITTED:-}")"
 R_E2E="$(ratio "$PT_E2E" "${PF_E2E:-}")"
 
 # --- Report ------------------------------------------------------------------
-DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-MACHINE_JSON="$(machine_json "$WORK")"
-mkdir -p "$BENCH_ROOT/bench/out"
-OUT="$BENCH_ROOT/bench/out/submission-$(date -u +%Y%m%dT%H%M%SZ).json"
+report_start submission
 node -e '
   const [date, messages, size, sessions, warmup, route, machine, postern, postfix, rSub, rE2e] = process.argv.slice(1);
   const num = (x) => (x === "null" ? null : +x);
@@ -269,8 +257,10 @@ node -e '
   const tls = (x) => (x.tls ? `${x.tls.version} ${x.tls.cipher}` : "-");
   console.log(`${"TLS".padEnd(24)}${tls(pt)} / ${tls(pf)}`);
   if (pt.dkim_signed || pf.dkim_signed) console.log("note: DKIM-signed mail reached the sink (unexpected: no key was configured)");
-  if (pf.error) console.log(`\nPostfix: ${pf.error}`);
-  console.log(`\nwritten to ${process.argv[1]}`);' "$OUT"
+  if (pf.error) console.log(`\nPostfix: ${pf.error}`);' "$OUT"
+print_cpu_latency "$OUT" message
+echo ""
+echo "written to $OUT"
 
 if [ -n "$PF_ERROR" ] && [ "$POSTERN_ONLY" != yes ] && [ "$MX" != yes ]; then
   bench_note "the Postfix half did not run: $PF_ERROR"

@@ -1,13 +1,14 @@
 #!/bin/bash
 # bench/throughput.sh: inbound MX throughput, Postern side by side with Postfix.
 #
-# Postfix's smtp-source sends N messages of SIZE bytes over SESSIONS parallel SMTP
-# sessions (each session keeps its connection: smtp-source -d) to a sandbox Postern
-# instance delivering to Maildir, then the same load to a private Postfix instance
-# (run from the unpacked Debian package) delivering to Maildir with virtual(8).
-# Reports accepted and end-to-end messages per second for each, and Postern/Postfix.
+# bench/mx-load.js (or, with --smtp-source, Postfix's smtp-source) sends N messages of
+# SIZE bytes over SESSIONS parallel SMTP sessions (each session keeps its connection)
+# to a sandbox Postern instance delivering to Maildir, then the same load to a private
+# Postfix instance (run from the unpacked Debian package) delivering to Maildir with
+# virtual(8). Reports accepted and end-to-end messages per second for each and
+# Postern/Postfix, CPU ms per message of each program, and p50/p99 end of DATA to 250.
 #
-#   bench/throughput.sh [--postern-only] [--keep] [--messages N] [--size BYTES]
+#   bench/throughput.sh [--postern-only] [--keep] [--smtp-source] [--messages N] [--size BYTES]
 #                       [--sessions N] [--warmup N] [--timeout SECONDS]
 #
 # Needs `make build` first; see bench/README.md.
@@ -21,72 +22,83 @@ WARMUP="${BENCH_WARMUP:-200}"
 TIMEOUT="${BENCH_TIMEOUT:-600}"   # bound on each of: sending, waiting for delivery
 POSTERN_ONLY=no
 KEEP=no
+LOADER=mx-load   # or smtp-source (--smtp-source): no per-message latencies then
 RECIPIENT=bench@example.test
 SENDER=sender@remote.test
 
-usage() { sed -n '10,11p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 2; }
+usage() { sed -n '11,12p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 2; }
+bench_extra_arg() { [ "$1" = --smtp-source ] && LOADER=smtp-source; }
 bench_parse_args "$@"
 
 bench_require_build
 postfix_tools
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/postern-bench.XXXXXX")"
-chmod 755 "$WORK"   # Postfix's virtual(8) delivers as an unprivileged uid below it
-PT="$WORK/postern"
-PF="$WORK/postfix"
+bench_workdir
 
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  postern_stop "$PT" || true
-  postfix_stop "$PF" || true
-  if [ "$KEEP" = yes ]; then bench_note "kept $WORK"; else rm -rf "$WORK"; fi
-  exit "$status"
+# send LOG COUNT PORT: COUNT messages with the chosen load generator (mx-load.js's
+# JSON report in LOG.json); bounded by TIMEOUT.
+send() {
+  local log="$1" count="$2" port="$3"
+  if [ "$LOADER" = smtp-source ]; then
+    smtp_source "$log" "$TIMEOUT" -m "$count" -s "$SESSIONS" -l "$SIZE" -d -M client.remote.test \
+      -f "$SENDER" -t "$RECIPIENT" "127.0.0.1:$port"
+  else
+    timeout $((TIMEOUT + 60)) node "$BENCH_ROOT/bench/mx-load.js" --port "$port" --from "$SENDER" --to "$RECIPIENT" \
+      --messages "$count" --sessions "$SESSIONS" --size "$SIZE" --timeout "$TIMEOUT" >"$log.json" 2>"$log"
+  fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+send_failure() { { json_field "$1.json" errors 2>/dev/null || true; tail -n 3 "$1"; } | tr '\n' ' '; } # LOG
 
-# measure NAME PORT NEWDIR: warm up, then the timed load; sets M_* or MEASURE_ERROR.
+# measure NAME PORT NEWDIR MASTERPID: warm up, then the timed load (CPU of every process
+# below MASTERPID sampled); sets M_* or MEASURE_ERROR.
 measure() {
-  local name="$1" port="$2" new="$3" log t0 t1 tl n
-  local load=(-s "$SESSIONS" -l "$SIZE" -d -M client.remote.test -f "$SENDER" -t "$RECIPIENT" "127.0.0.1:$port")
+  local name="$1" port="$2" new="$3" root="$4" log t0 t1 tl
   if [ "$WARMUP" -gt 0 ]; then
-    log="$WORK/$name-warmup.smtp-source.log"
-    if ! smtp_source "$log" "$TIMEOUT" -m "$WARMUP" "${load[@]}"; then
-      MEASURE_ERROR="warm-up: smtp-source failed: $(tail -n 3 "$log")"; return 1
+    log="$WORK/$name-warmup.$LOADER.log"
+    if ! send "$log" "$WARMUP" "$port"; then
+      MEASURE_ERROR="warm-up: $LOADER failed: $(send_failure "$log")"; return 1
     fi
     if ! wait_for_maildir "$new" "$WARMUP" "$TIMEOUT"; then
       MEASURE_ERROR="warm-up: only $(maildir_count "$new") of $WARMUP messages delivered within $TIMEOUT s"; return 1
     fi
     find "$new" -maxdepth 1 -type f -delete
   fi
-  log="$WORK/$name.smtp-source.log"
+  log="$WORK/$name.$LOADER.log"
+  cpu_start "$WORK/$name.cpu" "$root"
   t0="$(now)"
-  if ! smtp_source "$log" "$TIMEOUT" -m "$MESSAGES" "${load[@]}"; then
-    MEASURE_ERROR="smtp-source failed or took over $TIMEOUT s: $(tail -n 3 "$log")"; return 1
+  if ! send "$log" "$MESSAGES" "$port"; then
+    cpu_stop
+    MEASURE_ERROR="$LOADER failed or took over $TIMEOUT s: $(send_failure "$log")"; return 1
   fi
   t1="$(now)"
   if ! wait_for_maildir "$new" "$MESSAGES" "$TIMEOUT"; then
+    cpu_stop
     MEASURE_ERROR="only $(maildir_count "$new") of $MESSAGES messages delivered within $TIMEOUT s of the end of sending"; return 1
   fi
+  cpu_stop
   tl="$(last_delivery_time "$new")"
-  n="$(maildir_count "$new")"
   M_SEND_S="$(seconds_between "$t0" "$t1")"
   M_E2E_S="$(seconds_between "$t0" "$tl")"
   M_ACCEPTED="$(rate "$MESSAGES" "$M_SEND_S")"
   M_END_TO_END="$(rate "$MESSAGES" "$M_E2E_S")"
-  M_DELIVERED="$n"
+  M_DELIVERED="$(maildir_count "$new")"
+  M_LATENCY=null M_CLIENT_CPU=null
+  if [ "$LOADER" = mx-load ]; then
+    M_LATENCY="$(json_field "$log.json" data_to_250)"
+    M_CLIENT_CPU="$(json_field "$log.json" client_cpu_ms)"
+  fi
+  M_CPU="$(cpu_json "$WORK/$name.cpu" "$MESSAGES")"
 }
 
 result_json() { # ERROR-or-empty [VERSION]
   if [ -n "$1" ]; then
-    node -e 'console.log(JSON.stringify({ error: process.argv[1], version: process.argv[2] || null }))' "$1" "${2:-}"
+    error_json "$1" "${2:-}"
   else
-    node -e 'const [a, e, s, t, d, v] = process.argv.slice(1);
+    node -e 'const [a, e, s, t, d, lat, cpu, client, v] = process.argv.slice(1);
       console.log(JSON.stringify({ version: v || null, accepted_per_s: +a, end_to_end_per_s: +e,
-        send_seconds: +s, end_to_end_seconds: +t, delivered: +d }))' \
-      "$M_ACCEPTED" "$M_END_TO_END" "$M_SEND_S" "$M_E2E_S" "$M_DELIVERED" "${2:-}"
+        send_seconds: +s, end_to_end_seconds: +t, delivered: +d, data_to_250: JSON.parse(lat), cpu: JSON.parse(cpu),
+        client_cpu_ms: JSON.parse(client) }))' \
+      "$M_ACCEPTED" "$M_END_TO_END" "$M_SEND_S" "$M_E2E_S" "$M_DELIVERED" "$M_LATENCY" "$M_CPU" "$M_CLIENT_CPU" "${2:-}"
   fi
 }
 
@@ -101,9 +113,10 @@ postern_create "$PT" "$PT_PORT" postern.bench.test || bench_die "postern init fa
 "$POSTERN" -c "$PT/etc" config set "mynetworks=192.0.2.0/24" "smtpd_client_restrictions=" || bench_die "postern config set failed"
 postern_start "$PT" || bench_die "postern start failed; log: $(tail -n 5 "$PT/postern.log" 2>/dev/null)"
 PT_NEW="$(postern_maildir_new "$PT" "$RECIPIENT")" || bench_die "no Maildir for $RECIPIENT in the user table"
-PT_VERSION="$(node -p 'require(process.argv[1]).version' "$BENCH_ROOT/package.json")+$(git -C "$BENCH_ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+PT_VERSION="$(postern_version)"
 bench_note "Postern: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PT_PORT"
-if ! measure postern "$PT_PORT" "$PT_NEW"; then
+PT_MASTER="$(node -e 'console.log(JSON.parse(process.argv[1]).master.pid)' "$POSTERN_STATUS_JSON")"
+if ! measure postern "$PT_PORT" "$PT_NEW" "$PT_MASTER"; then
   bench_die "Postern: $MEASURE_ERROR (log: $PT/postern.log$([ "$KEEP" = yes ] || echo ', rerun with --keep to keep it'))"
 fi
 POSTERN_JSON="$(result_json "" "$PT_VERSION")"
@@ -111,25 +124,12 @@ PT_ACCEPTED="$M_ACCEPTED"; PT_E2E="$M_END_TO_END"; PT_SEND_S="$M_SEND_S"; PT_E2E
 postern_stop "$PT"
 
 # --- Postfix -----------------------------------------------------------------
-PF_ERROR=""
 PF_VERSION=""
-if [ "$POSTERN_ONLY" = yes ]; then
-  PF_ERROR="not run (--postern-only)"
-elif [ "$(id -u)" != 0 ]; then
-  PF_ERROR="not run: Postfix's master must be started as root (it drops to the postfix user itself); run as root, or pass --postern-only"
-elif ! postfix_ensure_accounts; then
-  PF_ERROR="could not create the postfix user and the postfix/postdrop groups Postfix's master requires"
-else
-  bench_note "Postfix: private instance in $PF"
+if postfix_can_run; then
   PF_PORT="$(free_port)"
-  MAIL_UID="$(id -u nobody)"; MAIL_GID="$(id -g nobody)"
-  postfix_create "$PF" "$PF_PORT" postfix.bench.test "$RECIPIENT" "$MAIL_UID" "$MAIL_GID"
-  PF_VERSION="$(postfix_version "$PF")"
-  if ! postfix_start "$PF" "$PF_PORT"; then
-    PF_ERROR="$POSTFIX_START_ERROR"
-  else
+  if postfix_up "$PF_PORT" "$RECIPIENT"; then
     bench_note "Postfix $PF_VERSION: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PF_PORT"
-    if measure postfix "$PF_PORT" "$PF/mail/${RECIPIENT#*@}/${RECIPIENT%@*}/Maildir/new"; then
+    if measure postfix "$PF_PORT" "$PF/mail/${RECIPIENT#*@}/${RECIPIENT%@*}/Maildir/new" "$(postfix_master_pid "$PF")"; then
       POSTFIX_JSON="$(result_json "" "$PF_VERSION")"
       PF_ACCEPTED="$M_ACCEPTED"; PF_E2E="$M_END_TO_END"; PF_SEND_S="$M_SEND_S"; PF_E2E_S="$M_E2E_S"
     else
@@ -143,16 +143,13 @@ R_ACCEPTED="$(ratio "$PT_ACCEPTED" "${PF_ACCEPTED:-}")"
 R_E2E="$(ratio "$PT_E2E" "${PF_E2E:-}")"
 
 # --- Report ------------------------------------------------------------------
-DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-MACHINE_JSON="$(machine_json "$WORK")"
-mkdir -p "$BENCH_ROOT/bench/out"
-OUT="$BENCH_ROOT/bench/out/throughput-$(date -u +%Y%m%dT%H%M%SZ).json"
+report_start throughput
 node -e '
-  const [date, messages, size, sessions, warmup, machine, postern, postfix, rAcc, rE2e] = process.argv.slice(1);
+  const [date, messages, size, sessions, warmup, machine, postern, postfix, rAcc, rE2e, loader] = process.argv.slice(1);
   const num = (x) => (x === "null" ? null : +x);
   const report = {
     benchmark: "throughput", date,
-    load: { tool: "smtp-source", messages: +messages, body_bytes: +size, sessions: +sessions,
+    load: { tool: loader === "smtp-source" ? "smtp-source -d" : "bench/mx-load.js", messages: +messages, body_bytes: +size, sessions: +sessions,
             connection_reuse: true, warmup_messages: +warmup, delivery: "Maildir" },
     machine: JSON.parse(machine),
     postern: JSON.parse(postern),
@@ -160,7 +157,7 @@ node -e '
     ratio_postern_to_postfix: { accepted: num(rAcc), end_to_end: num(rE2e) },
   };
   process.stdout.write(JSON.stringify(report, null, 2) + "\n");' \
-  "$DATE" "$MESSAGES" "$SIZE" "$SESSIONS" "$WARMUP" "$MACHINE_JSON" "$POSTERN_JSON" "$POSTFIX_JSON" "$R_ACCEPTED" "$R_E2E" >"$OUT"
+  "$DATE" "$MESSAGES" "$SIZE" "$SESSIONS" "$WARMUP" "$MACHINE_JSON" "$POSTERN_JSON" "$POSTFIX_JSON" "$R_ACCEPTED" "$R_E2E" "$LOADER" >"$OUT"
 
 node -e '
   const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
@@ -169,7 +166,7 @@ node -e '
   const pfName = "Postfix" + (pf.version ? " " + pf.version : "");
   const w = Math.max(9, pfName.length);
   console.log(`Postern throughput benchmark, ${r.date}`);
-  console.log(`load     ${r.load.messages} messages, ${r.load.body_bytes}-byte bodies, ${r.load.sessions} parallel SMTP sessions (smtp-source -d), after ${r.load.warmup_messages} warm-up messages; delivery to Maildir`);
+  console.log(`load     ${r.load.messages} messages, ${r.load.body_bytes}-byte bodies, ${r.load.sessions} parallel SMTP sessions (${r.load.tool}, connections kept), after ${r.load.warmup_messages} warm-up messages; delivery to Maildir`);
   console.log(`machine  ${m.nproc} CPUs (${m.cpu}), ${m.memory_mib} MiB, Node ${m.node}, Linux ${m.kernel}, spools on ${m.spool_filesystem}`);
   console.log("");
   console.log(`${"".padEnd(24)}${col("Postern", 10)}  ${col(pfName, w)}  ${col("Postern/Postfix", 15)}`);
@@ -180,8 +177,10 @@ node -e '
   row("end-to-end msg/s", 1, pt.end_to_end_per_s, pf.end_to_end_per_s, q.end_to_end);
   row("sending took s", 2, pt.send_seconds, pf.send_seconds, null);
   row("last delivery after s", 2, pt.end_to_end_seconds, pf.end_to_end_seconds, null);
-  if (pf.error) console.log(`\nPostfix: ${pf.error}`);
-  console.log(`\nwritten to ${process.argv[1]}`);' "$OUT"
+  if (pf.error) console.log(`\nPostfix: ${pf.error}`);' "$OUT"
+print_cpu_latency "$OUT" message
+echo ""
+echo "written to $OUT"
 
 if [ -n "$PF_ERROR" ] && [ "$POSTERN_ONLY" != yes ]; then
   bench_note "the Postfix half did not run: $PF_ERROR"
