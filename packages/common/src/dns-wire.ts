@@ -282,7 +282,9 @@ export function decodeDnsMessage(buf: Buffer): DnsMessage {
   const section = (n: number) => Array.from({ length: n }, () => readRecord(r));
   return {
     id, qr: !!(flags & 0x8000), opcode: (flags >> 11) & 0xf, aa: !!(flags & 0x400), tc: !!(flags & 0x200),
-    rd: !!(flags & 0x100), ra: !!(flags & 0x80), ad: !!(flags & 0x20), cd: !!(flags & 0x10), rcode: flags & 0xf,
+    rd: !!(flags & 0x100), ra: !!(flags & 0x80), rcode: flags & 0xf,
+    // AD and CD appear only when set, so messages without DNSSEC decode to the shape they always had
+    ...(flags & 0x20 ? { ad: true } : {}), ...(flags & 0x10 ? { cd: true } : {}),
     questions, answers: section(counts[1]), authorities: section(counts[2]), additionals: section(counts[3]),
   };
 }
