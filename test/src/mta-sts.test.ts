@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as https from 'node:https';
 import nodemailer from 'nodemailer';
-import { Instance, waitFor, freePort } from './harness.js';
+import { Instance, waitFor, freePort, IS_ROOT, run } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
 import { TestCa, TlsSink, selfSigned } from './tls-fixtures.js';
 
@@ -72,7 +72,8 @@ describe('MTA-STS (RFC 8461)', () => {
       { name: 'ststesting.test', type: 'MX', value: '10 mx.ststesting.test' }, { name: 'mx.ststesting.test', type: 'A', value: '127.0.0.52' },
     );
     dns = await new TestDnsServer({ records }).start();
-    a = await Instance.create({ domain: 'a.test', users: [{ address: SENDER, password: PASS }],
+    // as root: real service accounts, so the cache is written by smtp's own account (relay_user)
+    a = await Instance.create({ unprivileged: !IS_ROOT, domain: 'a.test', users: [{ address: SENDER, password: PASS }],
       main: { dns_servers: dns.address, smtp_port: String(port), smtp_tls_CAfile: ca.certFile, smtp_mta_sts_https_port: String(httpsPort),
         smtp_dead_destination_time: '1s' } });
     await a.start();
@@ -96,7 +97,13 @@ describe('MTA-STS (RFC 8461)', () => {
     const cache = JSON.parse(fs.readFileSync(path.join(a.spool, 'mta-sts', 'sts.test.json'), 'utf8'));
     assert.equal(cache.mode, 'enforce');
     assert.deepEqual(cache.mx, ['mx.sts.test']);
-    assert.equal(fs.statSync(path.join(a.spool, 'mta-sts')).mode & 0o777, 0o700);
+    const dir = fs.statSync(path.join(a.spool, 'mta-sts'));
+    assert.equal(dir.mode & 0o777, 0o700);
+    if (IS_ROOT) {
+      const relayUid = Number(run('id', ['-u', 'postern-relay']).stdout.trim());
+      assert.equal(dir.uid, relayUid, 'mta-sts/ belongs to relay_user');
+      assert.equal(fs.statSync(path.join(a.spool, 'mta-sts', 'sts.test.json')).uid, relayUid, 'the cache file is written by smtp (relay_user)');
+    }
   });
 
   it('enforce, an MX not in the policy: deferred with the reason, nothing sent', async () => {
