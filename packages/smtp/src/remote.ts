@@ -158,7 +158,11 @@ async function hostPolicies(domain: string, hosts: (MailHost | SecureMailHost)[]
     return { map };
   }
   const caFile = ctx.config.get('smtp_tls_CAfile');
-  const ca = caFile ? fs.readFileSync(caFile) : undefined;
+  let ca: Buffer | undefined;
+  try { ca = caFile ? fs.readFileSync(caFile) : undefined; } catch (e) {
+    // without the administrator's CAs nothing can verify: defer, naming the parameter and file
+    return { defer: { dsn: '4.7.5', reason: `MTA-STS policy for ${domain}: smtp_tls_CAfile ${caFile}: cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` } };
+  }
   const mode = sts.mode as 'enforce' | 'testing';
   const outside: string[] = [];
   for (const h of hosts) {
