@@ -38,8 +38,10 @@ describe('DANE (RFC 7672) through a validating resolver', () => {
     const ca = new TestCa();
     const taCert = ca.issue(['mx.ta.test'], true); // DANE-TA: the server sends its chain up to the CA
     const eeHash = tlsaSha256(eeCert.cert, 1);
+    // every zone also announces an MTA-STS policy (its server, 127.0.0.45, is down): DANE must win where it applies
     const zoneRecords = (z: string, addr: string, tlsa?: string) => [
-      `@ IN MX 10 mx.${z}.`, `mx IN A ${addr}`, ...(tlsa ? [`_${port}._tcp.mx IN TLSA ${tlsa}`] : [])];
+      `@ IN MX 10 mx.${z}.`, `mx IN A ${addr}`, ...(tlsa ? [`_${port}._tcp.mx IN TLSA ${tlsa}`] : []),
+      '_mta-sts IN TXT "v=STSv1; id=1"', 'mta-sts IN A 127.0.0.45'];
     lab = await new DnssecLab([
       { name: 'dane.test', signed: true, records: zoneRecords('dane.test', '127.0.0.41', `3 1 1 ${tlsaSha256(eeCert.cert, 1)}`) },
       { name: 'wrong.test', signed: true, records: zoneRecords('wrong.test', '127.0.0.42', `3 1 1 ${'00'.repeat(32)}`) },
@@ -91,6 +93,8 @@ describe('DANE (RFC 7672) through a validating resolver', () => {
     assert.equal(line.verified, true);
     const sent = await a.waitForLog('sent line', (e) => e.queue_id === id && e.status === 'sent');
     assert.equal(sent.tls_verified, true);
+    // DANE takes precedence: the domain's MTA-STS policy was not even looked for
+    assert.deepEqual(a.logs().filter((e) => e.queue_id === id && /MTA-STS/.test(e.msg)).map((e) => e.msg), []);
   });
 
   it('DANE-TA (2 0 1): the CA of the presented chain matches, the name is checked, and it delivers', async () => {
@@ -125,5 +129,7 @@ describe('DANE (RFC 7672) through a validating resolver', () => {
     assert.match(line.msg, /^Untrusted TLS/);
     assert.equal(line.tls_policy, 'may');
     assert.equal(line.verified, false);
+    // no DANE here, so the MTA-STS policy is looked for (its server is down: no policy)
+    await a.waitForLog('MTA-STS consulted', (e) => e.queue_id === id && e.msg === 'MTA-STS policy fetch failed; no policy');
   });
 });

@@ -273,7 +273,7 @@ export async function deliverRemote(info: QueueFileInfo, domain: string, recipie
         if (err.code === 'ESOCKET' && /SSL|TLS|certificate|handshake/i.test(String(err.message))) err.code = 'ETLS';
         if (err.code === 'ETLS' && t.policy.connect === 'may') {
           // opportunistic TLS: a failed handshake means the same host in plaintext, as Postfix does
-          log.info({ relay, err: oneLine(err.message) }, 'TLS handshake failed; retrying in plaintext');
+          log.info({ queue_id: queueId, relay, err: oneLine(err.message) }, 'TLS handshake failed; retrying in plaintext');
           try { conn = await connect(t, true, config); } catch (e2) { lastError = `${relay}: ${oneLine((e2 as Error).message)}`; }
         } else if (err.code === 'ETLS') {
           lastError = `${relay}: TLS is required${t.policy.name === 'dane' || t.policy.name === 'mta-sts' ? ` (${t.policy.name})` : ''}, but was not offered or failed: ${oneLine(err.message)}`;
