@@ -170,7 +170,7 @@ async function hostPolicies(domain: string, hosts: (MailHost | SecureMailHost)[]
     if (!listed) outside.push(h.name);
     if (!listed && mode === 'enforce') continue;
     // testing: TLS as the level says, failures only recorded; enforce: TLS required and verified
-    map.set(h.name, { name: 'mta-sts', connect: mode === 'enforce' ? 'encrypt' : (level === 'none' ? 'none' : 'may'), sts: { mode, domain }, ca });
+    map.set(h.name, { name: 'mta-sts', connect: mode === 'enforce' ? 'encrypt' : levelPolicy(level).connect, sts: { mode, domain }, ca });
   }
   if (outside.length) {
     ctx.log.warn({ queue_id: ctx.queueId, domain, mode, mx: outside, policy_mx: sts.mx },
