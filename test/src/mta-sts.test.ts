@@ -106,6 +106,24 @@ describe('MTA-STS (RFC 8461)', () => {
     }
   });
 
+  it('a cached policy past half its max_age is fetched again before it expires; one younger is not', async () => {
+    const file = path.join(a.spool, 'mta-sts', 'sts.test.json');
+    const fetchesBefore = fetched.filter((d) => d === 'sts.test').length;
+    const young = await submit(a, 'rcpt@sts.test', 'sts young cache');
+    await waitFor('message at mx.sts.test', () => verified.got('sts young cache'), 20000);
+    assert.equal(fetched.filter((d) => d === 'sts.test').length, fetchesBefore, 'a young cached policy is used as it is');
+    assert.ok(!a.logs().some((e) => e.queue_id === young && e.msg === 'MTA-STS policy fetched'));
+    // age the cached policy to 0.6 of its max_age (86400 s): still valid, due for a refresh
+    const cached = JSON.parse(fs.readFileSync(file, 'utf8'));
+    cached.fetched = Date.now() - 0.6 * 86400 * 1000;
+    fs.writeFileSync(file, JSON.stringify(cached));
+    const id = await submit(a, 'rcpt@sts.test', 'sts refresh');
+    await waitFor('message at mx.sts.test', () => verified.got('sts refresh'), 20000);
+    await a.waitForLog('policy fetched again', (e) => e.queue_id === id && e.msg === 'MTA-STS policy fetched');
+    assert.equal(fetched.filter((d) => d === 'sts.test').length, fetchesBefore + 1);
+    assert.ok(JSON.parse(fs.readFileSync(file, 'utf8')).fetched > cached.fetched + 3600 * 1000, 'the cache holds the new fetch');
+  });
+
   it('enforce, an MX not in the policy: deferred with the reason, nothing sent', async () => {
     const id = await submit(a, 'rcpt@stsmx.test', 'sts wrong mx');
     const line = await a.waitForLog('deferred', (e) => e.queue_id === id && e.status === 'deferred', 20000);
