@@ -91,8 +91,7 @@ describe('DANE (RFC 7672) through a validating resolver', () => {
     const line = await a.waitForLog('Verified TLS line', (e) => e.queue_id === id && /^Verified TLS connection established to mx\.dane\.test\[127\.0\.0\.41\]/.test(e.msg));
     assert.equal(line.tls_policy, 'dane');
     assert.equal(line.verified, true);
-    const sent = await a.waitForLog('sent line', (e) => e.queue_id === id && e.status === 'sent');
-    assert.equal(sent.tls_verified, true);
+    await a.waitForLog('sent line', (e) => e.queue_id === id && e.status === 'sent');
     // DANE takes precedence: the domain's MTA-STS policy was not even looked for
     assert.deepEqual(a.logs().filter((e) => e.queue_id === id && /MTA-STS/.test(e.msg)).map((e) => e.msg), []);
   });

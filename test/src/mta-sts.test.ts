@@ -147,7 +147,10 @@ describe('MTA-STS (RFC 8461)', () => {
     await waitFor('message at mx.ststesting.test', () => self.got('sts testing'), 20000);
     const rec = await a.waitForLog('testing failure recorded', (e) => e.queue_id === id && /^MTA-STS policy for ststesting\.test \(testing\): .*certificate does not verify: DEPTH_ZERO_SELF_SIGNED_CERT; delivering anyway/.test(e.msg));
     assert.equal(rec.tls_policy, 'mta-sts');
-    await a.waitForLog('sent', (e) => e.queue_id === id && e.status === 'sent' && e.tls_verified === false);
+    await a.waitForLog('sent', (e) => e.queue_id === id && e.status === 'sent');
+    const tlsLine = await a.waitForLog('TLS line', (e) => e.queue_id === id && /TLS connection established to mx\.ststesting\.test/.test(e.msg));
+    assert.match(tlsLine.msg, /^Untrusted TLS/);
+    assert.equal(tlsLine.verified, false);
   });
 
   it('the cached policy is used after the policy server is stopped (and across a restart)', async () => {

@@ -34,8 +34,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     for (const r of results) {
       const rcpt = req.recipients.find((x: any) => x.index === r.index);
       log.info({ queue_id: req.queue_id, to: `<${rcpt?.address}>`, relay: r.relay ?? 'none', delay: delaySince(info.envelope.arrival),
-        dsn: r.dsn, status: r.status, ...(r.tls ? { tls: r.tls.tls ? `${r.tls.trust} (${r.tls.policy})` : `none (${r.tls.policy})`, tls_verified: r.tls.verified } : {}) },
-      `${r.status} (${r.reason})`);
+        dsn: r.dsn, status: r.status }, `${r.status} (${r.reason})`);
     }
     return results;
   }
