@@ -7,6 +7,8 @@
 import * as net from 'node:net';
 
 export interface MxData { priority: number; exchange: string }
+/** A TLSA record (RFC 6698): certificate usage, selector, matching type, and the association data. */
+export interface TlsaData { usage: number; selector: number; matchingType: number; data: Buffer }
 export interface SoaData {
   nsname: string; hostmaster: string; serial: number;
   refresh: number; retry: number; expire: number; minttl: number;
@@ -15,7 +17,7 @@ export interface SoaData {
 /** What each known type's `data` holds (the shapes node:dns uses). */
 export interface DnsRecordData {
   A: string; AAAA: string; CNAME: string; NS: string; PTR: string;
-  MX: MxData; TXT: string[]; SOA: SoaData;
+  MX: MxData; TXT: string[]; SOA: SoaData; TLSA: TlsaData;
 }
 export type DnsRecordType = keyof DnsRecordData;
 
@@ -30,11 +32,15 @@ export interface DnsQuestion { name: string; type: number; class: number }
 
 export interface DnsMessage {
   id: number; qr: boolean; opcode: number; aa: boolean; tc: boolean; rd: boolean; ra: boolean; rcode: number;
+  /** Authentic Data (RFC 4035 3.2.3): the validating resolver says the answer is DNSSEC-secure. Absent means clear. */
+  ad?: boolean;
+  /** Checking Disabled (RFC 4035 3.2.2). */
+  cd?: boolean;
   questions: DnsQuestion[]; answers: DnsRecord[]; authorities: DnsRecord[]; additionals: DnsRecord[];
 }
 
 export const DNS_TYPES: Record<DnsRecordType | 'OPT', number> = {
-  A: 1, NS: 2, CNAME: 5, SOA: 6, PTR: 12, MX: 15, TXT: 16, AAAA: 28, OPT: 41,
+  A: 1, NS: 2, CNAME: 5, SOA: 6, PTR: 12, MX: 15, TXT: 16, AAAA: 28, OPT: 41, TLSA: 52,
 };
 const TYPE_NAMES = new Map(Object.entries(DNS_TYPES).map(([k, v]) => [v, k]));
 
@@ -151,6 +157,7 @@ function writeRecord(w: Writer, r: DnsRecord): void {
       w.name(r.data.nsname); w.name(r.data.hostmaster);
       for (const v of [r.data.serial, r.data.refresh, r.data.retry, r.data.expire, r.data.minttl]) w.u32(v);
       break;
+    case 'TLSA': w.u8(r.data.usage); w.u8(r.data.selector); w.u8(r.data.matchingType); w.bytes(r.data.data); break;
     default: w.bytes(r.data);
   }
   w.patch16(lengthAt, w.len - lengthAt - 2);
@@ -160,18 +167,22 @@ export function encodeDnsMessage(m: DnsMessage): Buffer {
   const w = new Writer();
   w.u16(m.id);
   w.u16((m.qr ? 0x8000 : 0) | ((m.opcode & 0xf) << 11) | (m.aa ? 0x400 : 0) | (m.tc ? 0x200 : 0) |
-    (m.rd ? 0x100 : 0) | (m.ra ? 0x80 : 0) | (m.rcode & 0xf));
+    (m.rd ? 0x100 : 0) | (m.ra ? 0x80 : 0) | (m.ad ? 0x20 : 0) | (m.cd ? 0x10 : 0) | (m.rcode & 0xf));
   for (const n of [m.questions.length, m.answers.length, m.authorities.length, m.additionals.length]) w.u16(n);
   for (const q of m.questions) { w.name(q.name); w.u16(q.type); w.u16(q.class); }
   for (const r of [...m.answers, ...m.authorities, ...m.additionals]) writeRecord(w, r);
   return w.result();
 }
 
-/** A recursive query for one name and type, with an EDNS0 OPT record when `ednsSize` is given. */
-export function encodeDnsQuery(id: number, name: string, type: DnsRecordType, ednsSize?: number): Buffer {
-  const opt: DnsRawRecord[] = ednsSize ? [{ name: '', type: 'OPT', class: ednsSize, ttl: 0, data: Buffer.alloc(0) }] : [];
+/**
+ * A recursive query for one name and type, with an EDNS0 OPT record when `ednsSize` is given.
+ * `dnssec` sets AD in the query (RFC 6840 5.7: asks the resolver to report whether the answer
+ * validated) and DO in the OPT record (RFC 3225), as Postfix's smtp_dns_support_level=dnssec does.
+ */
+export function encodeDnsQuery(id: number, name: string, type: DnsRecordType, ednsSize?: number, dnssec = false): Buffer {
+  const opt: DnsRawRecord[] = ednsSize ? [{ name: '', type: 'OPT', class: ednsSize, ttl: dnssec ? 0x8000 : 0, data: Buffer.alloc(0) }] : [];
   return encodeDnsMessage({
-    id, qr: false, opcode: 0, aa: false, tc: false, rd: true, ra: false, rcode: 0,
+    id, qr: false, opcode: 0, aa: false, tc: false, rd: true, ra: false, rcode: 0, ad: dnssec,
     questions: [{ name, type: DNS_TYPES[type], class: DNS_CLASS_IN }], answers: [], authorities: [], additionals: opt,
   });
 }
@@ -249,6 +260,12 @@ function readRecord(r: Reader): DnsRecord {
       rec = { ...base, type, data: { nsname, hostmaster, serial: r.u32(), refresh: r.u32(), retry: r.u32(), expire: r.u32(), minttl: r.u32() } };
       break;
     }
+    case 'TLSA': {
+      if (rdlength < 3) throw new DnsWireError(`TLSA record data of ${rdlength} bytes`);
+      const usage = r.u8(), selector = r.u8(), matchingType = r.u8();
+      rec = { ...base, type, data: { usage, selector, matchingType, data: Buffer.from(r.bytes(rdlength - 3, 'TLSA data')) } };
+      break;
+    }
     default: rec = { ...base, type: type as DnsRawRecord['type'], data: Buffer.from(r.bytes(rdlength, 'record data')) };
   }
   if (r.pos !== end) throw new DnsWireError(`${type} record data length ${rdlength} does not match its content`);
@@ -266,6 +283,8 @@ export function decodeDnsMessage(buf: Buffer): DnsMessage {
   return {
     id, qr: !!(flags & 0x8000), opcode: (flags >> 11) & 0xf, aa: !!(flags & 0x400), tc: !!(flags & 0x200),
     rd: !!(flags & 0x100), ra: !!(flags & 0x80), rcode: flags & 0xf,
+    // AD and CD appear only when set, so messages without DNSSEC decode to the shape they always had
+    ...(flags & 0x20 ? { ad: true } : {}), ...(flags & 0x10 ? { cd: true } : {}),
     questions, answers: section(counts[1]), authorities: section(counts[2]), additionals: section(counts[3]),
   };
 }

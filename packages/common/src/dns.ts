@@ -26,6 +26,8 @@ const EXPLAIN: Record<DnsErrorCode, string> = {
 export class DnsError extends Error {
   /** NXDOMAIN and NODATA are facts about the domain; the rest may pass (try again later). */
   readonly temporary: boolean;
+  /** From resolveSecure: the negative answer came with the resolver's AD bit (a DNSSEC-proven denial). */
+  secure?: boolean;
   constructor(readonly code: DnsErrorCode, readonly hostname: string, readonly rrtype: string, detail?: string) {
     super(`DNS ${rrtype} lookup for ${hostname || '.'}: ${code} (${detail ?? EXPLAIN[code]})`);
     this.name = 'DnsError';
@@ -76,7 +78,10 @@ export interface DnsResolverOptions {
   maxCacheEntries?: number;
 }
 
-interface CacheEntry { expires: number; records?: DnsRecord[]; error?: DnsError }
+interface CacheEntry { expires: number; records?: DnsRecord[]; error?: DnsError; secure?: boolean }
+
+/** An answer and whether the validating resolver vouched for it (AD bit). */
+export interface SecureAnswer<T extends DnsRecordType> { records: DnsRecordOf<T>[]; secure: boolean }
 
 /** The UDP payload size we advertise (EDNS0): the 2020 DNS flag day's value, safe from fragmentation. */
 const EDNS_SIZE = 1232;
@@ -122,10 +127,31 @@ export class DnsResolver {
     }
     let pending = this.inflight.get(key);
     if (!pending) {
-      pending = this.lookup(qname, type).finally(() => this.inflight.delete(key));
+      pending = this.lookup(qname, type).then((a) => a.records).finally(() => this.inflight.delete(key));
       this.inflight.set(key, pending);
     }
     return (await pending).slice() as DnsRecordOf<T>[];
+  }
+
+  /**
+   * As resolve, but asks with the DO and AD bits and reports whether the answer is
+   * DNSSEC-secure. As Postfix (smtp_dns_support_level = dnssec), Postern validates
+   * nothing itself: it trusts the AD bit of the resolver it is configured with, which
+   * must be a validating resolver on a trusted path (loopback). A bogus answer comes
+   * back from such a resolver as SERVFAIL (a temporary DnsError). A negative answer
+   * throws a DnsError whose `secure` says whether the denial was validated.
+   * Cached apart from resolve's answers.
+   */
+  async resolveSecure<T extends DnsRecordType>(name: string, type: T): Promise<SecureAnswer<T>> {
+    const qname = name.trim().replace(/\.$/, '').toLowerCase();
+    const key = `${qname}|${type}|dnssec`;
+    const hit = this.cache.get(key);
+    if (hit && hit.expires > Date.now()) {
+      if (hit.error) throw hit.error;
+      return { records: hit.records!.slice() as DnsRecordOf<T>[], secure: !!hit.secure };
+    }
+    const a = await this.lookup(qname, type, true);
+    return { records: a.records.slice() as DnsRecordOf<T>[], secure: a.secure };
   }
 
   async resolveA(name: string): Promise<string[]> { return (await this.resolve(name, 'A')).map((r) => r.data); }
@@ -163,14 +189,15 @@ export class DnsResolver {
 
   // ---------------------------------------------------------- lookup and cache
 
-  private async lookup(name: string, type: DnsRecordType): Promise<DnsRecord[]> {
-    const key = `${name}|${type}`;
+  private async lookup(name: string, type: DnsRecordType, dnssec = false): Promise<{ records: DnsRecord[]; secure: boolean }> {
+    const key = dnssec ? `${name}|${type}|dnssec` : `${name}|${type}`;
     if (!validName(name)) {
       const e = new DnsError('NXDOMAIN', name, type, 'not a valid domain name');
       this.store(key, { error: e }, this.minTtl);
       throw e;
     }
-    const reply = await this.ask(name, type);
+    const reply = await this.ask(name, type, dnssec);
+    const secure = dnssec && !!reply.ad;
     // Follow the CNAME chain inside the answer (a recursive server includes it).
     let owner = name;
     let ttl = Infinity;
@@ -178,8 +205,8 @@ export class DnsResolver {
       const matches = reply.answers.filter((r) => r.type === type && r.name.toLowerCase() === owner);
       if (matches.length) {
         for (const r of matches) ttl = Math.min(ttl, r.ttl);
-        this.store(key, { records: matches }, clamp(ttl, this.minTtl, this.maxTtl));
-        return matches;
+        this.store(key, { records: matches, secure }, clamp(ttl, this.minTtl, this.maxTtl));
+        return { records: matches, secure };
       }
       const alias = reply.answers.find((r) => r.type === 'CNAME' && r.name.toLowerCase() === owner);
       if (!alias || type === 'CNAME') break;
@@ -187,6 +214,7 @@ export class DnsResolver {
       owner = (alias.data as string).toLowerCase();
     }
     const error = new DnsError(reply.rcode === DNS_RCODE.NXDOMAIN ? 'NXDOMAIN' : 'NODATA', name, type);
+    if (dnssec) error.secure = secure;
     this.store(key, { error }, clamp(negativeTtl(reply, this.minTtl), this.minTtl, this.maxNegativeTtl));
     throw error;
   }
@@ -206,11 +234,11 @@ export class DnsResolver {
   }
 
   /** Ask each server in turn; an answer (positive or NXDOMAIN) ends the search, failures move on. */
-  private async ask(name: string, type: DnsRecordType): Promise<DnsMessage> {
+  private async ask(name: string, type: DnsRecordType, dnssec = false): Promise<DnsMessage> {
     let last: DnsError | undefined;
     for (const server of this.servers) {
       try {
-        let reply = await this.askServer(server, name, type, EDNS_SIZE);
+        let reply = await this.askServer(server, name, type, EDNS_SIZE, dnssec);
         // A server that does not know EDNS answers FORMERR without an OPT record (RFC 6891 7).
         if (reply.rcode === DNS_RCODE.FORMERR && !reply.additionals.some((r) => r.type === 'OPT')) {
           reply = await this.askServer(server, name, type, undefined);
@@ -226,9 +254,10 @@ export class DnsResolver {
     throw last!;
   }
 
-  private async askServer(server: DnsServerAddress, name: string, type: DnsRecordType, ednsSize: number | undefined): Promise<DnsMessage> {
+  private async askServer(server: DnsServerAddress, name: string, type: DnsRecordType, ednsSize: number | undefined,
+    dnssec = false): Promise<DnsMessage> {
     const id = randomInt(65536);
-    const query = encodeDnsQuery(id, name, type, ednsSize);
+    const query = encodeDnsQuery(id, name, type, ednsSize, dnssec && ednsSize !== undefined);
     const isReply = (m: DnsMessage) => m.qr && m.id === id && (m.questions.length === 0
       ? m.rcode !== DNS_RCODE.NOERROR && m.rcode !== DNS_RCODE.NXDOMAIN // some servers drop the question from error replies
       : m.questions.length === 1 && m.questions[0].name.toLowerCase() === name &&
@@ -361,6 +390,52 @@ export async function resolveMailHosts(resolver: DnsResolver, domain: string): P
     throw new DnsError('NODATA', name, 'MX', `no address for ${hosts.map((h) => h.name).join(', ')}`);
   }
   return { hosts, nullMx: false };
+}
+
+/** A mail host with whether its address records validated (AD bit). */
+export interface SecureMailHost extends MailHost { secure: boolean }
+export interface SecureMailHosts { hosts: SecureMailHost[]; nullMx: boolean; /** The MX RRset (or its proven absence) validated. */ mxSecure: boolean }
+
+/**
+ * resolveMailHosts through resolveSecure (smtp_dns_support_level = dnssec, for DANE,
+ * RFC 7672 2.2): the same routing rules, plus whether the MX answer and each host's
+ * address answers were DNSSEC-secure. A bogus answer is a SERVFAIL: temporary.
+ */
+export async function resolveMailHostsSecure(resolver: DnsResolver, domain: string): Promise<SecureMailHosts> {
+  const name = domain.trim().replace(/\.$/, '').toLowerCase();
+  let mx: MxData[];
+  let mxSecure: boolean;
+  try {
+    const a = await resolver.resolveSecure(name, 'MX');
+    mx = a.records.map((r) => ({ ...r.data }));
+    mxSecure = a.secure;
+  } catch (e) {
+    if (!(e instanceof DnsError) || e.code !== 'NODATA') throw e;
+    mx = [{ priority: 0, exchange: name }];
+    mxSecure = !!e.secure;
+  }
+  if (mx.length === 1 && mx[0].exchange === '') return { hosts: [], nullMx: true, mxSecure };
+  const ordered = shuffleEqualPreferences(mx.filter((m) => m.exchange !== ''));
+  const failures: DnsError[] = [];
+  const addressesOf = async (host: string): Promise<{ addresses: string[]; secure: boolean }> => {
+    const results = await Promise.allSettled([resolver.resolveSecure(host, 'A'), resolver.resolveSecure(host, 'AAAA')]);
+    const found: string[] = [];
+    let secure = true;
+    for (const r of results) {
+      if (r.status === 'fulfilled') { found.push(...r.value.records.map((x) => x.data)); secure &&= r.value.secure; } else if (r.reason instanceof DnsError) {
+        failures.push(r.reason);
+        secure &&= !!r.reason.secure;
+      } else throw r.reason;
+    }
+    return { addresses: found, secure };
+  };
+  const hosts = await Promise.all(ordered.map(async (m) => ({ name: m.exchange, priority: m.priority, ...(await addressesOf(m.exchange)) })));
+  if (!hosts.some((h) => h.addresses.length)) {
+    const temporary = failures.find((f) => f.temporary);
+    if (temporary) throw temporary;
+    throw new DnsError('NODATA', name, 'MX', `no address for ${hosts.map((h) => h.name).join(', ')}`);
+  }
+  return { hosts, nullMx: false, mxSecure };
 }
 
 function shuffleEqualPreferences(mx: MxData[]): MxData[] {

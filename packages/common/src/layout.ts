@@ -87,6 +87,7 @@ const SPOOL_DIRS: DirSpec[] = [
   { rel: 'private', uid: root, gid: root, mode: 0o755 },
   { rel: 'public', uid: root, gid: root, mode: 0o755 },
   { rel: 'pid', uid: root, gid: root, mode: 0o755 },
+  { rel: 'mta-sts', uid: (a) => a.relay.uid, gid: (a) => a.relay.gid, mode: 0o700 }, // smtp's MTA-STS policy cache (docs/tls-policy.md)
 ];
 
 export interface SpoolDifference {

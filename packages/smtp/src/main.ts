@@ -30,12 +30,12 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       const maxIdle = ctx.config.int(req.nexthop === 'local' ? 'local_destination_concurrency_limit' : 'lmtp_destination_concurrency_limit');
       results = await deliverByLmtp(info, dest, req.recipients, { name: ctx.config.get('myhostname'), timeoutMs, maxIdle });
     } else {
-      results = await deliverRemote(info, req.nexthop, req.recipients, ctx.config, log, dead);
+      results = await deliverRemote(info, req.nexthop, req.recipients, ctx.config, log, dead, spool.root);
     }
     for (const r of results) {
       const rcpt = req.recipients.find((x: any) => x.index === r.index);
       log.info({ queue_id: req.queue_id, to: `<${rcpt?.address}>`, relay: r.relay ?? 'none', delay: delaySince(info.envelope.arrival),
-        dsn: r.dsn, status: r.status, tls: r.tls || undefined }, `${r.status} (${r.reason})`);
+        dsn: r.dsn, status: r.status, tls: r.tls?.tls || undefined }, `${r.status} (${r.reason})`);
     }
     return results;
   }

@@ -1,4 +1,5 @@
 /** Turning an SMTP/LMTP server's replies into per-recipient results. */
+import type { TlsOutcome } from './tls-policy.js';
 
 export interface DeliveryResult {
   index: number;
@@ -6,8 +7,8 @@ export interface DeliveryResult {
   dsn: string;
   reason: string;
   relay?: string;
-  /** The connection the result came over was TLS-protected (smtp only). */
-  tls?: boolean;
+  /** The TLS of the session that gave this result (smtp only): policy, trust, whether verified (DANE or MTA-STS). */
+  tls?: TlsOutcome;
 }
 
 /** The enhanced status code in a reply, or one derived from its basic code. */
