@@ -16,7 +16,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { Instance, RawSmtp, ROOT, IS_ROOT, run, runAsync, requireTool, tempDir, waitFor, RunResult } from './harness.js';
+import { Instance, RawSmtp, ROOT, IS_ROOT, run, runAsync, requireTool, tempDir, waitFor, RunResult, headerFields } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
 import { validate, SchemaError, Schema } from '../../packages/common/dist/ipc-schema.js';
 
@@ -58,17 +58,7 @@ function conversation(envelopeJson: string, message: string, extra: Buffer[] = [
   return [frame('J', `{"type":"message","envelope":${envelopeJson}}`), frame('D', message.replace(/\r?\n/g, '\r\n')), ...extra, frame('E')];
 }
 
-/** Header fields (unfolded, names lower-case) of the header section of a delivered message. */
-function fields(text: string): { name: string; value: string }[] {
-  const head = text.split(/\r?\n\r?\n/)[0];
-  const out: { name: string; value: string }[] = [];
-  for (const line of head.split(/\r?\n/)) {
-    if (/^[ \t]/.test(line) && out.length) out[out.length - 1].value += ' ' + line.trim();
-    else { const i = line.indexOf(':'); out.push({ name: line.slice(0, i).toLowerCase(), value: line.slice(i + 1).trim() }); }
-  }
-  return out;
-}
-const all = (text: string, name: string) => fields(text).filter((h) => h.name === name).map((h) => h.value);
+const all = (text: string, name: string) => headerFields(text).filter((h) => h.name === name).map((h) => h.value);
 
 /** Every delivered copy in any of these mailboxes that contains the marker. */
 function copiesWith(inst: Instance, marker: string, mailboxes = [ALICE, BOB, CAROL]): string[] {

@@ -8,22 +8,14 @@ import { describe, it, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import nodemailer from 'nodemailer';
-import { Instance, waitFor, tempDir, freePort } from './harness.js';
+import { Instance, waitFor, tempDir, freePort, submitAs } from './harness.js';
 import { DnssecLab, TlsSink, TestCa, selfSigned, tlsaSha256 } from './tls-fixtures.js';
 import { DnsResolver } from '../../packages/common/dist/index.js';
 
 const SENDER = 'alice@a.test';
 const PASS = 'alice-secret';
 
-async function submit(a: Instance, to: string, subject: string): Promise<string> {
-  const t = nodemailer.createTransport({ host: '127.0.0.1', port: a.ports.submission, secure: false, requireTLS: true,
-    auth: { user: SENDER, pass: PASS }, tls: { rejectUnauthorized: false } });
-  const info = await t.sendMail({ from: SENDER, to, subject, text: `body of ${subject}\n` });
-  const m = /queued as ([0-9A-F]{20})/.exec(info.response);
-  assert.ok(m, info.response);
-  return m[1];
-}
+const submit = (a: Instance, to: string, subject: string) => submitAs(a, SENDER, PASS, to, subject);
 
 describe('DANE (RFC 7672) through a validating resolver', () => {
   let lab: DnssecLab;

@@ -7,45 +7,18 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { spawn, ChildProcess } from 'node:child_process';
 import nodemailer from 'nodemailer';
-import { Instance, run, freePort, waitFor, tempDir, ROOT } from './harness.js';
+import { Instance, freePort, waitFor } from './harness.js';
+import { SmtpSink } from './smtp-sink.js';
 
 const SENDER = 'alice@a.test';
 const PASS = 'alice-secret';
 
-/** Postfix's smtp-sink (see .ci/postfix-tools), writing each message into a directory. */
-class Sink {
-  proc!: ChildProcess;
-  readonly dumpDir = tempDir('sink');
-  constructor(readonly host: string, readonly port: number) { fs.chmodSync(this.dumpDir, 0o777); }
-  async start(): Promise<this> {
-    const r = run(path.join(ROOT, '.ci', 'postfix-tools'), []);
-    assert.equal(r.code, 0, `.ci/postfix-tools failed: ${r.stderr}`);
-    const sbin = r.stdout.trim();
-    this.proc = spawn(path.join(sbin, 'smtp-sink'), ['-u', 'nobody', '-d', `${this.dumpDir}/%Y%m%d%H%M%S.`, `${this.host}:${this.port}`, '50'],
-      { env: { ...process.env, LD_LIBRARY_PATH: path.join(sbin, '..', 'lib', 'postfix') }, stdio: 'ignore' });
-    await waitFor(`smtp-sink on ${this.host}:${this.port}`, () => run('ss', ['-ltn', `sport = :${this.port}`]).stdout.includes(`${this.host}:${this.port}`), 10000);
-    return this;
-  }
-  received(): string[] {
-    return fs.readdirSync(this.dumpDir).map((f) => fs.readFileSync(path.join(this.dumpDir, f), 'latin1'));
-  }
-  async stop(): Promise<void> {
-    if (this.proc && this.proc.exitCode === null) {
-      this.proc.kill('SIGTERM');
-      await new Promise((r) => this.proc.once('exit', r));
-    }
-    fs.rmSync(this.dumpDir, { recursive: true, force: true });
-  }
-}
 
 describe('dead destinations: one table in qmgr, forgotten by flush', () => {
   let a: Instance;
   let port: number;
-  let sink: Sink | undefined;
+  let sink: SmtpSink | undefined;
 
   before(async () => {
     port = await freePort();
@@ -66,7 +39,7 @@ describe('dead destinations: one table in qmgr, forgotten by flush', () => {
     assert.match(refused.msg, /connect to .*127\.0\.0\.1/);
     await a.waitForLog('retry skips the dead host', (e) => e.queue_id === id && e.status === 'deferred' && /host marked dead/.test(e.msg), 20000);
 
-    sink = await new Sink('127.0.0.1', port).start();
+    sink = await new SmtpSink('127.0.0.1', port).start();
     a.cli(['queue', 'flush']);
     await waitFor('delivered to the smart host after the flush', () => sink!.received().some((m) => m.includes('Subject: while the smart host was down')), 20000);
     await a.waitForLog('sent line', (e) => e.queue_id === id && e.status === 'sent', 10000);

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { Instance, IS_ROOT, run, runAsync, requireTool, tempDir, waitFor, RunResult } from './harness.js';
+import { Instance, IS_ROOT, run, runAsync, requireTool, tempDir, waitFor, RunResult, headerFields } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
 import { dkimpyVerify, mailDkimVerify, python3 } from './verifiers.js';
 import { HeaderSection, HEADER_SCAN_LIMIT } from '../../packages/cleanup/dist/header-section.js';
@@ -63,17 +63,7 @@ async function deliver(inst: Instance, s: Submission): Promise<{ id: string; fil
   return { id, file: files[0], text: fs.readFileSync(files[0], 'utf8') };
 }
 
-/** Header fields of a message (unfolded), in order. */
-function headers(text: string): { name: string; value: string }[] {
-  const head = text.split(/\r?\n\r?\n/)[0];
-  const out: { name: string; value: string }[] = [];
-  for (const line of head.split(/\r?\n/)) {
-    if (/^[ \t]/.test(line) && out.length) out[out.length - 1].value += ' ' + line.trim();
-    else { const i = line.indexOf(':'); out.push({ name: line.slice(0, i).toLowerCase(), value: line.slice(i + 1).trim() }); }
-  }
-  return out;
-}
-const all = (text: string, name: string) => headers(text).filter((h) => h.name === name).map((h) => h.value);
+const all = (text: string, name: string) => headerFields(text).filter((h) => h.name === name).map((h) => h.value);
 const tag = (sig: string, t: string) => new RegExp(`(?:^|;)\\s*${t}=([^;]*)`).exec(sig)?.[1].replace(/\s+/g, '');
 
 

@@ -9,6 +9,7 @@ import * as tls from 'node:tls';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, spawnSync, SpawnSyncOptions } from 'node:child_process';
+import nodemailer from 'nodemailer';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const POSTERN = path.join(ROOT, 'bin', 'postern');
@@ -276,4 +277,25 @@ export class RawSmtp {
   }
 
   close(): void { this.sock.destroy(); }
+}
+
+/** Sends a message through the instance's submission port (STARTTLS, AUTH as USER); returns its queue id. */
+export async function submitAs(inst: Instance, user: string, pass: string, to: string, subject: string): Promise<string> {
+  const t = nodemailer.createTransport({ host: '127.0.0.1', port: inst.ports.submission, secure: false, requireTLS: true,
+    auth: { user, pass }, tls: { rejectUnauthorized: false } });
+  const info = await t.sendMail({ from: user, to, subject, text: `body of ${subject}\n` });
+  const m = /queued as ([0-9A-F]{20})/.exec(info.response);
+  if (!m) throw new Error(`no queue id in the reply to DATA: ${info.response}`);
+  return m[1];
+}
+
+/** Header fields of a message's header section, unfolded, names lower-case, in order. */
+export function headerFields(text: string): { name: string; value: string }[] {
+  const head = text.split(/\r?\n\r?\n/)[0];
+  const out: { name: string; value: string }[] = [];
+  for (const line of head.split(/\r?\n/)) {
+    if (/^[ \t]/.test(line) && out.length) out[out.length - 1].value += ' ' + line.trim();
+    else { const i = line.indexOf(':'); out.push({ name: line.slice(0, i).toLowerCase(), value: line.slice(i + 1).trim() }); }
+  }
+  return out;
 }

@@ -9,22 +9,14 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as https from 'node:https';
-import nodemailer from 'nodemailer';
-import { Instance, waitFor, freePort, IS_ROOT, run } from './harness.js';
+import { Instance, waitFor, freePort, IS_ROOT, run, submitAs } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
 import { TestCa, TlsSink, selfSigned } from './tls-fixtures.js';
 
 const SENDER = 'alice@a.test';
 const PASS = 'alice-secret';
 
-async function submit(a: Instance, to: string, subject: string): Promise<string> {
-  const t = nodemailer.createTransport({ host: '127.0.0.1', port: a.ports.submission, secure: false, requireTLS: true,
-    auth: { user: SENDER, pass: PASS }, tls: { rejectUnauthorized: false } });
-  const info = await t.sendMail({ from: SENDER, to, subject, text: `body of ${subject}\n` });
-  const m = /queued as ([0-9A-F]{20})/.exec(info.response);
-  assert.ok(m, info.response);
-  return m[1];
-}
+const submit = (a: Instance, to: string, subject: string) => submitAs(a, SENDER, PASS, to, subject);
 
 const POLICIES: Record<string, string> = {
   'sts.test': 'version: STSv1\nmode: enforce\nmx: mx.sts.test\nmax_age: 86400\n',

@@ -9,55 +9,17 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as net from 'node:net';
-import { spawn, ChildProcess } from 'node:child_process';
 import { SMTPServer } from 'smtp-server';
 import { simpleParser } from 'mailparser';
-import nodemailer from 'nodemailer';
-import { Instance, run, freePort, waitFor, tempDir, ROOT } from './harness.js';
+import { Instance, run, freePort, waitFor, tempDir, submitAs } from './harness.js';
+import { SmtpSink } from './smtp-sink.js';
 import { TestDnsServer } from './dns-server.js';
 
 const SENDER = 'alice@a.test';
 const PASS = 'alice-secret';
 
-function postfixTools(): string {
-  const r = run(path.join(ROOT, '.ci', 'postfix-tools'), []);
-  if (r.code !== 0) throw new Error(`.ci/postfix-tools failed: ${r.stderr}`);
-  return r.stdout.trim();
-}
 
-/** Postfix's smtp-sink on ADDR:PORT; `reject` = its -r (4xx) / -f (5xx) command lists. */
-class Sink {
-  proc!: ChildProcess;
-  readonly dumpDir = tempDir('sink');
-  constructor(readonly host: string, readonly port: number, readonly flags: string[] = []) {
-    fs.chmodSync(this.dumpDir, 0o777);
-  }
-  async start(): Promise<this> {
-    const sbin = postfixTools();
-    this.proc = spawn(path.join(sbin, 'smtp-sink'), ['-u', 'nobody', ...this.flags, '-d', `${this.dumpDir}/%Y%m%d%H%M%S.`, `${this.host}:${this.port}`, '50'],
-      { env: { ...process.env, LD_LIBRARY_PATH: path.join(sbin, '..', 'lib', 'postfix') }, stdio: 'ignore' });
-    await waitFor(`smtp-sink on ${this.host}:${this.port}`, () => run('ss', ['-ltn', `sport = :${this.port}`]).stdout.includes(`${this.host}:${this.port}`), 10000);
-    return this;
-  }
-  received(): string[] {
-    return fs.readdirSync(this.dumpDir).map((f) => fs.readFileSync(path.join(this.dumpDir, f), 'latin1'));
-  }
-  async stop(): Promise<void> {
-    if (this.proc.exitCode === null) {
-      this.proc.kill('SIGTERM');
-      await new Promise((r) => this.proc.once('exit', r));
-    }
-  }
-}
-
-async function submit(a: Instance, to: string, subject: string): Promise<string> {
-  const t = nodemailer.createTransport({ host: '127.0.0.1', port: a.ports.submission, secure: false, requireTLS: true,
-    auth: { user: SENDER, pass: PASS }, tls: { rejectUnauthorized: false } });
-  const info = await t.sendMail({ from: SENDER, to, subject, text: `body of ${subject}\n` });
-  const m = /queued as ([0-9A-F]{20})/.exec(info.response);
-  assert.ok(m, info.response);
-  return m[1];
-}
+const submit = (a: Instance, to: string, subject: string) => submitAs(a, SENDER, PASS, to, subject);
 
 describe('outbound delivery through MX lookup', () => {
   let dns: TestDnsServer;
@@ -93,7 +55,7 @@ describe('outbound delivery through MX lookup', () => {
   after(async () => { if (!process.env.KEEP) await a.destroy(); else console.log("kept", a.dir); await dns.close(); });
 
   it('delivers to the MX host (smtp-sink)', async () => {
-    const sink = await new Sink('127.0.0.3', port).start();
+    const sink = await new SmtpSink('127.0.0.3', port).start();
     try {
       await submit(a, 'rcpt@sink.test', 'to the sink');
       await waitFor('message at smtp-sink', () => sink.received().some((m) => m.includes('Subject: to the sink')), 20000);
@@ -104,7 +66,7 @@ describe('outbound delivery through MX lookup', () => {
   });
 
   it('a 4xx at RCPT defers; a later retry delivers', async () => {
-    const soft = await new Sink('127.0.0.5', port, ['-r', 'RCPT']).start();
+    const soft = await new SmtpSink('127.0.0.5', port, ['-r', 'RCPT']).start();
     let id: string;
     try {
       id = await submit(a, 'rcpt@soft.test', 'soft first');
@@ -114,7 +76,7 @@ describe('outbound delivery through MX lookup', () => {
       assert.equal(q.recipients[0].address, 'rcpt@soft.test');
       assert.match(q.recipients[0].delay_reason, /450 4\.3\.0/);
     } finally { await soft.stop(); }
-    const ok = await new Sink('127.0.0.5', port).start();
+    const ok = await new SmtpSink('127.0.0.5', port).start();
     try {
       a.cli(['config', 'set', 'smtp_dead_destination_time=1s']);
       await waitFor('retry delivered', () => ok.received().some((m) => m.includes('Subject: soft first')), 30000);
@@ -123,7 +85,7 @@ describe('outbound delivery through MX lookup', () => {
   });
 
   it('a 5xx at RCPT bounces, and the DSN reaches the sender with Status and Action', async () => {
-    const hard = await new Sink('127.0.0.6', port, ['-f', 'RCPT']).start();
+    const hard = await new SmtpSink('127.0.0.6', port, ['-f', 'RCPT']).start();
     try {
       const id = await submit(a, 'nobody@hard.test', 'doomed');
       await a.waitForLog('bounced line', (e) => e.queue_id === id && e.status === 'bounced', 20000);
@@ -140,7 +102,7 @@ describe('outbound delivery through MX lookup', () => {
   });
 
   it('a dead MX falls through to the next MX', async () => {
-    const sink = await new Sink('127.0.0.3', port).start();
+    const sink = await new SmtpSink('127.0.0.3', port).start();
     const atSink = () => sink.received().filter((m) => m.includes('Subject: via second mx')).length;
     // the first MX accepts TCP and drops the connection before any greeting: dead, but countable
     let firstMxConnections = 0;
@@ -162,7 +124,7 @@ describe('outbound delivery through MX lookup', () => {
   });
 
   it('smtp_tls_policy_maps "encrypt": a destination without STARTTLS is deferred, never sent in the clear', async () => {
-    const sink = await new Sink('127.0.0.3', port).start(); // smtp-sink offers no STARTTLS
+    const sink = await new SmtpSink('127.0.0.3', port).start(); // smtp-sink offers no STARTTLS
     try {
       const id = await submit(a, 'rcpt@strict.test', 'must be encrypted');
       const line = await a.waitForLog('deferred for TLS', (e) => e.queue_id === id && e.status === 'deferred', 20000);

@@ -17,8 +17,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { SMTPServer } from 'smtp-server';
-import nodemailer from 'nodemailer';
-import { Instance, freePort, waitFor, run, ROOT, POSTERN } from './harness.js';
+import { Instance, freePort, waitFor, run, ROOT, POSTERN, submitAs } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
 
 const SENDER = 'alice@a.test';
@@ -101,14 +100,7 @@ describe('postern queue: the queue toolset on a live spool', () => {
   const listJson = (): any[] => a.cli(['queue', 'list', '--json']).stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l));
   const showJson = (qid: string): any => JSON.parse(a.cli(['queue', 'show', qid, '--json', '--envelope']).stdout);
 
-  async function submit(to: string, subject: string): Promise<string> {
-    const t = nodemailer.createTransport({ host: '127.0.0.1', port: a.ports.submission, secure: false, requireTLS: true,
-      auth: { user: SENDER, pass: PASS }, tls: { rejectUnauthorized: false } });
-    const info = await t.sendMail({ from: SENDER, to, subject, text: `body of ${subject}\n` });
-    const m = /queued as ([0-9A-F]{20})/.exec(info.response);
-    assert.ok(m, info.response);
-    return m[1];
-  }
+  const submit = (to: string, subject: string) => submitAs(a, SENDER, PASS, to, subject);
 
   function assertListMatchesDisk(): void {
     const listed = new Map(listJson().map((e) => [e.queue_id, e.queue_name]));

@@ -8,36 +8,14 @@
 import { describe, it, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { spawn, ChildProcess } from 'node:child_process';
 import nodemailer from 'nodemailer';
-import { Instance, RawSmtp, run, freePort, waitFor, tempDir, ROOT } from './harness.js';
+import { Instance, RawSmtp, freePort, waitFor } from './harness.js';
+import { SmtpSink } from './smtp-sink.js';
 import { TestDnsServer } from './dns-server.js';
 
 const ALICE = 'alice@example.test';
 const PASS = 'alice-secret';
 
-/** Postfix's smtp-sink (as in outbound.test.ts): `-f RCPT` answers 5xx to every RCPT. */
-class Sink {
-  proc!: ChildProcess;
-  readonly dumpDir = tempDir('sink');
-  constructor(readonly host: string, readonly port: number, readonly flags: string[] = []) { fs.chmodSync(this.dumpDir, 0o777); }
-  async start(): Promise<this> {
-    const r = run(path.join(ROOT, '.ci', 'postfix-tools'), []);
-    if (r.code !== 0) throw new Error(`.ci/postfix-tools failed: ${r.stderr}`);
-    const sbin = r.stdout.trim();
-    this.proc = spawn(path.join(sbin, 'smtp-sink'), ['-u', 'nobody', ...this.flags, '-d', `${this.dumpDir}/%Y%m%d%H%M%S.`, `${this.host}:${this.port}`, '50'],
-      { env: { ...process.env, LD_LIBRARY_PATH: path.join(sbin, '..', 'lib', 'postfix') }, stdio: 'ignore' });
-    await waitFor(`smtp-sink on ${this.host}:${this.port}`, () => run('ss', ['-ltn', `sport = :${this.port}`]).stdout.includes(`${this.host}:${this.port}`), 10000);
-    return this;
-  }
-  async stop(): Promise<void> {
-    if (this.proc && this.proc.exitCode === null) {
-      this.proc.kill('SIGTERM');
-      await new Promise((r) => this.proc.once('exit', r));
-    }
-  }
-}
 
 function stats(inst: Instance, args: string[] = []): any {
   return JSON.parse(inst.cli(['stats', '--json', ...args]).stdout);
@@ -46,7 +24,7 @@ function stats(inst: Instance, args: string[] = []): any {
 describe('postern stats on a real instance', () => {
   let dns: TestDnsServer;
   let inst: Instance;
-  let sink: Sink;
+  let sink: SmtpSink;
 
   before(async () => {
     const port = await freePort('127.0.0.6');
@@ -60,7 +38,7 @@ describe('postern stats on a real instance', () => {
       { name: '127.0.0.1', type: 'PTR', value: 'client.sender.test' },
       { name: 'client.sender.test', type: 'A', value: '127.0.0.1' },
     ] }).start();
-    sink = await new Sink('127.0.0.6', port, ['-f', 'RCPT']).start();
+    sink = await new SmtpSink('127.0.0.6', port, ['-f', 'RCPT']).start();
     inst = await Instance.create({ users: [{ address: ALICE, password: PASS }],
       // loopback clients are outsiders here, so relaying is refused as on the internet
       main: { dns_servers: dns.address, smtp_port: String(port), mynetworks: '10.255.0.0/16' } });
