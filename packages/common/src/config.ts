@@ -161,7 +161,7 @@ export type ServiceType = 'inet' | 'unix';
 
 /** Program packages by master.cf command name; lmtp is the smtp program in LMTP mode, as in Postfix. */
 export const SERVICE_PROGRAMS: Record<string, string> = {
-  smtpd: 'smtpd', cleanup: 'cleanup', qmgr: 'qmgr', smtp: 'smtp', lmtp: 'smtp', local: 'local', pickup: 'pickup', showq: 'showq', anvil: 'anvil',
+  smtpd: 'smtpd', cleanup: 'cleanup', qmgr: 'qmgr', smtp: 'smtp', lmtp: 'smtp', local: 'local', pickup: 'pickup', showq: 'showq', anvil: 'anvil', proxymap: 'proxymap',
 };
 
 export interface MasterEntry {

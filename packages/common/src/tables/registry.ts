@@ -6,8 +6,9 @@
 import { Table, TableBackend, TableError, UserDb, UserDbWriter, WriterOptions } from './types.js';
 import { texthash } from './texthash.js';
 import { passwdFile } from './passwd-file.js';
+import { pgsql } from './pgsql.js';
 
-const BACKENDS = new Map<string, TableBackend>([texthash, passwdFile].map((b) => [b.type, b]));
+const BACKENDS = new Map<string, TableBackend>([texthash, passwdFile, pgsql].map((b) => [b.type, b]));
 
 /** The known types, for messages and `postern check`. */
 export function tableTypes(): string[] {
