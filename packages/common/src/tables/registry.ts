@@ -7,8 +7,9 @@ import { Table, TableBackend, TableError, UserDb, UserDbWriter, WriterOptions } 
 import { texthash } from './texthash.js';
 import { passwdFile } from './passwd-file.js';
 import { pgsql } from './pgsql.js';
+import { sqlite } from './sqlite.js';
 
-const BACKENDS = new Map<string, TableBackend>([texthash, passwdFile, pgsql].map((b) => [b.type, b]));
+const BACKENDS = new Map<string, TableBackend>([texthash, passwdFile, pgsql, sqlite].map((b) => [b.type, b]));
 
 /** The known types, for messages and `postern check`. */
 export function tableTypes(): string[] {
