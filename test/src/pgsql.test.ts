@@ -10,6 +10,8 @@ import {
   openTable, openUserDb, openUserDbWriter, parseSqlCf, expandQuery, closeSqlTables, TableUnavailable,
 } from '../../packages/common/dist/index.js';
 import { Instance, RawSmtp, IS_ROOT, freePort, requireTool, run, tempDir, waitFor } from './harness.js';
+import { Dovecot } from './dovecot.js';
+import { ImapClient } from './imap.js';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const PG_BIN = '/usr/lib/postgresql/15/bin';
@@ -204,5 +206,64 @@ test('PostgreSQL down: 451 4.3.0 at RCPT, queued mail stays queued; back up: eve
   for (const h of hosts) {
     await waitFor(`${h.addr} queue empty`, () => h.inst.queueEmpty() || undefined, 30000, 500);
     await waitFor(`${h.addr} accepts dave again`, async () => /^250 /.test(await rcpt(h, 'dave@example.test')) || undefined, 20000, 500);
+  }
+});
+
+/** The fenced block of docs/sql/README.md opened with "```ini NAME": the doc is what the test runs. */
+function sqlDocBlock(name: string): string {
+  const doc = fs.readFileSync(path.join(ROOT, 'docs', 'sql', 'README.md'), 'utf8');
+  const m = new RegExp('^```ini ' + name.replace(/[.]/g, '\\.') + '\\n([\\s\\S]*?)^```$', 'm').exec(doc);
+  if (!m) throw new Error(`docs/sql/README.md has no block "${name}"`);
+  return m[1];
+}
+
+function replaceAll(text: string, subs: [string, string][]): string {
+  for (const [from, to] of subs) {
+    assert.ok(text.includes(from), `the doc's block still contains "${from}"`);
+    text = text.split(from).join(to);
+  }
+  return text;
+}
+
+test('Dovecot (passdb/userdb sql, docs/sql/README.md) logs in a user of the same table and reads what Postern delivered', async () => {
+  pg.psql('mail', "CREATE ROLE dovecot LOGIN PASSWORD 'dv-pw'; GRANT SELECT ON users TO dovecot;");
+  hosts[1].inst.cli(['user', 'add', 'erin@example.test', '--password-stdin'], { input: 'imap pw\n' });
+  // Dovecot will not run mail processes as root: the test's (root) instances deliver as the user's uid
+  if (IS_ROOT) pg.psql('mail', "UPDATE users SET uid = 65534, gid = 65534 WHERE email = 'erin@example.test'");
+  const r = swaks(hosts[0], ['--port', String(hosts[0].inst.ports.smtp), '--from', 'someone@remote.test', '--to', 'erin@example.test', '--header', 'Subject: for IMAP']);
+  assert.equal(r.code, 0, r.out);
+  await waitFor('delivered to erin', () => maildirNew('erin@example.test').length === 1 || undefined, 30000);
+  // the root-run test instances made the domain directory root's 0700 for alice; nobody (erin) must pass through it
+  if (IS_ROOT) fs.chmodSync(path.join(mailBase, 'example.test'), 0o755);
+  const dovecot = await Dovecot.start({
+    config: (dir, port) => {
+      const sqlConf = path.join(dir, 'dovecot-sql.conf.ext');
+      fs.writeFileSync(sqlConf, replaceAll(sqlDocBlock('dovecot-sql.conf.ext'),
+        [['host=db.example.org port=5432', `host=127.0.0.1 port=${pg.port}`], ['password=change-me-too', 'password=dv-pw']]));
+      const me = IS_ROOT ? null : run('id', ['-un']).stdout.trim();
+      return [
+        'protocols = imap', 'listen = 127.0.0.1', `base_dir = ${dir}/run`, `state_dir = ${dir}/state`, `log_path = ${dir}/dovecot.log`,
+        'ssl = no', 'disable_plaintext_auth = no', 'auth_mechanisms = plain', 'mail_location = maildir:~/Maildir',
+        `service imap-login {\n  inet_listener imap {\n    address = 127.0.0.1\n    port = ${port}\n  }\n}`,
+        replaceAll(sqlDocBlock('dovecot-auth-sql'), [['/etc/dovecot/dovecot-sql.conf.ext', sqlConf]]),
+        ...(me ? [`default_internal_user = ${me}`, `default_internal_group = ${run('id', ['-gn']).stdout.trim()}`, `default_login_user = ${me}`,
+          'service anvil {\n  chroot =\n}', 'service imap-login {\n  chroot =\n}']
+          : ['default_internal_user = dovecot', 'default_login_user = dovenull']),
+        '',
+      ].join('\n');
+    },
+  });
+  try {
+    const imap = await ImapClient.connect(dovecot.port);
+    try {
+      await imap.login('erin@example.test', 'imap pw');
+      const n = await imap.select('INBOX').catch((e: Error) => { throw new Error(`${e.message}\ndovecot log:\n${dovecot.log()}`); });
+      assert.equal(n, 1, `erin's INBOX (dovecot log:\n${dovecot.log()})`);
+      assert.match((await imap.fetchMessage(1)).body.toString(), /^Subject: for IMAP\r?$/m);
+    } finally {
+      await imap.logout();
+    }
+  } finally {
+    await dovecot.stop();
   }
 });
