@@ -267,3 +267,30 @@ test('Dovecot (passdb/userdb sql, docs/sql/README.md) logs in a user of the same
     await dovecot.stop();
   }
 });
+
+test('real service accounts: only proxymap reads users.cf; smtpd, local and smtp reach proxymap, other users cannot', async () => {
+  const inst = await Instance.create({ unprivileged: false, main: { proxymap_cache_ttl: '2s' } });
+  try {
+    const cf = path.join(inst.etc, 'users.cf');
+    fs.writeFileSync(cf, usersCf(), { mode: 0o640 });
+    const owner = run('id', ['-g', 'postern']).stdout.trim();
+    fs.chownSync(cf, 0, Number(owner)); // root's, readable by the queue owner's group (proxymap) only
+    inst.cli(['config', 'set', `virtual_mailbox_maps=pgsql:${cf}`]);
+    inst.cli(['user', 'add', 'frank@example.test', '--password-stdin'], { input: 'frank pw\n' });
+    await inst.start();
+    await waitFor('proxymap listening', () => fs.existsSync(path.join(inst.spool, 'private', 'proxymap')) || undefined);
+    const as = (user: string, cmd: string[]) => run('setpriv', [`--reuid=${user}`, `--regid=${user}`, '--clear-groups', ...cmd], { cwd: '/' });
+    assert.notEqual(as('postern-smtpd', ['cat', cf]).code, 0, 'smtpd\'s account cannot read the database password');
+    const sock = path.join(inst.spool, 'private', 'proxymap');
+    // connect() needs write permission on the socket: test -w is the same check, for each account
+    await waitFor('ACL entries for local and smtp', () => /user:vmail:rw-/.test(run('getfacl', ['-p', sock]).stdout) || undefined);
+    for (const u of ['postern', 'postern-smtpd', 'vmail', 'postern-relay']) assert.equal(as(u, ['test', '-w', sock]).code, 0, `${u} reaches proxymap`);
+    assert.notEqual(as('nobody', ['test', '-w', sock]).code, 0, 'another local account does not');
+    const r = run(requireTool('swaks'), ['--timeout', '20', '--server', '127.0.0.1', '--port', String(inst.ports.submission), '-tls',
+      '--auth', 'PLAIN', '--auth-user', 'frank@example.test', '--auth-password', 'frank pw', '--from', 'frank@example.test', '--to', 'frank@example.test']);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    await waitFor('delivered by local (vmail) through proxymap', () => inst.delivered('frank@example.test').length === 1 || undefined, 30000);
+  } finally {
+    await inst.destroy();
+  }
+});

@@ -13,7 +13,7 @@ import * as net from 'node:net';
 import { execFileSync } from 'node:child_process';
 import {
   runService, ServiceContext, RunningService, FrameReader, FrameWriter, openTable, openUserDb, TableUnavailable,
-  closeSqlTables, loadMasterCf, serviceAccounts, ProxyOp,
+  closeSqlTables, loadMasterCf, lookupSystemUser, ProxyOp,
 } from '@postern/common';
 
 const OPS: ProxyOp[] = ['lookup', 'exists', 'credentials', 'userInfo'];
@@ -36,11 +36,13 @@ function allowedSpecs(ctx: ServiceContext): Set<string> {
  * socket's owner (proxymap's account), so no other local user can connect.
  */
 function grantClients(ctx: ServiceContext): void {
-  const a = serviceAccounts(ctx.config);
-  if (!a.privileged) return;
+  // serviceAccounts() answers "unprivileged" here (we are no longer root): ask by name
+  if (ctx.config.bool('unprivileged')) return;
+  const clients = [ctx.config.get('mailbox_user'), ctx.config.get('relay_user')].map((n) => lookupSystemUser(n));
+  if (clients.some((u) => !u || u.uid === process.getuid!())) return; // a sandbox: everyone is us
   const sock = ctx.spool.privateSocket(ctx.name);
   try {
-    execFileSync('setfacl', ['-m', `u:${a.mailbox.uid}:rw,u:${a.relay.uid}:rw`, sock], { stdio: ['ignore', 'ignore', 'pipe'] });
+    execFileSync('setfacl', ['-m', clients.map((u) => `u:${u!.uid}:rw`).join(','), sock], { stdio: ['ignore', 'ignore', 'pipe'] });
   } catch (e) {
     ctx.log.error({ socket: sock, err: String((e as { stderr?: Buffer }).stderr ?? (e as Error).message).trim() }, 'cannot let local and smtp reach proxymap');
   }
