@@ -50,8 +50,8 @@ function grantClients(ctx: ServiceContext): void {
 
 async function start(ctx: ServiceContext): Promise<RunningService> {
   const servers: net.Server[] = [];
-  const ttl = ctx.config.seconds('proxymap_cache_ttl') * 1000;
-  const allowed = allowedSpecs(ctx);
+  let ttl = ctx.config.seconds('proxymap_cache_ttl') * 1000;
+  let allowed = allowedSpecs(ctx);
   const cache = new Map<string, { value: unknown; expires: number }>();
 
   async function answer(op: ProxyOp, spec: string, key: string): Promise<unknown> {
@@ -94,6 +94,12 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       const s = net.createServer((c) => { c.on('error', () => undefined); void handle(c); });
       s.listen(h as any, () => grantClients(ctx));
       servers.push(s);
+    },
+    reload() {
+      // a table named since start becomes servable; cached answers go, as after a table change
+      ttl = ctx.config.seconds('proxymap_cache_ttl') * 1000;
+      allowed = allowedSpecs(ctx);
+      cache.clear();
     },
     async stop() {
       for (const s of servers) s.close();
