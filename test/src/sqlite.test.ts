@@ -108,3 +108,19 @@ test('sqlite: virtual_alias_maps from the same database: smtpd accepts the alias
   assert.equal(s.code, 0, s.stdout + s.stderr);
   await waitFor('delivered to the alias target', () => inst.delivered('gina@example.test').length === 1 || undefined, 30000);
 });
+
+test('postern check: a broken or world-readable sqlite:/pgsql: file is reported with file and line before start', () => {
+  const bad = path.join(inst.etc, 'broken.cf');
+  fs.writeFileSync(bad, `dbpath = ${db}\nselect_field = mail\n`, { mode: 0o644 });
+  fs.chmodSync(bad, 0o644);
+  inst.cli(['config', 'set', `virtual_alias_maps=sqlite:${bad}`]);
+  try {
+    const r = inst.tryCli(['check', '--json']);
+    const complaints = r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    assert.equal(r.code, 1, r.stdout);
+    assert.ok(complaints.some((c) => c.level === 'error' && c.file === bad && c.line === 2 && /unknown parameter "select_field"/.test(c.problem)), r.stdout);
+    assert.ok(complaints.some((c) => c.level === 'warning' && c.file === bad && /every user can read it/.test(c.problem)), r.stdout);
+  } finally {
+    inst.cli(['config', 'set', 'virtual_alias_maps=']);
+  }
+});

@@ -12,7 +12,7 @@ import { X509Certificate, createPrivateKey, KeyObject } from 'node:crypto';
 import { Command } from 'commander';
 import {
   MainConfig, ConfigError, MasterEntry, loadMasterCf, PARAMETERS, paramSpec, checkRestrictionLists, masterCfLocation,
-  parseTexthash, parsePasswdFile, tableTypes, readDkimTable, Spool, spoolDifferences, serviceAccounts, ServiceAccounts,
+  parseTexthash, parsePasswdFile, parseSqlCf, tableTypes, readDkimTable, Spool, spoolDifferences, serviceAccounts, ServiceAccounts,
   lookupSystemUser, SystemUser, isRoot, accessAs, serviceAccessProblems,
 } from '@postern/common';
 
@@ -196,6 +196,7 @@ function checkTables(views: View[], accounts: ServiceAccounts | null, report: Re
         if (!path.isAbsolute(m[2])) { report.error(at, `${p.name}: ${token}: the file must be an absolute path`); continue; }
         if (m[1] === 'texthash') checkTexthash(m[2], p.name, at, report);
         else if (m[1] === 'passwd-file') checkPasswdFile(m[2], p.name, at, accounts, report);
+        else if (m[1] === 'pgsql' || m[1] === 'sqlite') checkSqlCf(m[2], p.name, at, report);
       }
     }
   }
@@ -208,6 +209,14 @@ function checkTexthash(file: string, param: string, at: Location, report: Report
   if (param === 'smtp_sasl_password_maps' && (fs.statSync(file).mode & 0o004)) {
     report.warning({ file, line: 0 }, 'holds passwords but every user can read it (chmod o-r)');
   }
+}
+
+/** A pgsql:/sqlite: parameter file (docs/tables.md): its syntax, and who can read the database password. */
+function checkSqlCf(file: string, param: string, at: Location, report: Report): void {
+  const text = readOrNull(file, report, at, `${param}: table`);
+  if (text === null) return;
+  try { parseSqlCf(text.toString('utf8'), file); } catch (e) { report.fromMessage('error', file, (e as Error).message); }
+  if (fs.statSync(file).mode & 0o004) report.warning({ file, line: 0 }, 'holds the database login but every user can read it (chown root:postern, chmod 640: only proxymap reads it)');
 }
 
 function checkPasswdFile(file: string, param: string, at: Location, accounts: ServiceAccounts | null, report: Report): void {
