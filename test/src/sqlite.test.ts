@@ -94,13 +94,13 @@ test('sqlite: database gone: 451 4.3.0 at RCPT, queued mail stays queued; back: 
   assert.match(await rcpt('dave@example.test'), /^250 /);
 });
 
-test('sqlite: virtual_alias_maps from the same database: smtpd accepts the alias, cleanup expands it', async () => {
+test('sqlite: virtual_alias_maps = proxy:sqlite:... (Postfix\'s spelling) from the same database: smtpd accepts the alias, cleanup expands it', async () => {
   inst.cli(['user', 'add', 'gina@example.test', '--password-stdin'], { input: 'pw\n' });
   const r = run(requireTool('sqlite3'), [db, "INSERT INTO aliases VALUES ('sales@example.test', 'gina@example.test')"]);
   assert.equal(r.code, 0, r.stderr);
   const aliases = path.join(inst.etc, 'aliases.cf');
   fs.writeFileSync(aliases, `dbpath = ${db}\nquery = SELECT destination FROM aliases WHERE address = '%s'\n`);
-  inst.cli(['config', 'set', `virtual_alias_maps=sqlite:${aliases}`]);
+  inst.cli(['config', 'set', `virtual_alias_maps=proxy:sqlite:${aliases}`]);
   inst.cli(['reload']);
   await waitFor('the alias accepted', async () => /^250 /.test(await rcpt('sales@example.test')) || undefined, 20000, 500);
   const s = run(requireTool('swaks'), ['--timeout', '20', '--server', '127.0.0.1', '--port', String(inst.ports.smtp),

@@ -184,7 +184,7 @@ function checkTables(views: View[], accounts: ServiceAccounts | null, report: Re
       let value: string;
       try { value = v.config.get(p.name); } catch { continue; } // reported with main.cf
       for (const token of value.split(/[\s,]+/)) {
-        const m = /^([a-z][a-z0-9-]*):(.+)$/.exec(token);
+        const m = /^([a-z][a-z0-9-]*):(.+)$/.exec(token.replace(/^proxy:/, '')); // proxy:TYPE:SOURCE is TYPE:SOURCE
         if (!m) continue;
         const at = v.where(p.name);
         if (!tableTypes().includes(m[1])) {

@@ -27,7 +27,7 @@ function allowedSpecs(ctx: ServiceContext): Set<string> {
   try {
     for (const e of loadMasterCf(ctx.configDir)) for (const v of e.overrides.values()) values.push(v);
   } catch { /* master checked it at start */ }
-  return new Set(values.flatMap((v) => v.split(/[\s,]+/)).filter((t) => /^(pgsql|sqlite):/.test(t)));
+  return new Set(values.flatMap((v) => v.split(/[\s,]+/)).map((t) => t.replace(/^proxy:/, '')).filter((t) => /^(pgsql|sqlite):/.test(t)));
 }
 
 /**
