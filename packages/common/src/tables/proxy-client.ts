@@ -9,7 +9,7 @@
 import * as path from 'node:path';
 import { requestJson } from '../framing.js';
 import { MainConfig } from '../config.js';
-import { Credentials, Table, TableError, TableUnavailable, UserDb, UserInfo } from './types.js';
+import { Credentials, Table, TableUnavailable, UserDb, UserInfo } from './types.js';
 
 export type ProxyOp = 'lookup' | 'exists' | 'credentials' | 'userInfo';
 
@@ -34,10 +34,9 @@ async function ask(op: ProxyOp, spec: string, key: string): Promise<any> {
   } catch (e) {
     throw new TableUnavailable(`${spec}: proxymap: ${(e as Error).message}`);
   }
-  if (!reply?.ok) {
-    const msg = `${spec}: proxymap: ${reply?.error ?? 'no answer'}`;
-    throw reply?.unavailable === false ? new TableError(msg) : new TableUnavailable(msg);
-  }
+  // always temporary, even a table proxymap refuses: after a reload smtpd may ask before
+  // proxymap has re-read main.cf, and a lookup problem must never become a 5xx
+  if (!reply?.ok) throw new TableUnavailable(`${spec}: proxymap: ${reply?.error ?? 'no answer'}`);
   return reply.value ?? undefined;
 }
 
