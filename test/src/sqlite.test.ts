@@ -124,3 +124,18 @@ test('postern check: a broken or world-readable sqlite:/pgsql: file is reported 
     inst.cli(['config', 'set', 'virtual_alias_maps=']);
   }
 });
+
+test('postern check: a database table with no proxymap in master.cf is an error at the parameter', () => {
+  const mcf = path.join(inst.etc, 'master.cf');
+  const before = fs.readFileSync(mcf, 'utf8');
+  fs.writeFileSync(mcf, before.replace(/^proxymap\s.*\n/m, ''));
+  try {
+    const r = inst.tryCli(['check', '--json']);
+    const complaints = r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    assert.equal(r.code, 1, r.stdout);
+    assert.ok(complaints.some((c) => c.level === 'error' && c.file === path.join(inst.etc, 'main.cf') && c.line > 0
+      && /virtual_mailbox_maps: sqlite: tables are read through the proxymap service, which master\.cf does not run/.test(c.problem)), r.stdout);
+  } finally {
+    fs.writeFileSync(mcf, before);
+  }
+});

@@ -176,7 +176,7 @@ function checkMasterCf(configDir: string, config: MainConfig, accounts: ServiceA
 }
 
 /** Every `type:source` table any parameter (or one of `only`) names, restriction lists included, checked once each. */
-function checkTables(views: View[], accounts: ServiceAccounts | null, report: Report, only?: string[]): void {
+function checkTables(views: View[], accounts: ServiceAccounts | null, report: Report, only?: string[], entries?: MasterEntry[]): void {
   const done = new Set<string>();
   for (const v of views) {
     for (const p of PARAMETERS) {
@@ -196,7 +196,13 @@ function checkTables(views: View[], accounts: ServiceAccounts | null, report: Re
         if (!path.isAbsolute(m[2])) { report.error(at, `${p.name}: ${token}: the file must be an absolute path`); continue; }
         if (m[1] === 'texthash') checkTexthash(m[2], p.name, at, report);
         else if (m[1] === 'passwd-file') checkPasswdFile(m[2], p.name, at, accounts, report);
-        else if (m[1] === 'pgsql' || m[1] === 'sqlite') checkSqlCf(m[2], p.name, at, report);
+        else if (m[1] === 'pgsql' || m[1] === 'sqlite') {
+          checkSqlCf(m[2], p.name, at, report);
+          // every service reads these through proxymap: without it they only ever answer 4xx
+          if (entries && !entries.some((e) => e.command === 'proxymap')) {
+            report.error(at, `${p.name}: ${m[1]}: tables are read through the proxymap service, which master.cf does not run (add "proxymap unix - - 1 proxymap")`);
+          }
+        }
       }
     }
   }
@@ -394,7 +400,7 @@ export function checkInstance(configDir: string, now = new Date()): Complaint[] 
       for (const p of serviceAccessProblems(configDir, config, entries, a)) report.error(mainAt, p);
     });
   }
-  section('lookup tables', mainAt, () => checkTables(views, accounts, report));
+  section('lookup tables', mainAt, () => checkTables(views, accounts, report, undefined, entries));
   section('TLS', mainAt, () => checkTls(views, accounts, report, now));
   section('DKIM', mainAt, () => checkDkim(config, accounts, report));
   if (accounts) {
