@@ -228,7 +228,7 @@ test('installed into Debian 12: accounts, spool and modes; start, deliver on por
   assert.equal(status.running, true);
   assert.equal(status.master.user, 'root');
   const expectedUser: Record<string, string> = { smtpd: 'postern-smtpd', cleanup: 'postern', qmgr: 'postern', pickup: 'postern', showq: 'postern', anvil: 'postern-smtpd',
-    smtp: 'postern-relay', lmtp: 'postern-relay', local: 'vmail' };
+    smtp: 'postern-relay', lmtp: 'postern-relay', local: 'vmail', proxymap: 'postern' };
   const commands = new Set<string>();
   const pids: number[] = [status.master.pid];
   for (const s of status.services) {
@@ -242,7 +242,7 @@ test('installed into Debian 12: accounts, spool and modes; start, deliver on por
     commands.add(s.command);
     pids.push(s.pid);
   }
-  for (const c of ['smtpd', 'cleanup', 'qmgr', 'smtp', 'lmtp', 'local', 'pickup', 'showq', 'anvil']) assert.ok(commands.has(c), `${c} runs`);
+  for (const c of ['smtpd', 'cleanup', 'qmgr', 'smtp', 'lmtp', 'local', 'pickup', 'showq', 'anvil', 'proxymap']) assert.ok(commands.has(c), `${c} runs`);
 
   // --- a message to port 25 on loopback reaches alice's Maildir, once
   const newDir = at('/var/mail/vhosts/example.test/alice/Maildir/new');

@@ -12,8 +12,10 @@ describe('showq for users who cannot read the spool', () => {
   let inst: Instance;
   before(async () => {
     assert.ok(IS_ROOT, 'this test runs as root (CI does): it switches to the unprivileged user nobody');
-    // a closed relayhost keeps the message deferred
-    inst = await Instance.create({ users: [{ address: 'ann@example.test' }], main: { relayhost: '[127.0.0.1]:9' } });
+    // a closed relayhost keeps the message deferred, and long back-offs keep it (and its reason) still while the
+    // two listings are compared: a retry between them would change the delay reason
+    inst = await Instance.create({ users: [{ address: 'ann@example.test' }],
+      main: { relayhost: '[127.0.0.1]:9', minimal_backoff_time: '1h', maximal_backoff_time: '2h', queue_run_delay: '1h' } });
     await inst.start();
     const r = run(path.join(ROOT, 'bin', 'sendmail'), ['-C', inst.etc, 'someone@far.test'], { input: 'Subject: waits\n\nbody\n' });
     assert.equal(r.code, 0, r.stderr);

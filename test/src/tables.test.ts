@@ -17,15 +17,15 @@ const fails = (re: RegExp, cls: Function = TableError) => (e: unknown) => {
 };
 
 test('registry: an unknown type or a spec without one is an error naming the parameter and the type', () => {
-  assert.deepEqual(tableTypes().sort(), ['passwd-file', 'texthash']);
+  assert.deepEqual(tableTypes().sort(), ['passwd-file', 'pgsql', 'proxy', 'sqlite', 'texthash']);
   assert.throws(() => openTable('cdb:/etc/postern/virtual', 'virtual_alias_maps'),
-    fails(/^virtual_alias_maps: cdb:\/etc\/postern\/virtual: unsupported table type "cdb" \(texthash, passwd-file\)$/));
-  assert.throws(() => openUserDb('pgsql:/etc/postern/users.cf'),
-    fails(/^virtual_mailbox_maps: pgsql:\/etc\/postern\/users.cf: unsupported table type "pgsql"/));
+    fails(/^virtual_alias_maps: cdb:\/etc\/postern\/virtual: unsupported table type "cdb" \(texthash, passwd-file, pgsql, sqlite, proxy\)$/));
+  assert.throws(() => openUserDb('ldap:/etc/postern/users.cf'),
+    fails(/^virtual_mailbox_maps: ldap:\/etc\/postern\/users.cf: unsupported table type "ldap"/));
   assert.throws(() => openTable('/etc/postern/aliases', 'alias_maps'),
     fails(/^alias_maps: "\/etc\/postern\/aliases" is not a lookup table \(type:source\)$/));
   assert.throws(() => openUserDb('texthash:/etc/postern/virtual'),
-    fails(/^virtual_mailbox_maps: texthash:\/etc\/postern\/virtual: a texthash table cannot hold users \(passwd-file\)$/));
+    fails(/^virtual_mailbox_maps: texthash:\/etc\/postern\/virtual: a texthash table cannot hold users \(passwd-file, pgsql, sqlite, proxy\)$/));
   assert.throws(() => openUserDbWriter('texthash:/etc/postern/virtual'), fails(/cannot add or remove users in a texthash table/));
   assert.equal(openTable(''), null, 'an empty parameter names no table');
 });

@@ -12,7 +12,7 @@ import { X509Certificate, createPrivateKey, KeyObject } from 'node:crypto';
 import { Command } from 'commander';
 import {
   MainConfig, ConfigError, MasterEntry, loadMasterCf, PARAMETERS, paramSpec, checkRestrictionLists, masterCfLocation, metricsListenAddress,
-  parseTexthash, parsePasswdFile, tableTypes, readDkimTable, Spool, spoolDifferences, serviceAccounts, ServiceAccounts,
+  parseTexthash, parsePasswdFile, parseSqlCf, tableTypes, readDkimTable, Spool, spoolDifferences, serviceAccounts, ServiceAccounts,
   lookupSystemUser, SystemUser, isRoot, accessAs, serviceAccessProblems,
 } from '@postern/common';
 
@@ -181,7 +181,7 @@ function checkMasterCf(configDir: string, config: MainConfig, accounts: ServiceA
 }
 
 /** Every `type:source` table any parameter (or one of `only`) names, restriction lists included, checked once each. */
-function checkTables(views: View[], accounts: ServiceAccounts | null, report: Report, only?: string[]): void {
+function checkTables(views: View[], accounts: ServiceAccounts | null, report: Report, only?: string[], entries?: MasterEntry[]): void {
   const done = new Set<string>();
   for (const v of views) {
     for (const p of PARAMETERS) {
@@ -189,7 +189,7 @@ function checkTables(views: View[], accounts: ServiceAccounts | null, report: Re
       let value: string;
       try { value = v.config.get(p.name); } catch { continue; } // reported with main.cf
       for (const token of value.split(/[\s,]+/)) {
-        const m = /^([a-z][a-z0-9-]*):(.+)$/.exec(token);
+        const m = /^([a-z][a-z0-9-]*):(.+)$/.exec(token.replace(/^proxy:/, '')); // proxy:TYPE:SOURCE is TYPE:SOURCE
         if (!m) continue;
         const at = v.where(p.name);
         if (!tableTypes().includes(m[1])) {
@@ -201,6 +201,13 @@ function checkTables(views: View[], accounts: ServiceAccounts | null, report: Re
         if (!path.isAbsolute(m[2])) { report.error(at, `${p.name}: ${token}: the file must be an absolute path`); continue; }
         if (m[1] === 'texthash') checkTexthash(m[2], p.name, at, report);
         else if (m[1] === 'passwd-file') checkPasswdFile(m[2], p.name, at, accounts, report);
+        else if (m[1] === 'pgsql' || m[1] === 'sqlite') {
+          checkSqlCf(m[2], p.name, at, report);
+          // every service reads these through proxymap: without it they only ever answer 4xx
+          if (entries && !entries.some((e) => e.command === 'proxymap')) {
+            report.error(at, `${p.name}: ${m[1]}: tables are read through the proxymap service, which master.cf does not run (add "proxymap unix - - 1 proxymap")`);
+          }
+        }
       }
     }
   }
@@ -213,6 +220,14 @@ function checkTexthash(file: string, param: string, at: Location, report: Report
   if (param === 'smtp_sasl_password_maps' && (fs.statSync(file).mode & 0o004)) {
     report.warning({ file, line: 0 }, 'holds passwords but every user can read it (chmod o-r)');
   }
+}
+
+/** A pgsql:/sqlite: parameter file (docs/tables.md): its syntax, and who can read the database password. */
+function checkSqlCf(file: string, param: string, at: Location, report: Report): void {
+  const text = readOrNull(file, report, at, `${param}: table`);
+  if (text === null) return;
+  try { parseSqlCf(text.toString('utf8'), file); } catch (e) { report.fromMessage('error', file, (e as Error).message); }
+  if (fs.statSync(file).mode & 0o004) report.warning({ file, line: 0 }, 'holds the database login but every user can read it (chown root:postern, chmod 640: only proxymap reads it)');
 }
 
 function checkPasswdFile(file: string, param: string, at: Location, accounts: ServiceAccounts | null, report: Report): void {
@@ -390,7 +405,7 @@ export function checkInstance(configDir: string, now = new Date()): Complaint[] 
       for (const p of serviceAccessProblems(configDir, config, entries, a)) report.error(mainAt, p);
     });
   }
-  section('lookup tables', mainAt, () => checkTables(views, accounts, report));
+  section('lookup tables', mainAt, () => checkTables(views, accounts, report, undefined, entries));
   section('TLS', mainAt, () => checkTls(views, accounts, report, now));
   section('DKIM', mainAt, () => checkDkim(config, accounts, report));
   if (accounts) {

@@ -83,6 +83,7 @@ export function defaultMasterCf(ports: { smtp: number; submission: number; submi
     ['pickup', 'unix', '-', '1', 'pickup'],
     ['anvil', 'unix', '-', '1', 'anvil'],
     ['metrics', 'unix', '-', '1', 'metrics'],
+    ['proxymap', 'unix', '-', '1', 'proxymap'],
   ];
   const fmt = (r: string[]) => `${r[0].padEnd(18)}${r[1].padEnd(6)}${r[2].padEnd(6)}${r[3].padEnd(9)}${r.slice(4).join('  ')}`.trimEnd();
   return `# Postern master.cf: one service per line (docs/master.md).

@@ -162,7 +162,7 @@ export type ServiceType = 'inet' | 'unix';
 /** Program packages by master.cf command name; lmtp is the smtp program in LMTP mode, as in Postfix. */
 export const SERVICE_PROGRAMS: Record<string, string> = {
   smtpd: 'smtpd', cleanup: 'cleanup', qmgr: 'qmgr', smtp: 'smtp', lmtp: 'smtp', local: 'local', pickup: 'pickup', showq: 'showq', anvil: 'anvil',
-  metrics: 'metrics',
+  metrics: 'metrics', proxymap: 'proxymap',
 };
 
 export interface MasterEntry {

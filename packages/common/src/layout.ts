@@ -64,6 +64,8 @@ export function socketAccess(command: string, a: ServiceAccounts): { uid: number
     case 'anvil': return { uid: a.smtpd.uid, gid: a.smtpd.gid, mode: 0o600 }; // smtpd's client counters
     case 'showq': return { uid: a.owner.uid, gid: a.owner.gid, mode: 0o666 }; // mailq for every local user
     case 'metrics': return { uid: 0, gid: 0, mode: 0o600 }; // only master (root) feeds it the log events
+    // database tables for smtpd (group) and cleanup (owner); proxymap adds ACL entries for local and smtp
+    case 'proxymap': return { uid: a.owner.uid, gid: a.smtpd.gid, mode: 0o660 };
     default: return { uid: a.owner.uid, gid: a.owner.gid, mode: 0o600 }; // qmgr: cleanup and root
   }
 }

@@ -130,6 +130,7 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('smtp_mta_sts_fetch_timeout', 'time', '10s', 'How long the HTTPS fetch of an MTA-STS policy may take.'),
   P('smtp_helo_name', 'string', '$myhostname', 'Name sent in EHLO/HELO by the smtp client.'),
   P('smtp_connect_timeout', 'time', '30s', 'How long the smtp client waits for a TCP connection.'),
+  P('proxymap_cache_ttl', 'time', '10s', 'How long proxymap keeps an answer from a database table (pgsql:, sqlite:), "no such key" included; failures are not kept. A user deleted from the database is refused by every host at the latest this long after.'),
   P('proxy_interfaces', 'list', '', 'Addresses (IP) on which this mail system receives mail through a proxy or NAT, as in Postfix: an MX host with one of them is this instance (mail for DOMAIN loops back to myself), and `postern dns check` expects the MX, PTR and SPF records to name them.'),
   P('smtp_port', 'int', '25', 'Port the smtp client connects to at an MX host (tests point it elsewhere).'),
   P('smtp_dead_destination_time', 'time', '60s', 'How long a destination that failed at connect or greeting is not tried again.'),

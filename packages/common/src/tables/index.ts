@@ -3,3 +3,5 @@ export * from './types.js';
 export * from './registry.js';
 export { parseTexthash } from './texthash.js';
 export { WatchedFile } from './watched-file.js';
+export { closeSqlTables, parseSqlCf, expandQuery } from './sql-cf.js';
+export type { ProxyOp } from './proxy-client.js';

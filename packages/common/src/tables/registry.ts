@@ -6,8 +6,22 @@
 import { Table, TableBackend, TableError, UserDb, UserDbWriter, WriterOptions } from './types.js';
 import { texthash } from './texthash.js';
 import { passwdFile } from './passwd-file.js';
+import { pgsql } from './pgsql.js';
+import { sqlite } from './sqlite.js';
 
-const BACKENDS = new Map<string, TableBackend>([texthash, passwdFile].map((b) => [b.type, b]));
+/**
+ * `proxy:TYPE:SOURCE`, as Postfix writes it: the same table. Postern's pgsql: and
+ * sqlite: already go through proxymap in every service (docs/tables.md), so the
+ * prefix only lets a Postfix configuration be used as it is.
+ */
+const proxy: TableBackend = {
+  type: 'proxy',
+  open: (source) => openTable(source)!,
+  openUserDb: (source) => openUserDb(source),
+  openUserDbWriter: (source, _spec, opts) => openUserDbWriter(source, opts),
+};
+
+const BACKENDS = new Map<string, TableBackend>([texthash, passwdFile, pgsql, sqlite, proxy].map((b) => [b.type, b]));
 
 /** The known types, for messages and `postern check`. */
 export function tableTypes(): string[] {
