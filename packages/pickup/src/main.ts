@@ -17,6 +17,7 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import {
   runService, ServiceContext, RunningService, FrameReader, FrameWriter, connectUnix, Spool, Logger,
+  serveRequests, PickupTrigger, TriggerReply,
   lookupSystemUser, parseMaildropHeader, MaildropHeader, MAILDROP_HEADER_LIMIT, isMaildropTempName, qualifyAddress,
   headerSafe, isQueueId, newQueueId, fsyncDir, MainConfig, submitRefusal, CLEANUP_LOCAL,
 } from '@postern/common';
@@ -269,27 +270,24 @@ class Pickup {
 
 async function start(ctx: ServiceContext): Promise<RunningService> {
   const pickup = new Pickup(ctx.spool, ctx.log, () => ctx.config);
-  const servers: net.Server[] = [];
   pickup.start();
-  return {
-    /** Wake-up requests: `{type: "trigger"}`, answered `{ok: true}` at once. */
-    listen(h) {
-      const server = net.createServer((conn) => {
-        conn.on('error', () => undefined);
-        conn.setTimeout(5000, () => conn.destroy());
-        new FrameReader(conn).json()
-          .then((req) => {
-            if (req?.type === 'trigger') void pickup.scan();
-            return new FrameWriter(conn).json(req?.type === 'trigger' ? { ok: true } : { ok: false, error: 'expected a trigger' });
-          })
-          .catch(() => undefined)
-          .finally(() => conn.end());
-      });
-      server.listen(h as any);
-      servers.push(server);
+  /** Wake-up requests: `{type: "trigger"}`, answered `{ok: true}` at once. */
+  const server = serveRequests<PickupTrigger, TriggerReply>({
+    timeoutMs: 5000,
+    check(raw) {
+      if ((raw as PickupTrigger | null)?.type !== 'trigger') throw new Error('expected a trigger');
+      return raw as PickupTrigger;
     },
+    answer() {
+      void pickup.scan();
+      return { ok: true };
+    },
+    failure: (error) => ({ ok: false, error }),
+  });
+  return {
+    listen: (h) => server.listen(h),
     async stop() {
-      for (const s of servers) s.close();
+      await server.stop();
       await pickup.stop();
     },
   };

@@ -1,12 +1,7 @@
 /** Turning an SMTP/LMTP server's replies into per-recipient results. */
 
-export interface DeliveryResult {
-  index: number;
-  status: 'sent' | 'deferred' | 'bounced';
-  dsn: string;
-  reason: string;
-  relay?: string;
-}
+// one declaration of a recipient's result, shared with qmgr (common/ipc/protocol.ts)
+export type { DeliveryResult } from '@postern/common';
 
 /** The enhanced status code in a reply, or one derived from its basic code. */
 export function dsnOf(response: string | undefined, code?: number): string {

@@ -1,0 +1,172 @@
+// The common server skeleton every framed socket server uses (common/src/ipc/server.ts):
+// a request refused by its schema, connections in hand when the server stops, frame limits.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import {
+  serveFrames, serveRequests, FrameServer, FrameReader, FrameWriter, connectUnix, validate, Schema, Logger,
+} from '../../packages/common/dist/index.js';
+import { tempDir } from './harness.js';
+
+/** A log sink that keeps what it was given. */
+function captureLog() {
+  const lines: { level: string; fields: any; msg: string }[] = [];
+  const at = (level: string) => (fields: any, msg: string) => { lines.push({ level, fields, msg }); };
+  return { lines, log: { warn: at('warn'), info: at('info'), error: at('error') } as unknown as Logger };
+}
+
+async function listening(server: FrameServer, name: string) {
+  const dir = tempDir('ipc');
+  const socketPath = path.join(dir, name);
+  server.listen({ path: socketPath });
+  // the bind is done inside listen(); a connect may still race the listen queue on a slow machine
+  for (let i = 0; i < 50 && !fs.existsSync(socketPath); i++) await new Promise((r) => setTimeout(r, 20));
+  return { socketPath, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
+}
+
+async function client(socketPath: string) {
+  const s = await connectUnix(socketPath, 2000);
+  s.on('error', () => undefined);
+  s.setTimeout(10000, () => s.destroy(new Error('test client: no answer within 10 s')));
+  return { socket: s, reader: new FrameReader(s), writer: new FrameWriter(s) };
+}
+
+const closed = (s: net.Socket) => new Promise<void>((r) => (s.destroyed ? r() : s.once('close', () => r())));
+
+const greeting = { type: 'object', fields: { type: { type: 'string', max: 8, values: ['hello'] }, name: { type: 'string', max: 16 } } } as const satisfies Schema;
+
+test('serveRequests: a request its schema refuses is answered "invalid request: PATH: PROBLEM" and logged; the connection goes on', async () => {
+  const { lines, log } = captureLog();
+  const answered: unknown[] = [];
+  const server = serveRequests({
+    many: true, log, logFields: { socket: 'test' },
+    check: (raw) => validate(greeting, raw),
+    answer: (req) => { answered.push(req); return { ok: true, hello: req.name }; },
+    failure: (error: string): Record<string, unknown> => ({ ok: false, error }),
+  });
+  const { socketPath, cleanup } = await listening(server, 'greet');
+  try {
+    const c = await client(socketPath);
+    await c.writer.json({ type: 'hello', name: 'x', uid: 0 });
+    assert.deepEqual(await c.reader.json(), { ok: false, error: 'invalid request: request.uid: field not allowed here' });
+    const refused = lines.find((l) => l.level === 'warn');
+    assert.ok(refused, 'the refusal is logged');
+    assert.equal(refused.fields.socket, 'test');
+    assert.equal(refused.fields.err, 'request.uid: field not allowed here');
+    await c.writer.json({ type: 'hello', name: 'a\r\nb' });
+    assert.deepEqual(await c.reader.json(), { ok: false, error: 'invalid request: request.name: contains a control character (CR, LF, NUL, ...)' });
+    // a frame that is not JSON is answered too, not silently dropped
+    await c.writer.data(Buffer.from('x'));
+    assert.deepEqual(await c.reader.json(), { ok: false, error: 'expected a JSON frame, got D' });
+    await c.writer.json({ type: 'hello', name: 'bob' });
+    assert.deepEqual(await c.reader.json(), { ok: true, hello: 'bob' });
+    assert.deepEqual(answered, [{ type: 'hello', name: 'bob' }], 'only the checked request reached answer()');
+    c.socket.end();
+  } finally {
+    await server.stop();
+    cleanup();
+  }
+});
+
+test('serveRequests: one request per connection unless `many`; an answer that throws is answered with failure()', async () => {
+  const server = serveRequests({
+    check: (raw) => raw as { n: number },
+    answer: (req) => { if (req.n < 0) throw new Error('negative'); return { ok: true, n: req.n }; },
+    failure: (error: string): Record<string, unknown> => ({ ok: false, error }),
+  });
+  const { socketPath, cleanup } = await listening(server, 'one');
+  try {
+    const c = await client(socketPath);
+    await c.writer.json({ n: -1 });
+    assert.deepEqual(await c.reader.json(), { ok: false, error: 'negative' });
+    assert.equal(await c.reader.next(), null, 'the server ends the connection after one reply');
+  } finally {
+    await server.stop();
+    cleanup();
+  }
+});
+
+test('FrameServer.stop: closes idle connections and new ones at once, waits for the connection in hand', async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => { release = r; });
+  let started!: () => void;
+  const working = new Promise<void>((r) => { started = r; });
+  const server = serveFrames({
+    async serve(conn) {
+      for (;;) {
+        const f = await conn.next();
+        if (!f || f.type !== 'J') return;
+        started();
+        await gate; // work in hand: stop must wait for it
+        await conn.writer.json({ done: f.json });
+      }
+    },
+  });
+  const { socketPath, cleanup } = await listening(server, 'stop');
+  try {
+    const busy = await client(socketPath);
+    const idle = await client(socketPath);
+    await busy.writer.json({ job: 1 });
+    await working;
+    assert.equal(server.connections, 2);
+    let stopped = false;
+    const stopping = server.stop().then(() => { stopped = true; });
+    await closed(idle.socket); // it held no work: dropped without waiting
+    await assert.rejects(connectUnix(socketPath, 2000), /connect to .*stop/, 'no new connections once stopping');
+    assert.equal(stopped, false, 'stop() waits while a connection is working');
+    assert.equal(server.connections, 1);
+    release();
+    assert.deepEqual(await busy.reader.json(), { done: { job: 1 } }, 'the work in hand is finished and answered');
+    await stopping;
+    assert.equal(server.connections, 0);
+    assert.equal(await busy.reader.next(), null, 'after its reply the connection is closed, not served again');
+  } finally {
+    release();
+    await server.stop();
+    cleanup();
+  }
+});
+
+test('frame limits: a frame over the server\'s limit ends that connection at its header; others are served', async () => {
+  const broken: string[] = [];
+  const server = serveRequests({
+    many: true,
+    limits: { json: 64, data: 16 },
+    check: (raw) => raw,
+    answer: () => ({ ok: true }),
+    failure: (error: string): Record<string, unknown> => ({ ok: false, error }),
+    broken: (e) => { broken.push(e.message); },
+  });
+  const { socketPath, cleanup } = await listening(server, 'limits');
+  try {
+    const big = await client(socketPath);
+    // only the 5-byte header of a 100-byte JSON frame: refused on the header, no payload awaited
+    const head = Buffer.alloc(5);
+    head.write('J', 0, 'latin1');
+    head.writeUInt32BE(100, 1);
+    big.socket.write(head);
+    assert.equal(await big.reader.next(), null, 'closed without a reply');
+    assert.deepEqual(broken, ['frame of 100 bytes is too large']);
+
+    const data = await client(socketPath);
+    await data.writer.data(Buffer.alloc(17));
+    assert.equal(await data.reader.next(), null);
+    assert.deepEqual(broken.slice(1), ['frame of 17 bytes is too large']);
+
+    const cut = await client(socketPath);
+    head.writeUInt32BE(10, 1);
+    cut.socket.end(Buffer.concat([head, Buffer.from('{"a":')]));
+    await closed(cut.socket);
+    assert.deepEqual(broken.slice(2), ['connection closed inside a frame']);
+
+    const ok = await client(socketPath);
+    await ok.writer.json({ small: true });
+    assert.deepEqual(await ok.reader.json(), { ok: true });
+    ok.socket.end();
+  } finally {
+    await server.stop();
+    cleanup();
+  }
+});
