@@ -7,8 +7,9 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import {
   serveFrames, serveRequests, FrameServer, FrameReader, FrameWriter, connectUnix, validate, Schema, Logger,
+  submitMessage, CleanupSubmission, CleanupUnreachable,
 } from '../../packages/common/dist/index.js';
-import { tempDir } from './harness.js';
+import { tempDir, waitFor } from './harness.js';
 
 /** A log sink that keeps what it was given. */
 function captureLog() {
@@ -165,6 +166,42 @@ test('frame limits: a frame over the server\'s limit ends that connection at its
     await ok.writer.json({ small: true });
     assert.deepEqual(await ok.reader.json(), { ok: true });
     ok.socket.end();
+  } finally {
+    await server.stop();
+    cleanup();
+  }
+});
+
+test('cleanup client: envelope, message bytes in order, end; cleanup\'s reply; A on abort; unreachable is its own error', async () => {
+  const seen: any[] = [];
+  const server = serveFrames({
+    async serve(conn) {
+      const frames: any[] = [];
+      for (;;) {
+        const f = await conn.reader.next();
+        if (!f) break;
+        frames.push(f.type === 'J' ? f.json : f.type === 'D' ? f.data.toString() : f.type);
+        if (f.type === 'E') { await conn.writer.json({ ok: true, queue_id: 'Q1' }); break; }
+        if (f.type === 'A') break;
+      }
+      seen.push(frames);
+    },
+  });
+  const { socketPath, cleanup } = await listening(server, 'cleanup.local');
+  try {
+    const envelope = { sender: 'a@example.test', recipients: [{ address: 'b@example.test' }], origin: 'bounce' as const };
+    const reply = await submitMessage(socketPath, envelope, [Buffer.from('Subject: x\r\n'), Buffer.from('\r\nbody\r\n')]);
+    assert.deepEqual(reply, { ok: true, queue_id: 'Q1' });
+    const sub = await CleanupSubmission.open(socketPath);
+    await sub.envelope(envelope);
+    await sub.data(Buffer.from('x'));
+    await sub.abort();
+    sub.close();
+    await waitFor('the aborted submission seen', () => seen.length === 2 || null, 5000);
+    assert.deepEqual(seen[0], [{ type: 'message', envelope }, 'Subject: x\r\n', '\r\nbody\r\n', 'E']);
+    assert.deepEqual(seen[1], [{ type: 'message', envelope }, 'x', 'A']);
+    await assert.rejects(submitMessage(path.join(path.dirname(socketPath), 'nothing'), envelope, []),
+      (e: Error) => e instanceof CleanupUnreachable && /connect to .*nothing/.test(e.message));
   } finally {
     await server.stop();
     cleanup();
