@@ -7,7 +7,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import {
   serveFrames, serveRequests, FrameServer, FrameReader, FrameWriter, connectUnix, validate, Schema, Logger,
-  submitMessage, CleanupSubmission, CleanupUnreachable,
+  submitMessage, CleanupSubmission, CleanupUnreachable, RequestConnection,
 } from '../../packages/common/dist/index.js';
 import { tempDir, waitFor } from './harness.js';
 
@@ -203,6 +203,44 @@ test('cleanup client: envelope, message bytes in order, end; cleanup\'s reply; A
     await assert.rejects(submitMessage(path.join(path.dirname(socketPath), 'nothing'), envelope, []),
       (e: Error) => e instanceof CleanupUnreachable && /connect to .*nothing/.test(e.message));
   } finally {
+    await server.stop();
+    cleanup();
+  }
+});
+
+test('RequestConnection: requests in flight are answered in order; no reply in time ends the connection for all of them', async () => {
+  let hold = false;
+  let release!: () => void;
+  const gate = new Promise<void>((r) => { release = r; });
+  const server = serveRequests({
+    many: true,
+    check: (raw) => raw as { i: number },
+    answer: async (req) => {
+      if (hold) await gate; // no answer until the test ends: the client's timeout must act
+      return { i: req.i };
+    },
+    failure: (error: string): Record<string, unknown> => ({ error }),
+  });
+  const { socketPath, cleanup } = await listening(server, 'anvil');
+  let conn: InstanceType<typeof RequestConnection> | null = null;
+  try {
+    conn = await RequestConnection.connect(socketPath, 2000);
+    const died: Error[] = [];
+    conn.onDead = (e) => { died.push(e); };
+    const replies = await Promise.all([1, 2, 3].map((i) => conn!.request({ i }, 5000)));
+    assert.deepEqual(replies, [{ i: 1 }, { i: 2 }, { i: 3 }]);
+    hold = true;
+    const late = [conn.request({ i: 4 }, 300), conn.request({ i: 5 }, 60000)];
+    const results = await Promise.allSettled(late);
+    for (const r of results) {
+      assert.equal(r.status, 'rejected');
+      assert.match((r as PromiseRejectedResult).reason.message, /anvil: no reply within 300 ms/);
+    }
+    assert.equal(died.length, 1, 'onDead once');
+    await assert.rejects(conn.request({ i: 6 }, 1000), /no reply within 300 ms/, 'a dead connection refuses at once');
+  } finally {
+    conn?.close();
+    release();
     await server.stop();
     cleanup();
   }

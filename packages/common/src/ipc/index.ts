@@ -7,3 +7,4 @@ export * from './schema.js';
 export * from './protocol.js';
 export * from './server.js';
 export * from './cleanup-client.js';
+export * from './connection.js';
