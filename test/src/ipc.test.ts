@@ -4,10 +4,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import { EventEmitter } from 'node:events';
 import * as path from 'node:path';
 import {
   serveFrames, serveRequests, FrameServer, FrameReader, FrameWriter, connectUnix, validate, Schema, Logger,
-  submitMessage, CleanupSubmission, CleanupUnreachable, RequestConnection,
+  submitMessage, CleanupSubmission, CleanupUnreachable, RequestConnection, IdlePool,
 } from '../../packages/common/dist/index.js';
 import { tempDir, waitFor } from './harness.js';
 
@@ -244,4 +245,31 @@ test('RequestConnection: requests in flight are answered in order; no reply in t
     await server.stop();
     cleanup();
   }
+});
+
+/** A client session as IdlePool sees it: ends like nodemailer's SMTPConnection, counts its QUITs. */
+class Session extends EventEmitter {
+  quits = 0;
+  constructor(readonly name: string) { super(); }
+  quit(): void { this.quits++; }
+}
+
+test('IdlePool: most recent first, at most `max` kept, forgotten when the server closes it, QUIT when its time runs out', async () => {
+  const pool = new IdlePool<Session, { clean: boolean }>();
+  const a = new Session('a'); const b = new Session('b'); const c = new Session('c');
+  assert.equal(pool.put('k', a, { clean: true }, 60000, 2), true);
+  assert.equal(pool.put('k', b, { clean: false }, 60000, 2), true);
+  assert.equal(pool.put('k', c, { clean: true }, 60000, 2), false, 'a third over max=2 is not kept');
+  assert.equal(c.quits, 1, 'and is closed');
+  assert.deepEqual(pool.take('k'), { conn: b, meta: { clean: false } });
+  assert.equal(b.listenerCount('end'), 0, 'a taken session is no longer watched');
+  a.emit('end'); // the server closed it while idle
+  assert.equal(pool.take('k'), null);
+  assert.equal(a.quits, 0);
+  assert.equal(pool.take('other'), null);
+  const d = new Session('d');
+  pool.put('k', d, { clean: true }, 20);
+  await waitFor('the idle time to run out', () => (pool.count('k') === 0 ? true : null), 5000, 10);
+  assert.equal(d.quits, 1, 'closed with QUIT when its time ran out');
+  assert.equal(d.listenerCount('end'), 0);
 });

@@ -8,3 +8,4 @@ export * from './protocol.js';
 export * from './server.js';
 export * from './cleanup-client.js';
 export * from './connection.js';
+export * from './idle-pool.js';
