@@ -123,15 +123,3 @@ export function connectUnix(socketPath: string, timeoutMs = 10000): Promise<net.
     s.once('error', (e) => { clearTimeout(timer); reject(new Error(`connect to ${socketPath}: ${e.message}`)); });
   });
 }
-
-/** One request, one JSON reply: for triggers and small queries. */
-export async function requestJson(socketPath: string, request: unknown, timeoutMs = 10000): Promise<any> {
-  const s = await connectUnix(socketPath, timeoutMs);
-  try {
-    s.setTimeout(timeoutMs, () => s.destroy(new Error(`${socketPath}: no reply within ${timeoutMs} ms`)));
-    await new FrameWriter(s).json(request);
-    return await new FrameReader(s).json();
-  } finally {
-    s.destroy();
-  }
-}

@@ -80,3 +80,13 @@ export class RequestConnection {
     if (first) this.onDead?.(this.dead!);
   }
 }
+
+/** One request, one JSON reply, then the connection closes: triggers and small queries (cleanup, the CLI). */
+export async function requestJson<Reply = any>(socketPath: string, request: unknown, timeoutMs = 10000): Promise<Reply> {
+  const conn = await RequestConnection.connect(socketPath, timeoutMs);
+  try {
+    return await conn.request<Reply>(request, timeoutMs);
+  } finally {
+    conn.close();
+  }
+}
