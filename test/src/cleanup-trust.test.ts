@@ -18,7 +18,7 @@ import * as path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { Instance, RawSmtp, ROOT, IS_ROOT, run, runAsync, requireTool, tempDir, waitFor, RunResult, headerFields } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
-import { validate, SchemaError, Schema } from '../../packages/common/dist/ipc-schema.js';
+import { validate, SchemaError, Schema } from '../../packages/common/dist/ipc/schema.js';
 
 const HOST = 'mx.example.test';
 const ALICE = 'alice@example.test';

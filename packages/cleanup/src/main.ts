@@ -5,12 +5,12 @@
  * notifications) the queue id only once the file is durable, then wakes qmgr.
  * Never talks to the network.
  */
-import * as net from 'node:net';
 import addressparser from 'nodemailer/lib/addressparser';
 import {
-  runService, ServiceContext, RunningService, FrameReader, FrameWriter, QueueFileWriter, Envelope,
+  runService, ServiceContext, RunningService, QueueFileWriter, Envelope,
   newQueueId, rfc5322Date, headerSafe, requestJson, NetworkList, AliasMaps, MainConfig, StatusRecord,
   validate, SchemaError, smtpdMessageRequest, localMessageRequest, afterBodyRequest, loginOwnsAddress, localUserOwnsAddress,
+  serveFrames, refuseInvalid, FrameConnection, CleanupReply, QmgrTrigger,
 } from '@postern/common';
 import { expandRecipients } from './aliases.js';
 import { HeaderSection, HeaderEdit, HeaderSummary } from './header-section.js';
@@ -100,30 +100,32 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     if (spec !== networks.spec) networks = { spec, list: new NetworkList(ctx.config.list('mynetworks')) };
     return networks.list;
   };
-  const servers: net.Server[] = [];
-  const inFlight = new Set<Promise<void>>();
-
   function wakeQmgr(id: string): void {
-    requestJson(spool.privateSocket('qmgr'), { type: 'trigger', queue_id: id }, 5000)
+    const trigger: QmgrTrigger = { type: 'trigger', queue_id: id };
+    requestJson(spool.privateSocket('qmgr'), trigger, 5000)
       .catch((e) => log.warn({ queue_id: id, err: e.message }, 'could not wake qmgr; it will find the file on its next scan'));
   }
 
-  async function handle(conn: net.Socket, clients: Clients): Promise<void> {
-    const reader = new FrameReader(conn);
-    const writer = new FrameWriter(conn);
+  async function handle(conn: FrameConnection): Promise<void> {
+    // master names the queue owner's socket; the other one is smtpd's
+    const clients: Clients = conn.clients === 'local' ? 'local' : 'smtpd';
+    const { reader } = conn;
+    const reply = (r: CleanupReply) => conn.writer.json(r);
     let file: QueueFileWriter | null = null;
     let ended = false; // the client sent the whole message (E) or gave up (A)
     let queueId: string | undefined;
     try {
       const config = ctx.config;
       let env: Envelope;
+      const first = await conn.next();
+      if (!first) return; // connected and went away, or we are stopping: nothing was asked
       try {
-        env = envelopeFrom(await reader.json(), clients, config);
+        if (first.type !== 'J') throw new Error(`expected a JSON frame, got ${first.type}`);
+        env = envelopeFrom(first.json, clients, config);
       } catch (e) {
         if (!(e instanceof SchemaError)) throw e;
         // a client that sends what it may not is refused whole: nothing of it is queued
-        log.warn({ queue_id: 'NOQUEUE', socket: clients, err: e.message }, 'request refused: not what this socket\'s clients may send');
-        await writer.json({ ok: false, error: `invalid request: ${e.message}` }).catch(() => undefined);
+        await refuseInvalid(conn, log, e, { queue_id: 'NOQUEUE', socket: clients });
         return;
       }
       queueId = env.id;
@@ -157,10 +159,9 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
           let after;
           try { after = validate(afterBodyRequest, f.json, 'after-body'); } catch (e) {
             if (!(e instanceof SchemaError)) throw e;
-            log.warn({ queue_id: env.id, socket: clients, err: e.message }, 'request refused: not what this socket\'s clients may send');
             await file.abort();
             file = null;
-            await writer.json({ ok: false, error: `invalid request: ${e.message}` }).catch(() => undefined);
+            await refuseInvalid(conn, log, e, { queue_id: env.id, socket: clients });
             return;
           }
           if (after.headers) file.addPrependedHeaders(Buffer.from(after.headers));
@@ -199,7 +200,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         file = null;
         log.info({ queue_id: 'NOQUEUE', from: `<${env.sender}>`, client: env.client ? `${env.client.name}[${env.client.address}]` : undefined,
           sasl_username: env.sasl, dsn: refusal.dsn, status: 'reject' }, `reject: ${refusal.code} ${refusal.dsn} ${refusal.text}: ${refusal.log}`);
-        await writer.json({ ok: false, error: refusal.text, code: refusal.code, dsn: refusal.dsn });
+        await reply({ ok: false, error: refusal.text, code: refusal.code, dsn: refusal.dsn });
         return;
       }
       if (refusal) {
@@ -219,35 +220,21 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         client: env.client ? `${env.client.name}[${env.client.address}]` : undefined,
         message_id: fixed?.summary?.messageId ?? fixed?.added.find((h) => /^(Resent-)?Message-ID:/.test(h))?.replace(/^[^:]*:\s*/, '') }, 'queued');
       file = null;
-      await writer.json({ ok: true, queue_id: env.id });
+      await reply({ ok: true, queue_id: env.id });
       wakeQmgr(env.id);
     } catch (e) {
       log.error({ queue_id: queueId ?? 'NOQUEUE', err: (e as Error).message }, 'message not queued');
       if (file) await file.abort();
       // a write error midway: let the client finish sending so it reads this reply
       if (!ended) await drainMessage(reader);
-      await writer.json(failureReply(e)).catch(() => undefined);
-    } finally {
-      conn.end();
+      await reply(failureReply(e)).catch(() => undefined);
     }
   }
 
+  const server = serveFrames({ serve: handle });
   return {
-    listen(h, info) {
-      // master names the queue owner's socket; the other one is smtpd's
-      const clients: Clients = info?.clients === 'local' ? 'local' : 'smtpd';
-      const server = net.createServer((conn) => {
-        conn.on('error', () => undefined);
-        const p = handle(conn, clients).finally(() => inFlight.delete(p));
-        inFlight.add(p);
-      });
-      server.listen(h as any);
-      servers.push(server);
-    },
-    async stop() {
-      for (const s of servers) s.close();
-      await Promise.allSettled([...inFlight]);
-    },
+    listen: (h, info) => server.listen(h, info),
+    stop: () => server.stop(),
   };
 }
 

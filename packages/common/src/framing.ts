@@ -16,14 +16,44 @@ export type Frame =
   | { type: 'E' }
   | { type: 'A' };
 
-const MAX_JSON = 16 * 1024 * 1024;
-const MAX_DATA = 4 * 1024 * 1024;
+/** Largest payloads a reader takes: a bigger frame is an error for that connection only. */
+export interface FrameLimits { json?: number; data?: number }
+export const MAX_JSON = 16 * 1024 * 1024;
+export const MAX_DATA = 4 * 1024 * 1024;
+
+export class FrameError extends Error {}
+
+/**
+ * The first whole frame in `buf` and the bytes after it, or null when more
+ * bytes are needed. Throws FrameError for a frame over its limit or of an
+ * unknown type, or JSON that does not parse. One parser for every reader.
+ */
+export function parseFrame(buf: Buffer, limits: FrameLimits = {}): { frame: Frame; rest: Buffer } | null {
+  if (buf.length < 5) return null;
+  const type = String.fromCharCode(buf[0]);
+  const len = buf.readUInt32BE(1);
+  if (len > (type === 'J' ? limits.json ?? MAX_JSON : limits.data ?? MAX_DATA)) throw new FrameError(`frame of ${len} bytes is too large`);
+  if (buf.length < 5 + len) return null;
+  const payload = buf.subarray(5, 5 + len);
+  const rest = buf.subarray(5 + len);
+  switch (type) {
+    case 'J': {
+      let json: unknown;
+      try { json = JSON.parse(payload.toString('utf8')); } catch { throw new FrameError('JSON frame does not parse'); }
+      return { frame: { type, json }, rest };
+    }
+    case 'D': return { frame: { type, data: payload }, rest };
+    case 'E': return { frame: { type }, rest };
+    case 'A': return { frame: { type }, rest };
+    default: throw new FrameError(`unknown frame type ${JSON.stringify(type)}`);
+  }
+}
 
 export class FrameReader {
   private buf: Buffer = Buffer.alloc(0);
   private iter: AsyncIterator<Buffer>;
 
-  constructor(socket: net.Socket) {
+  constructor(socket: net.Socket, private readonly limits: FrameLimits = {}) {
     this.iter = (socket as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
   }
 
@@ -39,21 +69,13 @@ export class FrameReader {
   /** The next frame, or null at a clean end of stream. */
   async next(): Promise<Frame | null> {
     if (!(await this.fill(5))) {
-      if (this.buf.length) throw new Error('connection closed inside a frame');
+      if (this.buf.length) throw new FrameError('connection closed inside a frame');
       return null;
     }
-    const type = String.fromCharCode(this.buf[0]);
-    const len = this.buf.readUInt32BE(1);
-    if (len > (type === 'J' ? MAX_JSON : MAX_DATA)) throw new Error(`frame of ${len} bytes is too large`);
-    if (!(await this.fill(5 + len))) throw new Error('connection closed inside a frame');
-    const payload = this.buf.subarray(5, 5 + len);
-    this.buf = this.buf.subarray(5 + len);
-    switch (type) {
-      case 'J': return { type, json: JSON.parse(payload.toString('utf8')) };
-      case 'D': return { type, data: payload };
-      case 'E': return { type };
-      case 'A': return { type };
-      default: throw new Error(`unknown frame type ${JSON.stringify(type)}`);
+    for (;;) {
+      const parsed = parseFrame(this.buf, this.limits);
+      if (parsed) { this.buf = parsed.rest; return parsed.frame; }
+      if (!(await this.fill(5 + this.buf.readUInt32BE(1)))) throw new FrameError('connection closed inside a frame');
     }
   }
 
@@ -100,16 +122,4 @@ export function connectUnix(socketPath: string, timeoutMs = 10000): Promise<net.
     s.once('connect', () => { clearTimeout(timer); resolve(s); });
     s.once('error', (e) => { clearTimeout(timer); reject(new Error(`connect to ${socketPath}: ${e.message}`)); });
   });
-}
-
-/** One request, one JSON reply: for triggers and small queries. */
-export async function requestJson(socketPath: string, request: unknown, timeoutMs = 10000): Promise<any> {
-  const s = await connectUnix(socketPath, timeoutMs);
-  try {
-    s.setTimeout(timeoutMs, () => s.destroy(new Error(`${socketPath}: no reply within ${timeoutMs} ms`)));
-    await new FrameWriter(s).json(request);
-    return await new FrameReader(s).json();
-  } finally {
-    s.destroy();
-  }
 }

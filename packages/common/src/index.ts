@@ -25,6 +25,6 @@ export * from './files.js';
 export * from './group-commit.js';
 export * from './request-pool.js';
 export * from './transport.js';
-export * from './ipc-schema.js';
+export * from './ipc/index.js';
 export * from './sender-login.js';
 export * from './log-events.js';

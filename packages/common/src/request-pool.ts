@@ -7,72 +7,14 @@
  * time per connection. A server that goes on reading after its reply serves
  * the next request on the same connection; one that closes after the first
  * still works (the pool notices the close and opens a new connection).
+ * Each connection is an ipc/connection.ts RequestConnection, as smtpd's anvil link is.
  */
-import * as net from 'node:net';
-import { FrameWriter, connectUnix } from './framing.js';
+import { RequestConnection, ConnectionClosed } from './ipc/connection.js';
 
-const MAX_JSON = 16 * 1024 * 1024;
-
-class ConnectionClosed extends Error {}
-
-/** One kept connection; reads in flowing mode, so a close while idle is seen at once. */
-class PooledConnection {
-  private buf: Buffer = Buffer.alloc(0);
-  private pending: { resolve: (v: any) => void; reject: (e: Error) => void } | null = null;
-  private readonly writer: FrameWriter;
-  dead: Error | null = null;
-  onDead: (() => void) | null = null;
-  idleTimer: NodeJS.Timeout | null = null;
-
-  constructor(readonly socket: net.Socket, private readonly socketPath: string) {
-    this.writer = new FrameWriter(socket);
-    socket.on('data', (d: Buffer) => this.onData(d));
-    socket.on('error', (e) => this.fail(e));
-    socket.on('close', () => this.fail(new ConnectionClosed(`${socketPath}: connection closed before a reply`)));
-  }
-
-  exchange(request: unknown, timeoutMs: number): Promise<any> {
-    if (this.dead) return Promise.reject(this.dead);
-    const reply = new Promise<any>((resolve, reject) => { this.pending = { resolve, reject }; });
-    this.socket.setTimeout(timeoutMs, () => this.socket.destroy(new Error(`${this.socketPath}: no reply within ${timeoutMs} ms`)));
-    this.writer.json(request).catch((e) => this.fail(e));
-    return reply.finally(() => { if (!this.dead) this.socket.setTimeout(0); });
-  }
-
-  private onData(d: Buffer): void {
-    this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
-    while (this.buf.length >= 5) {
-      const type = String.fromCharCode(this.buf[0]);
-      const len = this.buf.readUInt32BE(1);
-      if (type !== 'J' || len > MAX_JSON) return this.protocolError(`unexpected ${type} frame of ${len} bytes`);
-      if (this.buf.length < 5 + len) return;
-      const payload = this.buf.subarray(5, 5 + len);
-      this.buf = this.buf.subarray(5 + len);
-      let reply: any;
-      try { reply = JSON.parse(payload.toString('utf8')); } catch { return this.protocolError('reply is not valid JSON'); }
-      const p = this.pending;
-      if (!p) return this.protocolError('a reply nobody asked for');
-      this.pending = null;
-      p.resolve(reply);
-    }
-  }
-
-  private protocolError(problem: string): void {
-    this.socket.destroy(new Error(`${this.socketPath}: ${problem}`));
-  }
-
-  private fail(e: Error): void {
-    if (!this.dead) this.dead = e;
-    this.socket.destroy();
-    const p = this.pending;
-    this.pending = null;
-    p?.reject(this.dead);
-    this.onDead?.();
-  }
-}
+interface Kept { conn: RequestConnection; idleTimer: NodeJS.Timeout | null }
 
 export class RequestPool {
-  private idle: PooledConnection[] = [];
+  private idle: Kept[] = [];
   private closed = false;
 
   constructor(readonly socketPath: string, private readonly idleMs = 5000) {}
@@ -81,13 +23,13 @@ export class RequestPool {
   async request(request: unknown, timeoutMs = 10000): Promise<any> {
     for (let attempt = 0; ; attempt++) {
       const kept = attempt === 0 ? this.takeIdle() : null;
-      const conn = kept ?? new PooledConnection(await connectUnix(this.socketPath, timeoutMs), this.socketPath);
+      const conn = kept ?? await RequestConnection.connect(this.socketPath, timeoutMs);
       try {
-        const reply = await conn.exchange(request, timeoutMs);
+        const reply = await conn.request(request, timeoutMs);
         this.putIdle(conn);
         return reply;
       } catch (e) {
-        conn.socket.destroy();
+        conn.close();
         // a kept connection the service closed just as we sent (it was restarting): a new one, once
         const code = (e as NodeJS.ErrnoException).code;
         if (kept && (e instanceof ConnectionClosed || code === 'EPIPE' || code === 'ECONNRESET')) continue;
@@ -99,30 +41,31 @@ export class RequestPool {
   /** Close every kept connection; later requests open new ones. */
   close(): void {
     this.closed = true;
-    for (const c of this.idle.splice(0)) c.socket.destroy();
+    for (const k of this.idle.splice(0)) k.conn.close();
   }
 
-  private takeIdle(): PooledConnection | null {
-    let conn: PooledConnection | undefined;
-    while ((conn = this.idle.pop())) {
-      if (conn.idleTimer) clearTimeout(conn.idleTimer);
-      conn.onDead = null;
-      if (!conn.dead) return conn;
+  private takeIdle(): RequestConnection | null {
+    let k: Kept | undefined;
+    while ((k = this.idle.pop())) {
+      if (k.idleTimer) clearTimeout(k.idleTimer);
+      k.conn.onDead = null;
+      if (!k.conn.dead) return k.conn;
     }
     return null;
   }
 
-  private putIdle(conn: PooledConnection): void {
-    if (this.closed || conn.dead) { conn.socket.destroy(); return; }
+  private putIdle(conn: RequestConnection): void {
+    if (this.closed || conn.dead) { conn.close(); return; }
+    const kept: Kept = { conn, idleTimer: null };
     const drop = () => {
-      const i = this.idle.indexOf(conn);
+      const i = this.idle.indexOf(kept);
       if (i >= 0) this.idle.splice(i, 1);
-      if (conn.idleTimer) clearTimeout(conn.idleTimer);
-      conn.socket.destroy();
+      if (kept.idleTimer) clearTimeout(kept.idleTimer);
+      conn.close();
     };
     conn.onDead = drop;
-    conn.idleTimer = setTimeout(drop, this.idleMs);
-    conn.idleTimer.unref();
-    this.idle.push(conn);
+    kept.idleTimer = setTimeout(drop, this.idleMs);
+    kept.idleTimer.unref();
+    this.idle.push(kept);
   }
 }

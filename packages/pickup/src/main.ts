@@ -12,11 +12,11 @@
  */
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import {
-  runService, ServiceContext, RunningService, FrameReader, FrameWriter, connectUnix, Spool, Logger,
+  runService, ServiceContext, RunningService, Spool, Logger,
+  serveRequests, PickupTrigger, TriggerReply, submitMessage, CleanupUnreachable, LocalEnvelope,
   lookupSystemUser, parseMaildropHeader, MaildropHeader, MAILDROP_HEADER_LIMIT, isMaildropTempName, qualifyAddress,
   headerSafe, isQueueId, newQueueId, fsyncDir, MainConfig, submitRefusal, CLEANUP_LOCAL,
 } from '@postern/common';
@@ -28,6 +28,8 @@ const MAX_RETRY_DELAY_MS = 60000;
 const CLEANUP_TIMEOUT_MS = 120000;
 
 class MaildropFileError extends Error {}
+
+type DsnNotify = NonNullable<LocalEnvelope['recipients'][number]['notify']>[number];
 
 /** Login name for a uid: /etc/passwd, then NSS (getent), else the number itself. */
 function userName(uid: number): string {
@@ -176,9 +178,10 @@ class Pickup {
     const warning = h.sender !== null && !trusted && sender.toLowerCase() !== ownAddress.toLowerCase()
       ? `X-Authentication-Warning: ${config.get('myhostname')}: ${headerSafe(user)} set sender to ${headerSafe(sender || '<>')} using -f\r\n`
       : '';
-    const envelope = {
+    const envelope: LocalEnvelope = {
       sender,
-      recipients: h.recipients.map((r) => ({ address: qualifyAddress(r, myorigin), ...(h.notify ? { notify: h.notify } : {}) })),
+      // parseMaildropHeader let through only NEVER, SUCCESS, FAILURE, DELAY
+      recipients: h.recipients.map((r) => ({ address: qualifyAddress(r, myorigin), ...(h.notify ? { notify: h.notify as DsnNotify[] } : {}) })),
       origin: 'pickup',
       protocol: 'LOCAL',
       uid,
@@ -186,28 +189,14 @@ class Pickup {
       ...(h.ret || h.envid ? { dsn: { ...(h.ret ? { ret: h.ret } : {}), ...(h.envid ? { envid: h.envid } : {}) } } : {}),
     };
 
-    let sock: net.Socket;
-    try {
-      sock = await connectUnix(this.spool.privateSocket(CLEANUP_LOCAL));
-    } catch (e) {
-      const delay = Math.min(MAX_RETRY_DELAY_MS, (this.cleanupDown?.delay ?? 500) * 2);
-      if (!this.cleanupDown) this.log.warn({ err: (e as Error).message }, 'cleanup is not reachable; maildrop waits');
-      this.cleanupDown = { at: Date.now() + delay, delay };
-      return false;
+    // the warning (if any) in front of the file's message, streamed, never read whole
+    async function* message(): AsyncGenerator<Buffer> {
+      if (warning) yield Buffer.from(warning);
+      yield* fh.createReadStream({ start: messageStart, autoClose: false, highWaterMark: 256 * 1024 }) as AsyncIterable<Buffer>;
     }
-    this.cleanupDown = null;
-    sock.on('error', () => undefined);
-    sock.setTimeout(CLEANUP_TIMEOUT_MS, () => sock.destroy(new Error('cleanup did not answer in time')));
     try {
-      const writer = new FrameWriter(sock);
-      const reader = new FrameReader(sock);
-      await writer.json({ type: 'message', envelope });
-      if (warning) await writer.data(Buffer.from(warning));
-      for await (const chunk of fh.createReadStream({ start: messageStart, autoClose: false, highWaterMark: 256 * 1024 })) {
-        await writer.data(chunk as Buffer);
-      }
-      await writer.end();
-      const reply = await reader.json();
+      const reply = await submitMessage(this.spool.privateSocket(CLEANUP_LOCAL), envelope, message(), { idleTimeoutMs: CLEANUP_TIMEOUT_MS });
+      this.cleanupDown = null;
       // a request cleanup's schema refuses is refused every time: keep it for the administrator, do not retry
       if (!reply.ok && /^invalid request: /.test(String(reply.error))) return await this.moveToCorrupt(name, `cleanup: ${reply.error}`, uid);
       if (!reply.ok) throw new Error(`cleanup: ${reply.error ?? 'refused'}`);
@@ -217,11 +206,16 @@ class Pickup {
       this.log.info({ queue_id: reply.queue_id, maildrop_file: name, uid, user, from: `<${sender}>`,
         nrcpt: envelope.recipients.length, ...(warning ? { sender_set_by_user: true } : {}) }, 'picked up');
     } catch (e) {
+      if (e instanceof CleanupUnreachable) {
+        const delay = Math.min(MAX_RETRY_DELAY_MS, (this.cleanupDown?.delay ?? 500) * 2);
+        if (!this.cleanupDown) this.log.warn({ err: e.message }, 'cleanup is not reachable; maildrop waits');
+        this.cleanupDown = { at: Date.now() + delay, delay };
+        return false;
+      }
+      this.cleanupDown = null;
       const delay = Math.min(MAX_RETRY_DELAY_MS, (this.retries.get(name)?.delay ?? 500) * 2);
       this.retries.set(name, { at: Date.now() + delay, delay });
       this.log.warn({ maildrop_file: name, uid, err: (e as Error).message, retry_in_ms: delay }, 'message not queued; will retry');
-    } finally {
-      sock.destroy();
     }
     return true;
   }
@@ -269,27 +263,24 @@ class Pickup {
 
 async function start(ctx: ServiceContext): Promise<RunningService> {
   const pickup = new Pickup(ctx.spool, ctx.log, () => ctx.config);
-  const servers: net.Server[] = [];
   pickup.start();
-  return {
-    /** Wake-up requests: `{type: "trigger"}`, answered `{ok: true}` at once. */
-    listen(h) {
-      const server = net.createServer((conn) => {
-        conn.on('error', () => undefined);
-        conn.setTimeout(5000, () => conn.destroy());
-        new FrameReader(conn).json()
-          .then((req) => {
-            if (req?.type === 'trigger') void pickup.scan();
-            return new FrameWriter(conn).json(req?.type === 'trigger' ? { ok: true } : { ok: false, error: 'expected a trigger' });
-          })
-          .catch(() => undefined)
-          .finally(() => conn.end());
-      });
-      server.listen(h as any);
-      servers.push(server);
+  /** Wake-up requests: `{type: "trigger"}`, answered `{ok: true}` at once. */
+  const server = serveRequests<PickupTrigger, TriggerReply>({
+    timeoutMs: 5000,
+    check(raw) {
+      if ((raw as PickupTrigger | null)?.type !== 'trigger') throw new Error('expected a trigger');
+      return raw as PickupTrigger;
     },
+    answer() {
+      void pickup.scan();
+      return { ok: true };
+    },
+    failure: (error) => ({ ok: false, error }),
+  });
+  return {
+    listen: (h) => server.listen(h),
     async stop() {
-      for (const s of servers) s.close();
+      await server.stop();
       await pickup.stop();
     },
   };

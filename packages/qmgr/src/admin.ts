@@ -12,6 +12,7 @@
 import {
   ServiceContext, Spool, Logger, QueueName, QueueOp, QueueOpOutcome, QUEUE_OP_SOURCES, QUEUE_OP_DONE, QUEUE_OP_LOG,
   isQueueOp, isQueueId, applyQueueOp, findQueued, listQueued, readQueueFile, recipientStates, splitAddress, QUEUES,
+  QmgrRequest, QueueAdminReply,
 } from '@postern/common';
 
 /** What admin needs from the queue manager. */
@@ -42,17 +43,18 @@ export class QueueAdmin {
   private get log(): Logger { return this.q.ctx.log; }
 
   /** A request from the socket; null when its type is not an administrative one. */
-  async handle(req: any): Promise<object | null> {
+  async handle(req: QmgrRequest): Promise<QueueAdminReply | null> {
     if (req?.type !== 'flush' && !isQueueOp(req?.type)) return null;
     if (this.q.stopping) return { ok: false, error: 'qmgr is stopping; try again when the mail system is up' };
     if (req.type === 'flush') return this.flush(req.site);
     const op: QueueOp = req.type;
     let queues = QUEUE_OP_SOURCES[op];
-    if (req.queues !== undefined) {
-      if (!Array.isArray(req.queues) || !req.queues.every((x: unknown) => QUEUES.includes(x as QueueName))) {
+    const wanted = req.queues;
+    if (wanted !== undefined) {
+      if (!Array.isArray(wanted) || !wanted.every((x: unknown) => QUEUES.includes(x as QueueName))) {
         return { ok: false, error: 'queues: want a list of queue names' };
       }
-      queues = queues.filter((x) => req.queues.includes(x));
+      queues = queues.filter((x) => wanted.includes(x));
     }
     let ids: string[];
     if (req.ids === 'ALL') {
@@ -143,7 +145,7 @@ export class QueueAdmin {
   }
 
   /** postqueue -f (everything deferred, now) and -s SITE (messages with a pending recipient there). */
-  private async flush(site: unknown): Promise<object> {
+  private async flush(site: unknown): Promise<QueueAdminReply> {
     // as Postfix's flush: a host marked dead is tried again, or flushing would change nothing
     this.q.forgetDeadDestinations();
     if (site === undefined || site === null) {

@@ -9,8 +9,8 @@
 import * as fsp from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import {
-  MainConfig, QueueFileInfo, StatusRecord, Spool, Logger, Envelope, connectUnix, FrameReader, FrameWriter,
-  rfc5322Date, headerSafe, appendStatus, CLEANUP_LOCAL,
+  MainConfig, QueueFileInfo, StatusRecord, Spool, Logger, rfc5322Date, headerSafe, appendStatus, CLEANUP_LOCAL,
+  submitMessage, LocalEnvelope,
 } from '@postern/common';
 import { backscatterReason } from './backscatter.js';
 
@@ -283,23 +283,11 @@ export async function buildDsn(info: QueueFileInfo, recipients: DsnRecipient[], 
 }
 
 /** Queue a message through cleanup exactly as smtpd does; resolves to its queue id once it is durable. */
-export async function submitToCleanup(socketPath: string, envelope: Pick<Envelope, 'sender' | 'recipients' | 'origin'>,
+export async function submitToCleanup(socketPath: string, envelope: LocalEnvelope,
   message: Buffer, timeoutMs = CLEANUP_TIMEOUT_MS): Promise<string> {
-  const sock = await connectUnix(socketPath, timeoutMs);
-  sock.on('error', () => undefined);
-  sock.setTimeout(timeoutMs, () => sock.destroy(new Error(`${socketPath}: no reply within ${timeoutMs} ms`)));
-  try {
-    const writer = new FrameWriter(sock);
-    const reader = new FrameReader(sock);
-    await writer.json({ type: 'message', envelope });
-    await writer.data(message);
-    await writer.end();
-    const reply = await reader.json();
-    if (!reply.ok || typeof reply.queue_id !== 'string') throw new Error(`cleanup did not queue it: ${reply.error ?? 'no queue id in reply'}`);
-    return reply.queue_id;
-  } finally {
-    sock.destroy();
-  }
+  const reply = await submitMessage(socketPath, envelope, [message], { connectTimeoutMs: timeoutMs, idleTimeoutMs: timeoutMs });
+  if (!reply.ok || typeof reply.queue_id !== 'string') throw new Error(`cleanup did not queue it: ${(!reply.ok && reply.error) || 'no queue id in reply'}`);
+  return reply.queue_id;
 }
 
 export interface DsnContext { config: MainConfig; spool: Spool; log: Logger }

@@ -7,18 +7,16 @@
  * sender (bounce.ts): the header section, or for DSN RET=FULL the whole
  * message when it is within bounce_size_limit. Talks to the network never.
  */
-import * as net from 'node:net';
 import * as fsp from 'node:fs/promises';
 import {
   runService, ServiceContext, RunningService, MainConfig, Spool, readQueueFile, appendStatus, recipientStates,
-  attemptCount, CorruptQueueFile, QueueFileInfo, StatusRecord, FrameReader, FrameWriter, RequestPool,
-  splitAddress, delaySince, Logger, QueueName,
+  attemptCount, CorruptQueueFile, QueueFileInfo, StatusRecord, RequestPool,
+  delaySince, Logger, QueueName, serveRequests, DeliveryResult, DeliveryRequest, DeliveryReply,
+  QmgrRequest, QueueAdminReply, TriggerReply,
 } from '@postern/common';
 import { planDeliveries, DeliveryGroup } from './route.js';
 import { notifySenderOfBounces, warnSenderOfDelay } from './bounce.js';
 import { QueueAdmin } from './admin.js';
-
-interface DeliveryResult { index: number; status: 'sent' | 'deferred' | 'bounced'; dsn: string; reason: string; relay?: string }
 
 /** Counting semaphore per key (transport/destination). */
 class Limits {
@@ -263,14 +261,15 @@ class QueueManager {
     const timeoutMs = this.config.seconds('delivery_timeout') * 1000;
     let agent = this.agents.get(socketPath);
     if (!agent) this.agents.set(socketPath, agent = new RequestPool(socketPath));
-    const reply = await agent.request({
+    const request: DeliveryRequest = {
       type: 'deliver',
       queue_id: info.envelope.id,
       file: info.file,
       nexthop: group.nexthop,
       recipients: group.recipients,
       skip: this.deadDestinations(),
-    }, timeoutMs);
+    };
+    const reply: DeliveryReply = await agent.request(request, timeoutMs);
     if (Array.isArray(reply.dead)) this.markDead(reply.dead, info.envelope.id);
     if (!Array.isArray(reply.results)) throw new Error(reply.error || 'malformed reply from delivery agent');
     return reply.results;
@@ -299,18 +298,14 @@ class QueueManager {
     this.deadHosts.clear();
   }
 
-  handleRequest(conn: net.Socket): void {
-    const reader = new FrameReader(conn);
-    const writer = new FrameWriter(conn);
-    reader.json().then(async (req) => {
-      switch (req.type) {
-        case 'trigger': void this.scanIncoming(); break;
-        default: // flush, hold, release, delete, expire, requeue, deliver: see admin.ts
-          await writer.json(await this.admin.handle(req) ?? { ok: false, error: `unknown request ${req.type}` });
-          return;
-      }
-      await writer.json({ ok: true });
-    }).catch(() => undefined).finally(() => conn.end());
+  /** A request on qmgr's socket: cleanup's trigger, or the administrator's (admin.ts). */
+  async handleRequest(req: QmgrRequest): Promise<TriggerReply | QueueAdminReply> {
+    if (req.type === 'trigger') {
+      void this.scanIncoming();
+      return { ok: true };
+    }
+    // flush, hold, release, delete, expire, requeue, deliver: see admin.ts
+    return await this.admin.handle(req) ?? { ok: false, error: `unknown request ${(req as { type?: unknown }).type}` };
   }
 
   async stop(): Promise<void> {
@@ -325,16 +320,20 @@ class QueueManager {
 
 async function start(ctx: ServiceContext): Promise<RunningService> {
   const qmgr = new QueueManager(ctx);
-  const servers: net.Server[] = [];
   qmgr.start();
-  return {
-    listen(h) {
-      const s = net.createServer((c) => { c.on('error', () => undefined); qmgr.handleRequest(c); });
-      s.listen(h as any);
-      servers.push(s);
+  const server = serveRequests<QmgrRequest, TriggerReply | QueueAdminReply>({
+    // its fields are checked where they are used (admin.ts)
+    check(raw) {
+      if (typeof raw !== 'object' || raw === null) throw new Error('expected a request object');
+      return raw as QmgrRequest;
     },
+    answer: (req) => qmgr.handleRequest(req),
+    failure: (error) => ({ ok: false, error }),
+  });
+  return {
+    listen: (h) => server.listen(h),
     async stop() {
-      for (const s of servers) s.close();
+      await server.stop();
       await qmgr.stop();
     },
   };

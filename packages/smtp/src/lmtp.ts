@@ -9,13 +9,12 @@
 import * as net from 'node:net';
 import * as path from 'node:path';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
-import { connectUnix, openMessage, QueueFileInfo, parseLmtpNexthop, Spool } from '@postern/common';
+import { connectUnix, openMessage, QueueFileInfo, parseLmtpNexthop, Spool, IdlePool } from '@postern/common';
 import { DeliveryResult, dsnOf, oneLine } from './results.js';
 
 const IDLE_MS = 5000;
-/** An idle connection; `clean` when its last transaction ended with DATA (the server has reset the session itself). */
-interface Idle { conn: any; clean: boolean; timer: NodeJS.Timeout }
-const idle = new Map<string, Idle[]>();
+/** Idle sessions by destination; `clean` when the last transaction ended with DATA (the server has reset the session itself). */
+const idle = new IdlePool<any, { clean: boolean }>();
 
 /** Where an LMTP server is: `key` names it for the idle pool and the logs. */
 export interface LmtpDestination { key: string; relay: string; connect(timeoutMs: number): Promise<net.Socket> }
@@ -45,29 +44,12 @@ export function lmtpDestination(nexthop: string, spool: Spool, queueDirectory: s
   };
 }
 
-function takeIdle(socketPath: string): Idle | null {
-  const item = idle.get(socketPath)?.pop();
-  if (!item) return null;
-  clearTimeout(item.timer);
-  return item;
-}
-
-function putIdle(socketPath: string, conn: any, clean: boolean, maxIdle: number): void {
-  const list = idle.get(socketPath) ?? [];
-  // never more kept than qmgr lets run at once (lmtp_destination_concurrency_limit): the server's connection count stays capped
-  if (list.length >= maxIdle) { try { conn.quit(); } catch { /* closed */ } return; }
-  const entry: Idle = { conn, clean, timer: setTimeout(() => { list.splice(list.indexOf(entry), 1); try { conn.quit(); } catch { /* closed */ } }, IDLE_MS) };
-  entry.timer.unref();
-  list.push(entry);
-  idle.set(socketPath, list);
-}
-
 /** A connection for the next transaction; `reused` when it served one before (the server may have closed it meanwhile). */
 async function open(dest: LmtpDestination, opts: LmtpOptions, fresh: boolean): Promise<{ conn: any; reused: boolean }> {
-  const kept = fresh ? null : takeIdle(dest.key);
+  const kept = fresh ? null : idle.take(dest.key);
   if (kept) {
     // after a completed DATA the session is reset already: RSET only after a transaction that stopped short
-    if (kept.clean) return { conn: kept.conn, reused: true };
+    if (kept.meta.clean) return { conn: kept.conn, reused: true };
     const ok = await new Promise<boolean>((r) => kept.conn.reset((err: any) => r(!err)));
     if (ok) return { conn: kept.conn, reused: true };
     try { kept.conn.close(); } catch { /* closed */ }
@@ -124,7 +106,8 @@ export async function deliverByLmtp(info: QueueFileInfo, dest: LmtpDestination,
     return recipients.map((r) => ({ index: r.index, status: code >= 500 ? 'bounced' : 'deferred',
       dsn: dsnOf(result.err.response, code), reason: oneLine(result.err.response || result.err.message), relay }));
   }
-  putIdle(dest.key, conn, !result.err, opts.maxIdle);
+  // never more kept than qmgr lets run at once (lmtp_destination_concurrency_limit): the server's connection count stays capped
+  idle.put(dest.key, conn, { clean: !result.err }, IDLE_MS, opts.maxIdle);
   const accepted = new Set<string>((result.info?.accepted ?? []) as string[]);
   return recipients.map((r): DeliveryResult => {
     const rej = rejected.find((e) => e.recipient === r.address);

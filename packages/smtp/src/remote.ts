@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import {
-  MainConfig, QueueFileInfo, openMessage, openTable, sharedResolver, resolveMailHosts, resolveMailHostsSecure, DnsError, Logger,
+  MainConfig, QueueFileInfo, openMessage, openTable, sharedResolver, resolveMailHosts, resolveMailHostsSecure, DnsError, Logger, IdlePool,
   MailHost, SecureMailHost, TlsaData,
 } from '@postern/common';
 import { DeliveryResult, dsnOf, oneLine } from './results.js';
@@ -41,7 +41,8 @@ export interface DeadHosts {
   isDead(key: string): boolean;
   markDead(key: string): void;
 }
-const idle = new Map<string, { conn: any; timer: NodeJS.Timeout; onEnd: () => void }[]>();
+/** Idle sessions by "address:port", kept for smtp_connection_cache_time. */
+const idle = new IdlePool<any>();
 
 function parseRelayhost(spec: string): { host: string; port: number; mx: boolean } {
   const m = /^(\[)?([^\]\s:]+|[0-9a-f:.]+)\]?(?::(\d+))?$/i.exec(spec.trim());
@@ -207,33 +208,6 @@ function connect(t: Target, plaintext: boolean, config: MainConfig): Promise<any
   });
 }
 
-function takeIdle(key: string): any | null {
-  const list = idle.get(key);
-  const item = list?.shift();
-  if (!item) return null;
-  clearTimeout(item.timer);
-  item.conn.off('end', item.onEnd);
-  return item.conn;
-}
-
-function putIdle(key: string, conn: any, config: MainConfig): void {
-  const list = idle.get(key) ?? [];
-  const drop = () => {
-    const i = list.indexOf(item);
-    if (i >= 0) { clearTimeout(list[i].timer); list.splice(i, 1); }
-  };
-  const item = {
-    conn,
-    onEnd: drop, // the server closed an idle connection
-    timer: setTimeout(() => { drop(); conn.off('end', drop); try { conn.quit(); } catch { /* closed */ } },
-      config.seconds('smtp_connection_cache_time') * 1000),
-  };
-  item.timer.unref();
-  list.push(item);
-  idle.set(key, list);
-  conn.once('end', drop);
-}
-
 function sendOn(conn: any, info: QueueFileInfo, to: string[]): Promise<{ err: any; info: any }> {
   return new Promise((resolve) => {
     conn.send({ from: info.envelope.sender, to, size: info.messageLength + info.prepend.length } as any, openMessage(info) as any,
@@ -258,7 +232,7 @@ export async function deliverRemote(info: QueueFileInfo, domain: string, recipie
     // an idle connection is reused only under the same policy (its certificate was checked for that one)
     const idleKey = `${key}|${t.host}|${t.policy.name}|${t.policy.sts?.mode ?? ''}|${(t.policy.tlsa ?? []).map((r) => r.data.toString('hex')).join(',')}`;
     let outcome: TlsOutcome | undefined;
-    let conn = takeIdle(idleKey);
+    let conn = idle.take(idleKey)?.conn ?? null;
     if (conn) {
       // an idle connection may have been closed by the server meanwhile
       const ok = await new Promise<boolean>((r) => conn.reset((err: any) => r(!err)));
@@ -331,7 +305,7 @@ export async function deliverRemote(info: QueueFileInfo, domain: string, recipie
       return all(err.responseCode >= 500 ? 'bounced' : 'deferred', dsnOf(err.response, err.responseCode),
         `host ${relay} said: ${oneLine(err.response)}`, relay, outcome);
     }
-    putIdle(idleKey, conn, config);
+    idle.put(idleKey, conn, undefined, config.seconds('smtp_connection_cache_time') * 1000);
     const accepted = new Set<string>(result.info?.accepted ?? []);
     const tls = !!conn.secure;
     return recipients.map((r): DeliveryResult => {

@@ -1,15 +1,7 @@
 /** Turning an SMTP/LMTP server's replies into per-recipient results. */
-import type { TlsOutcome } from './tls-policy.js';
 
-export interface DeliveryResult {
-  index: number;
-  status: 'sent' | 'deferred' | 'bounced';
-  dsn: string;
-  reason: string;
-  relay?: string;
-  /** The TLS of the session that gave this result (smtp only): policy, trust, whether verified (DANE or MTA-STS). */
-  tls?: TlsOutcome;
-}
+// one declaration of a recipient's result, shared with qmgr (common/ipc/protocol.ts)
+export type { DeliveryResult } from '@postern/common';
 
 /** The enhanced status code in a reply, or one derived from its basic code. */
 export function dsnOf(response: string | undefined, code?: number): string {

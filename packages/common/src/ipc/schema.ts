@@ -5,19 +5,40 @@
  * type and within its length, strings that are safe to put in a header. What
  * the validator returns is a fresh object holding only those fields, so
  * nothing else in a frame (`__proto__`, `origin`, `uid`, ...) can reach the
- * code that uses it. This is the seed of one typed protocol in common.
+ * code that uses it.
+ *
+ * Each schema is declared `as const`, and its TypeScript type is derived from
+ * it (`Infer<typeof schema>`): what the validator lets through and what the
+ * code receiving it believes it has are one declaration, and cannot drift.
  */
 
 export type Schema =
-  | { type: 'string'; max: number; min?: number; pattern?: RegExp; values?: readonly string[]; multiline?: boolean }
-  | { type: 'integer'; min: number; max: number }
-  | { type: 'boolean' }
-  | { type: 'null' }
-  | { type: 'array'; items: Schema; max: number; min?: number }
-  | { type: 'object'; fields: Record<string, Field> }
-  | { type: 'either'; of: Schema[] };
+  | { readonly type: 'string'; readonly max: number; readonly min?: number; readonly pattern?: RegExp; readonly values?: readonly string[]; readonly multiline?: boolean }
+  | { readonly type: 'integer'; readonly min: number; readonly max: number }
+  | { readonly type: 'boolean' }
+  | { readonly type: 'null' }
+  | { readonly type: 'array'; readonly items: Schema; readonly max: number; readonly min?: number }
+  | { readonly type: 'object'; readonly fields: { readonly [name: string]: Field } }
+  | { readonly type: 'either'; readonly of: readonly Schema[] };
 
-export type Field = Schema & { optional?: boolean };
+export type Field = Schema & { readonly optional?: boolean };
+
+type OptionalKeys<F> = { [K in keyof F]: F[K] extends { optional: true } ? K : never }[keyof F];
+type Flatten<T> = { [K in keyof T]: T[K] };
+
+/** The TypeScript type of what `validate(schema, ...)` returns (`any` for a schema only known as Schema). */
+export type Infer<S> =
+  Schema extends S ? any
+  : S extends { type: 'string'; values: readonly (infer V)[] } ? V
+  : S extends { type: 'string' } ? string
+  : S extends { type: 'integer' } ? number
+  : S extends { type: 'boolean' } ? boolean
+  : S extends { type: 'null' } ? null
+  : S extends { type: 'array'; items: infer I } ? Infer<I>[]
+  : S extends { type: 'object'; fields: infer F } ? Flatten<
+    { -readonly [K in Exclude<keyof F, OptionalKeys<F>>]: Infer<F[K]> } & { -readonly [K in OptionalKeys<F>]?: Infer<F[K]> }>
+  : S extends { type: 'either'; of: readonly (infer O)[] } ? Infer<O>
+  : never;
 
 export class SchemaError extends Error {
   constructor(readonly path: string, problem: string) {
@@ -32,7 +53,7 @@ const CONTROL = /[\x00-\x08\x0a-\x1f\x7f]/;
 const describe = (v: unknown) => (v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v);
 
 /** The value as the schema allows it, rebuilt from the fields it names; throws SchemaError naming the first problem. */
-export function validate<T = any>(schema: Schema, value: unknown, path = 'request'): T {
+export function validate<S extends Schema, T = Infer<S>>(schema: S, value: unknown, path = 'request'): T {
   switch (schema.type) {
     case 'string': {
       if (typeof value !== 'string') throw new SchemaError(path, `expected a string, got ${describe(value)}`);
@@ -92,29 +113,29 @@ export function validate<T = any>(schema: Schema, value: unknown, path = 'reques
 
 // ---------------------------------------------------------------- cleanup
 
-const opt = <S extends Schema>(s: S): S & { optional: true } => ({ ...s, optional: true });
+const opt = <const S extends Schema>(s: S): S & { optional: true } => ({ ...s, optional: true });
 
 /** An envelope address (RFC 5321 4.5.3.1.3: a path is at most 256 octets; room for quoting). */
 const address = { type: 'string', max: 512 } as const;
-const recipientAddress: Schema = { ...address, min: 1 };
+const recipientAddress = { ...address, min: 1 } as const;
 /** What a client called itself (HELO) or its checked DNS name: one line, within a DNS name's length and some. */
-const hostText: Schema = { type: 'string', max: 255 };
+const hostText = { type: 'string', max: 255 } as const;
 /** DSN NOTIFY (RFC 3461). */
-const notify: Schema = { type: 'array', max: 8, min: 1, items: { type: 'string', max: 7, values: ['NEVER', 'SUCCESS', 'FAILURE', 'DELAY'] } };
-const dsn: Schema = {
+const notify = { type: 'array', max: 8, min: 1, items: { type: 'string', max: 7, values: ['NEVER', 'SUCCESS', 'FAILURE', 'DELAY'] } } as const;
+const dsn = {
   type: 'object', fields: {
     ret: opt({ type: 'string', max: 4, values: ['FULL', 'HDRS'] }),
     // RFC 3461 4.4: ENVID is at most 100 characters; as sendmail takes it (maildrop.ts)
     envid: opt({ type: 'string', max: 100, pattern: /^[^\s\x00-\x1f\x7f]*$/ }),
   },
-};
+} as const;
 
 /**
  * Requests on `private/cleanup`: smtpd's. origin is `smtpd` because of the
  * socket; a recipient is just an address (ORCPT, alias results are cleanup's
  * own); uid and user do not exist for it.
  */
-export function smtpdMessageRequest(recipientLimit: number): Schema {
+export function smtpdMessageRequest(recipientLimit: number) {
   return {
     type: 'object', fields: {
       type: { type: 'string', max: 16, values: ['message'] },
@@ -136,7 +157,7 @@ export function smtpdMessageRequest(recipientLimit: number): Schema {
         },
       },
     },
-  };
+  } as const satisfies Schema;
 }
 
 /**
@@ -153,7 +174,7 @@ const LOCAL_RECIPIENT_LIMIT = 1_000_000;
  * and pickup passes on the maildrop file owner's uid and login, the identity it
  * alone can see.
  */
-export function localMessageRequest(): Schema {
+export function localMessageRequest() {
   return {
     type: 'object', fields: {
       type: { type: 'string', max: 16, values: ['message'] },
@@ -173,7 +194,7 @@ export function localMessageRequest(): Schema {
         },
       },
     },
-  };
+  } as const satisfies Schema;
 }
 
 /**
@@ -183,7 +204,7 @@ export function localMessageRequest(): Schema {
  */
 const AFTER_BODY_HEADERS = /^(?:(?:Authentication-Results|X-Spam-[A-Za-z0-9-]+|X-Postern-Quarantine):[^\r\n\x00]*\r\n(?:[ \t][^\r\n\x00]*\r\n)*)*$/i;
 
-export const afterBodyRequest: Schema = {
+export const afterBodyRequest = {
   type: 'object', fields: {
     type: { type: 'string', max: 16, values: ['after-body'] },
     headers: opt({ type: 'string', max: 64 * 1024, multiline: true, pattern: AFTER_BODY_HEADERS }),
@@ -199,4 +220,8 @@ export const afterBodyRequest: Schema = {
       },
     }),
   },
-};
+} as const satisfies Schema;
+
+export type SmtpdMessageRequest = Infer<ReturnType<typeof smtpdMessageRequest>>;
+export type LocalMessageRequest = Infer<ReturnType<typeof localMessageRequest>>;
+export type AfterBodyRequest = Infer<typeof afterBodyRequest>;

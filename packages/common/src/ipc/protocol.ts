@@ -1,0 +1,117 @@
+/**
+ * Every message one Postern program sends another over a Unix socket, as one
+ * TypeScript type each (Postfix keeps this contract in deliver_request.h and
+ * friends; OpenSMTPD in one imsg_type enum). docs/ipc.md describes the same
+ * types. Requests a server checks field by field are derived from their
+ * schemas in schema.ts; the rest are declared here and checked by their
+ * server as before.
+ */
+import type { RecipientStatus } from '../queuefile.js';
+import type { QueueEntry } from '../queue-list.js';
+import type { QueueName } from '../spool.js';
+import type { QueueOp, QueueOpOutcome } from '../queue-ops.js';
+import type { LocalMessageRequest, SmtpdMessageRequest, AfterBodyRequest } from './schema.js';
+
+export type { LocalMessageRequest, SmtpdMessageRequest, AfterBodyRequest };
+
+/** The answer of a service that could not do what it was asked. */
+export interface ErrorReply { ok: false; error: string }
+export interface OkReply { ok: true }
+
+// ---------------------------------------------------------------- cleanup (private/cleanup, private/cleanup.local)
+
+/** The envelope a local client (pickup, qmgr's notifications) submits. */
+export type LocalEnvelope = LocalMessageRequest['envelope'];
+/** The envelope smtpd submits. */
+export type SmtpdEnvelope = SmtpdMessageRequest['envelope'];
+
+/**
+ * cleanup's answer once the message is on stable storage, or why it is not:
+ * `code`/`dsn` when it refused the content (smtpd passes them on as they are),
+ * `storage` when the spool is full (452 4.3.1).
+ */
+export type CleanupReply =
+  | { ok: true; queue_id: string }
+  | { ok: false; error: string; code?: number | string; dsn?: string; storage?: boolean };
+
+// ---------------------------------------------------------------- triggers
+
+/** cleanup -> qmgr (private/qmgr): a new file is in incoming/. */
+export interface QmgrTrigger { type: 'trigger'; queue_id?: string }
+/** sendmail, the CLI -> pickup (private/pickup): maildrop has a new file. */
+export interface PickupTrigger { type: 'trigger' }
+export type TriggerReply = OkReply | ErrorReply;
+
+// ---------------------------------------------------------------- delivery (qmgr -> smtp / lmtp)
+
+export interface DeliveryRecipient { index: number; address: string }
+
+/** One recipient group of one queue file for one next hop; the agent reads the file itself. */
+export interface DeliveryRequest {
+  type: 'deliver';
+  queue_id: string;
+  /** The queue file's path (active/). */
+  file: string;
+  nexthop: string;
+  recipients: DeliveryRecipient[];
+  /** Hosts ("address:port") qmgr's dead-destination table says to skip. */
+  skip?: string[];
+}
+
+/** One recipient's result: the same values a queue file's status record keeps. */
+export interface DeliveryResult {
+  index: number;
+  status: RecipientStatus;
+  dsn: string;
+  reason: string;
+  relay?: string;
+  /** The TLS of the session that gave this result (smtp only): policy, trust, whether verified (DANE or MTA-STS). */
+  tls?: DeliveryTls;
+}
+
+/** What smtp learnt of a session's TLS (smtp/src/tls-policy.ts fills it in; TLS-RPT and REQUIRETLS read it). */
+export interface DeliveryTls {
+  policy: string;
+  /** STARTTLS was done. */
+  tls: boolean;
+  trust?: string;
+  /** The certificate was authenticated by DANE, or by PKIX with the MX name checked under MTA-STS. */
+  verified: boolean;
+  protocol?: string;
+  cipher?: string;
+  failure?: string;
+}
+
+/** The agent's answer: a result per recipient and the hosts it found dead, or why it could not try. */
+export type DeliveryReply =
+  | { results: DeliveryResult[]; dead: string[]; error?: undefined }
+  | { error: string; results?: undefined; dead?: undefined };
+
+// ---------------------------------------------------------------- anvil (smtpd -> private/anvil)
+
+export type AnvilRequest =
+  | { type: 'connect' | 'disconnect' | 'message' | 'recipient' | 'lookup'; service: string; client: string }
+  | { type: 'auth'; service: string; client: string; peek?: boolean };
+
+/** Rates are events per anvil_rate_time_unit; counts are connections open now. */
+export type AnvilReply =
+  | { ok: true; count?: number; rate?: number; rates?: Record<string, number> }
+  | ErrorReply;
+
+// ---------------------------------------------------------------- showq (anyone -> public/showq)
+
+export interface ShowqRequest { type: 'list' }
+export type ShowqReply = { ok: true; entries: QueueEntry[] } | ErrorReply;
+
+// ---------------------------------------------------------------- queue administration (postern queue -> private/qmgr)
+
+export type QueueAdminRequest =
+  | { type: 'flush'; site?: string | null }
+  | { type: QueueOp; ids: string[] | 'ALL'; queues?: QueueName[] };
+
+export type QueueAdminReply =
+  | { ok: true; results?: QueueOpOutcome[]; scheduled?: string[] }
+  | ErrorReply;
+
+/** Everything on qmgr's socket. */
+export type QmgrRequest = QmgrTrigger | QueueAdminRequest;
