@@ -7,7 +7,7 @@
  * the caller answers 4xx or defers, never 5xx.
  */
 import * as path from 'node:path';
-import { requestJson } from '../framing.js';
+import { requestJson } from '../ipc/connection.js';
 import { MainConfig } from '../config.js';
 import { Credentials, Table, TableUnavailable, UserDb, UserInfo } from './types.js';
 
