@@ -299,3 +299,16 @@ export function headerFields(text: string): { name: string; value: string }[] {
   }
   return out;
 }
+
+/** The reply to RCPT TO:<to> in a fresh session from an outside sender (EHLO and MAIL must succeed). */
+export async function rcptReply(port: number, to: string, host = '127.0.0.1'): Promise<string> {
+  const c = await RawSmtp.connect(port, { host });
+  try {
+    if (!/^250/.test(await c.command('EHLO client.example.test'))) throw new Error('EHLO refused');
+    const mail = await c.command('MAIL FROM:<someone@remote.test>');
+    if (!/^250 /.test(mail)) throw new Error(`MAIL refused: ${mail}`);
+    return await c.command(`RCPT TO:<${to}>`);
+  } finally {
+    await c.command('QUIT').catch(() => undefined);
+  }
+}

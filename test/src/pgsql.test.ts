@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import {
   openTable, openUserDb, openUserDbWriter, parseSqlCf, expandQuery, closeSqlTables, TableUnavailable,
 } from '../../packages/common/dist/index.js';
-import { Instance, RawSmtp, IS_ROOT, freePort, requireTool, run, tempDir, waitFor } from './harness.js';
+import { Instance, IS_ROOT, rcptReply, freePort, requireTool, run, tempDir, waitFor } from './harness.js';
 import { Dovecot } from './dovecot.js';
 import { ImapClient } from './imap.js';
 
@@ -98,16 +98,7 @@ function maildirNew(address: string): string[] {
   return fs.existsSync(d) ? fs.readdirSync(d) : [];
 }
 
-async function rcpt(h: { inst: Instance; addr: string }, to: string): Promise<string> {
-  const c = await RawSmtp.connect(h.inst.ports.smtp, { host: h.addr });
-  try {
-    assert.match(await c.command('EHLO client.example.test'), /^250/);
-    assert.match(await c.command('MAIL FROM:<someone@remote.test>'), /^250 /);
-    return await c.command(`RCPT TO:<${to}>`);
-  } finally {
-    await c.command('QUIT').catch(() => undefined);
-  }
-}
+const rcpt = (h: { inst: Instance; addr: string }, to: string) => rcptReply(h.inst.ports.smtp, to, h.addr);
 
 function swaks(h: { inst: Instance; addr: string }, args: string[]): { code: number; out: string } {
   const r = run(requireTool('swaks'), ['--timeout', '20', '--server', h.addr, ...args]);

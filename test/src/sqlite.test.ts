@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openTable, openUserDb, openUserDbWriter, TableUnavailable } from '../../packages/common/dist/index.js';
-import { Instance, RawSmtp, requireTool, run, tempDir, waitFor } from './harness.js';
+import { Instance, requireTool, run, tempDir, waitFor, rcptReply } from './harness.js';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 let inst: Instance;
@@ -13,16 +13,7 @@ let dbDir: string;
 let db: string;
 let cf: string;
 
-async function rcpt(to: string): Promise<string> {
-  const c = await RawSmtp.connect(inst.ports.smtp);
-  try {
-    assert.match(await c.command('EHLO client.example.test'), /^250/);
-    assert.match(await c.command('MAIL FROM:<someone@remote.test>'), /^250 /);
-    return await c.command(`RCPT TO:<${to}>`);
-  } finally {
-    await c.command('QUIT').catch(() => undefined);
-  }
-}
+const rcpt = (to: string) => rcptReply(inst.ports.smtp, to);
 
 before(async () => {
   dbDir = tempDir('sqlite');

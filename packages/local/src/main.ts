@@ -54,9 +54,9 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     }
     try {
       const replies: (string | Error)[] = [];
+      const lockTimeoutMs = ctx.config.seconds('mailbox_lock_timeout') * 1000;
       for (const rcpt of rcpts) {
         try {
-          const lockTimeoutMs = ctx.config.seconds('mailbox_lock_timeout') * 1000;
           replies.push(await deliverToRecipient({ rcpt, entry: await findUser(users, rcpt), sender, open, lockTimeoutMs, log }));
         } catch (e) {
           replies.push(e as Error);

@@ -6,7 +6,7 @@
  */
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { Spool, isQueueId, queueIdTime } from '@postern/common';
+import { Spool, isQueueId, queueIdTime, HASH_DIR_NAME } from '@postern/common';
 
 export const GAUGE_QUEUES = ['incoming', 'active', 'deferred', 'hold', 'corrupt'] as const;
 export type GaugeQueue = typeof GAUGE_QUEUES[number];
@@ -67,7 +67,7 @@ export class QueueScanner {
       truncated ||= top.truncated;
       if (q !== 'deferred') { count(q, top.names); continue; }
       for (const sub of top.names) {
-        if (!/^[0-9A-F]$/.test(sub)) continue;
+        if (!HASH_DIR_NAME.test(sub)) continue;
         const inner = await names(path.join(dir, sub));
         truncated ||= inner.truncated;
         count(q, inner.names);

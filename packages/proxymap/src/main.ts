@@ -82,7 +82,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       await writer.json({ ok: true, value: await answer(req.op, req.spec, req.key) });
     } catch (e) {
       const err = e as Error & { permanent?: boolean };
-      const unavailable = !err.permanent && (e instanceof TableUnavailable || !(e instanceof Error && err.name === 'TableError'));
+      const unavailable = !err.permanent;
       ctx.log.warn({ op: req?.op, table: req?.spec, err: err.message }, 'table lookup failed');
       await writer.json({ ok: false, unavailable, error: err.message }).catch(() => undefined);
     } finally {

@@ -10,10 +10,9 @@
  */
 import * as net from 'node:net';
 import * as os from 'node:os';
-import { MainConfig, loadMasterCf, parseListenAddress } from '@postern/common';
+import { MainConfig, MailHost, loadMasterCf, parseListenAddress } from '@postern/common';
 
 export interface Listener { host?: string; port: number }
-export interface MailHost { name: string; priority: number; addresses: string[] }
 
 /** Canonical text of an IP address (IPv4-mapped IPv6 as IPv4), or null for anything else. */
 function canonical(address: string): string | null {

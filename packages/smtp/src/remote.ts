@@ -307,7 +307,6 @@ export async function deliverRemote(info: QueueFileInfo, domain: string, recipie
     }
     idle.put(idleKey, conn, undefined, config.seconds('smtp_connection_cache_time') * 1000);
     const accepted = new Set<string>(result.info?.accepted ?? []);
-    const tls = !!conn.secure;
     return recipients.map((r): DeliveryResult => {
       const rej = rejected.find((e) => e.recipient === r.address);
       if (rej) {

@@ -22,7 +22,7 @@
  */
 import * as net from 'node:net';
 import { SMTPServer, SMTPServerSession } from 'smtp-server';
-import { MainConfig, NetworkList, Logger, smtpError, SmtpError } from '@postern/common';
+import { MainConfig, NetworkList, Logger, smtpError, SmtpError, ipToBytes, formatIPv6 } from '@postern/common';
 import { AnvilClient } from './anvil-client.js';
 
 export interface LimitPolicy {
@@ -64,37 +64,6 @@ export function limitPolicy(config: MainConfig, service: string): LimitPolicy {
   };
 }
 
-/** The 8 groups of an IPv6 address (net.isIPv6 already said yes), an embedded IPv4 tail included. */
-function ipv6Groups(address: string): number[] {
-  let a = address.toLowerCase();
-  const v4 = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(a);
-  if (v4) {
-    const [b0, b1, b2, b3] = v4.slice(1).map(Number);
-    a = a.slice(0, v4.index) + `${((b0 << 8) | b1).toString(16)}:${((b2 << 8) | b3).toString(16)}`;
-  }
-  const [head, tail] = a.includes('::') ? a.split('::') : [a, undefined];
-  const h = head ? head.split(':') : [];
-  const t = tail !== undefined && tail !== '' ? tail.split(':') : [];
-  const fill = tail === undefined ? [] : new Array(8 - h.length - t.length).fill('0');
-  return [...h, ...fill, ...t].map((g) => parseInt(g, 16));
-}
-
-/** RFC 5952 text: lower case, the longest run of two or more zero groups as `::`. */
-function ipv6Text(groups: number[]): string {
-  let best = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8;) {
-    if (groups[i] !== 0) { i++; continue; }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen) { best = i; bestLen = j - i; }
-    i = j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  if (best < 0) return hex.join(':');
-  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
-}
-
 /**
  * What anvil counts a client under: its address, or for a prefix shorter
  * than the address the network block (`2001:db8::/64`), so the many addresses
@@ -113,13 +82,13 @@ export function clientKey(address: string, ipv4Prefix: number, ipv6Prefix: numbe
   }
   if (net.isIPv6(a)) {
     const bits = Math.max(0, Math.min(128, ipv6Prefix));
-    const groups = ipv6Groups(a);
-    if (bits >= 128) return ipv6Text(groups);
-    const masked = groups.map((g, i) => {
-      const keep = Math.max(0, Math.min(16, bits - 16 * i));
-      return keep === 16 ? g : keep === 0 ? 0 : g & (0xffff << (16 - keep)) & 0xffff;
-    });
-    return `${ipv6Text(masked)}/${bits}`;
+    const bytes = ipToBytes(a);
+    if (bits >= 128) return formatIPv6(bytes);
+    for (let i = 0; i < 16; i++) {
+      const keep = Math.max(0, Math.min(8, bits - 8 * i));
+      bytes[i] &= (0xff << (8 - keep)) & 0xff;
+    }
+    return `${formatIPv6(bytes)}/${bits}`;
   }
   return address;
 }

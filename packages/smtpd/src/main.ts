@@ -185,7 +185,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       server.listen(handle as any);
     },
     reload(config) {
-      policy = buildPolicy(config, policy);
+      policy = buildPolicy(config);
       dovecot = dovecotSaslFor(config, dovecot);
       limitsPolicy = limitPolicy(config, ctx.name);
       for (const s of servers) {

@@ -21,7 +21,7 @@ export interface Policy {
   aliases?: AliasMaps;
 }
 
-export function buildPolicy(config: MainConfig, previous?: Policy): Policy {
+export function buildPolicy(config: MainConfig): Policy {
   const mynetworks = new NetworkList(config.list('mynetworks'));
   const domains = localDomains(config);
   return {
