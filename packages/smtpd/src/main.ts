@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import { SMTPServer, SMTPServerDataStream, SMTPServerSession, SMTPServerOptions } from 'smtp-server';
 import {
   runService, ServiceContext, RunningService, MainConfig,
-  installEnhancedCodeShim, smtpError, connectUnix, FrameReader, FrameWriter, headerSafe,
+  installEnhancedCodeShim, smtpError, CleanupSubmission, headerSafe,
 } from '@postern/common';
 
 import { LineEndingCheck } from './line-endings.js';
@@ -94,44 +94,38 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
   async function receiveMessage(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string> {
     const trusted = policy.mynetworks.contains(session.remoteAddress);
     const check = new LineEndingCheck(trusted);
-    const sock = await connectUnix(cleanupSocket).catch((e) => {
+    const sub = await CleanupSubmission.open(cleanupSocket).catch((e) => {
       stream.resume();
       log.error({ err: e.message }, 'cleanup is not reachable');
       throw smtpError(451, '4.3.0', 'Error: queue file write error');
     });
-    sock.on('error', () => undefined);
-    const writer = new FrameWriter(sock);
-    const reader = new FrameReader(sock);
     const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
     let observers: MessageObserver[] = [];
     try {
-      await writer.json({
-        type: 'message',
-        envelope: {
-          sender: from,
-          recipients: session.envelope.rcptTo.map((r) => ({ address: r.address })),
-          // cleanup takes one line of at most 255 characters: a client's odd HELO is cut, not a reason to fail
-          client: { address: session.remoteAddress, name: clients.get(session)?.name ?? 'unknown', helo: headerSafe(session.hostNameAppearsAs || '').slice(0, 255) },
-          protocol: session.transmissionType,
-          tls: session.secure ? describeTls(session) : null,
-          sasl: session.user ? String(session.user) : undefined,
-        },
+      await sub.envelope({
+        sender: from,
+        recipients: session.envelope.rcptTo.map((r) => ({ address: r.address })),
+        // cleanup takes one line of at most 255 characters: a client's odd HELO is cut, not a reason to fail
+        client: { address: session.remoteAddress, name: clients.get(session)?.name ?? 'unknown', helo: headerSafe(session.hostNameAppearsAs || '').slice(0, 255) },
+        protocol: session.transmissionType,
+        tls: session.secure ? describeTls(session) : null,
+        sasl: session.user ? String(session.user) : undefined,
       });
       observers = createMessageObservers({ session, config: ctx.config, log, trusted: trusted || !!session.user });
       let aborted = false;
       const forward = async (out: Buffer) => {
         for (const o of observers) o.write(out);
-        await writer.data(out);
+        await sub.data(out);
       };
       for await (const chunk of stream as AsyncIterable<Buffer>) {
         if (aborted) continue; // drain the rest so smtp-server can reply
         const out = check.push(chunk);
-        if (check.rejected || stream.sizeExceeded) { aborted = true; await writer.abort(); continue; }
+        if (check.rejected || stream.sizeExceeded) { aborted = true; await sub.abort(); continue; }
         if (out.length) await forward(out);
       }
       if (!aborted) {
         const tail = check.end();
-        if (check.rejected || stream.sizeExceeded) { aborted = true; await writer.abort(); }
+        if (check.rejected || stream.sizeExceeded) { aborted = true; await sub.abort(); }
         else if (tail.length) await forward(tail);
       }
       if (stream.sizeExceeded) {
@@ -146,16 +140,15 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       observers = [];
       const rejection = verdicts.find((v) => v.reject)?.reject;
       if (rejection) {
-        await writer.abort();
+        await sub.abort();
         log.info({ queue_id: 'NOQUEUE', client: clientName(session), from, status: 'reject' }, `reject: END-OF-MESSAGE from ${clientName(session)}: ${rejection.responseCode} ${rejection.message}`);
         throw rejection;
       }
       const headers = verdicts.map((v) => v.headers ?? '').join('');
       const notes = Object.assign({}, ...verdicts.map((v) => v.notes ?? {}));
-      if (headers || Object.keys(notes).length) await writer.json({ type: 'after-body', headers, notes });
-      await writer.end();
-      const reply = await reader.json();
-      if (!reply.ok && Number.isInteger(reply.code) && reply.code >= 400 && reply.code < 600
+      if (headers || Object.keys(notes).length) await sub.afterBody({ headers, notes });
+      const reply = await sub.finish();
+      if (!reply.ok && typeof reply.code === 'number' && Number.isInteger(reply.code) && reply.code >= 400 && reply.code < 600
         && typeof reply.dsn === 'string' && /^[45]\.\d{1,3}\.\d{1,3}$/.test(reply.dsn)) {
         // cleanup refused the content (hop count, a From: the login does not own): its answer is the client's
         throw smtpError(reply.code, reply.dsn, String(reply.error));
@@ -167,14 +160,14 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         throw smtpError(451, '4.3.0', 'Error: queue file write error');
       }
       log.info({ queue_id: reply.queue_id, client: clientName(session), sasl_username: session.user ? String(session.user) : undefined }, 'queued');
-      return reply.queue_id as string;
+      return reply.queue_id;
     } catch (e) {
       if ((e as any).responseCode) throw e;
       log.error({ err: (e as Error).message }, 'message transfer to cleanup failed');
       throw smtpError(451, '4.3.0', 'Error: queue file write error');
     } finally {
       for (const o of observers) o.abort();
-      sock.destroy();
+      sub.close();
     }
   }
 
