@@ -216,8 +216,10 @@ describe('cleanup checks what its clients send (private/cleanup, as smtpd)', () 
     fs.writeFileSync(path.join(maildrop, `.${name}`),
       `{"maildrop":1,"sender":null,"recipients":["carol"],"notify":${JSON.stringify(Array(9).fill('FAILURE'))}}\nSubject: nine-notify\r\n\r\nbody\r\n`, { mode: 0o644 });
     fs.renameSync(path.join(maildrop, `.${name}`), path.join(maildrop, name));
-    await waitFor('the file in corrupt/', () => fs.existsSync(path.join(inst.spool, 'corrupt', name)));
-    const line = inst.logs().find((e) => e.service === 'pickup' && e.maildrop_file === name && e.corrupt_file === name);
+    // pickup logs after the rename, so wait for the log line, not only the file
+    const line = await waitFor('pickup\'s corrupt line', () =>
+      inst.logs().find((e) => e.service === 'pickup' && e.maildrop_file === name && e.corrupt_file === name));
+    assert.ok(fs.existsSync(path.join(inst.spool, 'corrupt', name)), 'the file is in corrupt/');
     assert.match(String(line?.problem), /^cleanup: invalid request: request\.envelope\.recipients\[0\]\.notify: more than 8 entries$/);
     assert.ok(!inst.logs().some((e) => e.service === 'pickup' && e.maildrop_file === name && /will retry/.test(e.msg)), 'not retried');
     assert.deepEqual(copiesWith(inst, 'nine-notify'), []);
