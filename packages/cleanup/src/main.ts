@@ -62,7 +62,8 @@ function envelopeFrom(raw: unknown, clients: Clients, config: MainConfig): Envel
   if (clients === 'smtpd') {
     const { envelope: e } = validate(smtpdMessageRequest(limit), raw);
     return { ...base, sender: e.sender, recipients: e.recipients, origin: 'smtpd', client: e.client, protocol: e.protocol,
-      tls: e.tls, ...(e.sasl !== undefined ? { sasl: e.sasl } : {}) };
+      tls: e.tls, ...(e.sasl !== undefined ? { sasl: e.sasl } : {}), ...(e.dsn ? { dsn: e.dsn } : {}),
+      ...(e.requireTls ? { requireTls: true } : {}) };
   }
   const { envelope: e } = validate(localMessageRequest(), raw);
   return { ...base, ...e };

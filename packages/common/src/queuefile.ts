@@ -29,7 +29,7 @@ const LEN_WIDTH = 16;
 
 export interface Recipient {
   address: string;
-  /** Original recipient before alias expansion (DSN ORCPT). */
+  /** DSN ORCPT as the client gave it (`rfc822;addr`, xtext decoded), else the address before alias expansion. */
   orcpt?: string;
   notify?: string[];
 }
@@ -49,6 +49,8 @@ export interface Envelope {
   uid?: number;
   user?: string;
   dsn?: { ret?: 'FULL' | 'HDRS'; envid?: string };
+  /** RFC 8689 REQUIRETLS: relay only over verified TLS to a server that offers REQUIRETLS (smtpd alone sets it). */
+  requireTls?: boolean;
   /** Message authentication verdicts (from an N record): what no-backscatter decides on. */
   auth?: { spf?: string; dkimAligned?: boolean; dmarc?: string };
 }

@@ -22,6 +22,8 @@ export function installEnhancedCodeShim(): void {
   SMTPConnection.prototype.send = function (code: number, data: unknown, context?: unknown) {
     // 538 is not a standard reply; RFC 3207 clients expect 530 for "STARTTLS first"
     if (code === 538) return send.call(this, 530, '5.7.0 Must issue a STARTTLS command first', false);
+    // MAIL ... REQUIRETLS without TLS: RFC 8689's "encryption needed" code (docs/smtpd.md)
+    if (code === 530 && typeof data === 'string' && /^REQUIRETLS not permitted/.test(data)) return send.call(this, 530, '5.7.10 REQUIRETLS needs a TLS session', false);
     if (typeof data === 'string' && ENHANCED.test(data)) return send.call(this, code, data, false);
     // AUTH is offered only after TLS (Postfix's smtpd_tls_auth_only): smtp-server would list it before
     if (code === 250 && Array.isArray(data) && !this.secure && !this._server.options.allowInsecureAuth) {

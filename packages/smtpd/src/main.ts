@@ -21,6 +21,7 @@ import { NO_STORAGE } from './queue-space.js';
 import { dovecotSaslFor } from './dovecot-sasl.js';
 import { buildPolicy } from './policy.js';
 import { SessionContext, clients, clientName, sessionHandlers, onPipeliningViolation } from './session.js';
+import { dsnOfMessage, dsnOfRecipient } from './dsn.js';
 
 installEnhancedCodeShim();
 
@@ -68,6 +69,9 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       size: policy.sizeLimit,
       secure: wrapper,
       hideENHANCEDSTATUSCODES: false,
+      // RFC 3461 DSN always (as Postfix); RFC 8689 REQUIRETLS, which smtp-server lists only once the session is TLS
+      hideDSN: false,
+      hideREQUIRETLS: false,
       authOptional: true,
       authMethods: ['PLAIN', 'LOGIN'],
       allowInsecureAuth: false,
@@ -104,12 +108,13 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     try {
       await sub.envelope({
         sender: from,
-        recipients: session.envelope.rcptTo.map((r) => ({ address: r.address })),
+        recipients: session.envelope.rcptTo.map((r) => ({ address: r.address, ...dsnOfRecipient(r) })),
         // cleanup takes one line of at most 255 characters: a client's odd HELO is cut, not a reason to fail
         client: { address: session.remoteAddress, name: clients.get(session)?.name ?? 'unknown', helo: headerSafe(session.hostNameAppearsAs || '').slice(0, 255) },
         protocol: session.transmissionType,
         tls: session.secure ? describeTls(session) : null,
         sasl: session.user ? String(session.user) : undefined,
+        ...dsnOfMessage(session),
       });
       observers = createMessageObservers({ session, config: ctx.config, log, trusted: trusted || !!session.user });
       let aborted = false;

@@ -16,6 +16,7 @@ import { ClientLimits, sleep } from './limits.js';
 import { queueSpaceShort, NO_STORAGE } from './queue-space.js';
 import { DovecotSaslClient, dovecotCheck } from './dovecot-sasl.js';
 import { Policy, knownRecipient } from './policy.js';
+import { mailParamError, rcptParamError } from './dsn.js';
 
 type Reply = (err?: Error | null) => void;
 
@@ -134,6 +135,8 @@ export function onMailFrom(c: SessionContext, listener: ListenerRules, address: 
   const cb = replyLater(c, session, done);
   if (listener.tlsRequired && !session.secure) return cb(smtpError(530, '5.7.0', 'Must issue a STARTTLS command first'));
   if (listener.authRequired && !session.user) return cb(smtpError(530, '5.7.0', 'Authentication required'));
+  const badParam = mailParamError(address);
+  if (badParam) return cb(badParam);
   if (session.user && !loginOwnsAddress(String(session.user), address.address)) {
     // reject_sender_login_mismatch: an authenticated user sends only as an address they own
     log.info({ queue_id: 'NOQUEUE', client: clientName(session), sasl_username: String(session.user), from: address.address, status: 'reject' },
@@ -158,6 +161,8 @@ export function onRcptTo(c: SessionContext, address: SMTPServerAddress, session:
     `reject: RCPT from ${clientName(session)}: ${code} ${enhanced} ${text}`);
     cb(smtpError(code, enhanced, text));
   };
+  const badParam = rcptParamError(address);
+  if (badParam) return reject(badParam.responseCode, badParam.enhanced, badParam.message.slice(badParam.enhanced.length + 1));
   // one policy for the whole RCPT, even if a reload comes while it is checked
   const current = c.policy();
   if (session.envelope.rcptTo.length >= current.recipientLimit) return reject(452, '4.5.3', 'Error: too many recipients', 'smtpd_recipient_limit');

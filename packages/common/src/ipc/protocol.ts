@@ -65,6 +65,11 @@ export interface DeliveryResult {
   dsn: string;
   reason: string;
   relay?: string;
+  /**
+   * smtp only, for a recipient sent: `passed` when the next hop offers DSN and took NOTIFY (it reports success
+   * itself, so no notice here), `relayed` when it does not (a "relayed" success notice). Absent: final delivery.
+   */
+  dsnAction?: 'passed' | 'relayed';
   /** The TLS of the session that gave this result (smtp only): policy, trust, whether verified (DANE or MTA-STS). */
   tls?: DeliveryTls;
 }

@@ -122,6 +122,8 @@ const recipientAddress = { ...address, min: 1 } as const;
 const hostText = { type: 'string', max: 255 } as const;
 /** DSN NOTIFY (RFC 3461). */
 const notify = { type: 'array', max: 8, min: 1, items: { type: 'string', max: 7, values: ['NEVER', 'SUCCESS', 'FAILURE', 'DELAY'] } } as const;
+/** DSN ORCPT (RFC 3461 4.2): addr-type;address, xtext decoded, at most 500 characters. */
+const orcpt = { type: 'string', max: 500, pattern: /^[A-Za-z0-9-]+;.+$/ } as const;
 const dsn = {
   type: 'object', fields: {
     ret: opt({ type: 'string', max: 4, values: ['FULL', 'HDRS'] }),
@@ -132,8 +134,9 @@ const dsn = {
 
 /**
  * Requests on `private/cleanup`: smtpd's. origin is `smtpd` because of the
- * socket; a recipient is just an address (ORCPT, alias results are cleanup's
- * own); uid and user do not exist for it.
+ * socket; a recipient is an address with the client's DSN NOTIFY and ORCPT;
+ * the envelope may carry DSN RET/ENVID and REQUIRETLS; uid and user do not
+ * exist for it.
  */
 export function smtpdMessageRequest(recipientLimit: number) {
   return {
@@ -142,7 +145,11 @@ export function smtpdMessageRequest(recipientLimit: number) {
       envelope: {
         type: 'object', fields: {
           sender: address,
-          recipients: { type: 'array', min: 1, max: recipientLimit, items: { type: 'object', fields: { address: recipientAddress } } },
+          recipients: {
+            type: 'array', min: 1, max: recipientLimit, items: {
+              type: 'object', fields: { address: recipientAddress, notify: opt(notify), orcpt: opt(orcpt) },
+            },
+          },
           client: {
             type: 'object', fields: {
               // the peer's IP address as the socket reported it
@@ -154,6 +161,9 @@ export function smtpdMessageRequest(recipientLimit: number) {
           protocol: { type: 'string', max: 16, pattern: /^[A-Z]+$/ },
           tls: { type: 'either', of: [{ type: 'null' }, { type: 'string', max: 200 }] },
           sasl: opt({ type: 'string', max: 320, min: 1 }),
+          dsn: opt(dsn),
+          // RFC 8689: only smtpd's socket may ask for it (the client said REQUIRETLS over TLS)
+          requireTls: opt({ type: 'boolean' }),
         },
       },
     },
