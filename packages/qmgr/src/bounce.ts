@@ -10,11 +10,12 @@ import * as fsp from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import {
   MainConfig, QueueFileInfo, StatusRecord, Spool, Logger, rfc5322Date, headerSafe, appendStatus, CLEANUP_LOCAL,
-  submitMessage, LocalEnvelope,
+  submitMessage, LocalEnvelope, DeliveryResult,
 } from '@postern/common';
 import { backscatterReason } from './backscatter.js';
 
-export type DsnKind = 'failed' | 'delayed';
+/** failed: bounced recipients; delayed: the delay warning; success: NOTIFY=SUCCESS recipients delivered or relayed. */
+export type DsnKind = 'failed' | 'delayed' | 'success';
 
 /** One recipient as a notification reports it, from its last status record. */
 export interface DsnRecipient {
@@ -29,6 +30,8 @@ export interface DsnRecipient {
   relay?: string;
   /** Time of the last attempt, ms since the epoch. */
   at?: number;
+  /** A success notice's action: `relayed` to a next hop without DSN, else `delivered`. */
+  action?: 'delivered' | 'relayed';
 }
 
 /** Most header bytes returned: a header section larger than this is cut at a line end. */
@@ -59,6 +62,23 @@ export function dsnRecipients(info: QueueFileInfo, status: 'bounced' | 'deferred
     if (notify.length && !notify.includes(wanted)) return;
     out.push({ address: r.address, orcpt: r.orcpt, dsn: s.dsn, reason: s.reason, relay: s.relay, at: s.at });
   });
+  return out;
+}
+
+/**
+ * Recipients just sent whose NOTIFY asks for SUCCESS, except those a next hop
+ * that offers DSN took NOTIFY for: it reports success itself (RFC 3461 5.2.2,
+ * as Postfix's smtp client drops SUCCESS then).
+ */
+export function successRecipients(info: QueueFileInfo, results: DeliveryResult[]): DsnRecipient[] {
+  const out: DsnRecipient[] = [];
+  for (const res of results) {
+    const r = info.envelope.recipients[res.index];
+    if (!r || res.status !== 'sent' || res.dsnAction === 'passed') continue;
+    if (!(r.notify ?? []).some((n) => n.toUpperCase() === 'SUCCESS')) continue;
+    out.push({ address: r.address, orcpt: r.orcpt, dsn: res.dsn?.startsWith('2.') ? res.dsn : '2.0.0', reason: res.reason, relay: res.relay,
+      at: Date.now(), action: res.dsnAction === 'relayed' ? 'relayed' : 'delivered' });
+  }
   return out;
 }
 
@@ -189,6 +209,15 @@ function humanReadable(recipients: DsnRecipient[], config: MainConfig, kind: Dsn
   if (kind === 'failed') {
     lines.push('I\'m sorry to have to inform you that your message could not',
       `be delivered to one or more recipients. ${attached}`);
+  } else if (kind === 'success') {
+    // Postfix's wording
+    lines.push('Your message was successfully delivered to the destination(s)',
+      'listed below. If the message was delivered to mailbox you will',
+      'receive no further notifications. Otherwise you may still receive',
+      'notifications of mail delivery errors from other systems.', '',
+      '                   The mail system', '');
+    for (const r of recipients) lines.push(explain(r), '');
+    return lines.join('\r\n');
   } else {
     lines.push('####################################################################',
       '# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #',
@@ -215,8 +244,8 @@ function deliveryStatus(info: QueueFileInfo, recipients: DsnRecipient[], config:
   for (const r of recipients) {
     out += '\r\n' + field('Final-Recipient', `rfc822; ${r.address}`);
     if (r.orcpt) out += field('Original-Recipient', originalRecipient(r.orcpt));
-    out += field('Action', kind);
-    out += field('Status', r.dsn || (kind === 'failed' ? '5.0.0' : '4.0.0'));
+    out += field('Action', kind === 'success' ? r.action ?? 'delivered' : kind);
+    out += field('Status', r.dsn || (kind === 'failed' ? '5.0.0' : kind === 'success' ? '2.0.0' : '4.0.0'));
     const mta = remoteMta(r.relay);
     if (mta) out += field('Remote-MTA', mta);
     if (r.reason) out += field('Diagnostic-Code', diagnosticCode(r.reason));
@@ -235,7 +264,8 @@ export async function buildDsn(info: QueueFileInfo, recipients: DsnRecipient[], 
   now = new Date()): Promise<Buffer> {
   const env = info.envelope;
   const host = config.get('myhostname');
-  const whole = kind === 'failed' && env.dsn?.ret === 'FULL'
+  // a REQUIRETLS message's content does not go back in a notice that travels without REQUIRETLS (RFC 8689 5)
+  const whole = kind === 'failed' && env.dsn?.ret === 'FULL' && !env.requireTls
     && info.prepend.length + info.messageLength <= config.int('bounce_size_limit');
   const original = whole ? await readWholeMessage(info) : await readHeaderSection(info);
   const text = humanReadable(recipients, config, kind, whole ? 'message' : 'headers');
@@ -251,7 +281,7 @@ export async function buildDsn(info: QueueFileInfo, recipients: DsnRecipient[], 
     `Date: ${rfc5322Date(now)}`,
     `From: Mail Delivery System <${config.get('bounce_template_sender')}@${host}>`,
     `To: ${headerSafe(env.sender)}`,
-    `Subject: ${kind === 'failed' ? 'Undelivered Mail Returned to Sender' : 'Delayed Mail (still being retried)'}`,
+    `Subject: ${kind === 'failed' ? 'Undelivered Mail Returned to Sender' : kind === 'success' ? 'Successful Mail Delivery Report' : 'Delayed Mail (still being retried)'}`,
     `Message-ID: <${stamp}.${env.id}.${randomBytes(4).toString('hex')}@${host}>`,
     'Auto-Submitted: auto-replied',
     'MIME-Version: 1.0',
@@ -273,7 +303,7 @@ export async function buildDsn(info: QueueFileInfo, recipients: DsnRecipient[], 
     '',
     status,
     `--${boundary}`,
-    `Content-Description: ${whole ? 'Undelivered Message' : kind === 'failed' ? 'Undelivered Message Headers' : 'Delayed Message Headers'}`,
+    `Content-Description: ${whole ? 'Undelivered Message' : kind === 'failed' ? 'Undelivered Message Headers' : kind === 'success' ? 'Message Headers' : 'Delayed Message Headers'}`,
     `Content-Type: ${originalType}`,
     ...(isAscii(original) ? [] : ['Content-Transfer-Encoding: 8bit']),
     '',
@@ -329,6 +359,29 @@ export async function notifySenderOfBounces(ctx: DsnContext, info: QueueFileInfo
     ctx.log.warn({ queue_id: env.id, to: `<${env.sender}>`, err: (e as Error).message },
       'sender non-delivery notification not queued; the message stays deferred and it is tried again');
     return false;
+  }
+}
+
+/**
+ * NOTIFY=SUCCESS: tell the sender these recipients were delivered (or relayed
+ * to a next hop without DSN). Sent once, after the attempt that delivered
+ * them; one that cannot be queued is logged and not retried (the mail itself
+ * was delivered; Postfix defers the recipient instead, which would deliver it twice).
+ */
+export async function notifySenderOfSuccess(ctx: DsnContext, info: QueueFileInfo, recipients: DsnRecipient[]): Promise<void> {
+  const env = info.envelope;
+  if (env.sender === '') return; // a notification about a notification is never sent
+  const noDsn = backscatterReason(env, ctx.config);
+  if (noDsn) {
+    ctx.log.info({ queue_id: env.id, from: `<${env.sender}>`, nrcpt: recipients.length }, `no success DSN: ${noDsn}`);
+    return;
+  }
+  try {
+    const dsnId = await queueDsn(ctx, info, recipients, 'success');
+    ctx.log.info({ queue_id: env.id, dsn_queue_id: dsnId, to: `<${env.sender}>`, nrcpt: recipients.length },
+      `sender delivery status notification: ${dsnId}`);
+  } catch (e) {
+    ctx.log.warn({ queue_id: env.id, to: `<${env.sender}>`, err: (e as Error).message }, 'sender success notification not queued');
   }
 }
 

@@ -15,7 +15,7 @@ import {
   QmgrRequest, QueueAdminReply, TriggerReply,
 } from '@postern/common';
 import { planDeliveries, DeliveryGroup } from './route.js';
-import { notifySenderOfBounces, warnSenderOfDelay } from './bounce.js';
+import { notifySenderOfBounces, warnSenderOfDelay, notifySenderOfSuccess, successRecipients, DsnRecipient } from './bounce.js';
 import { QueueAdmin } from './admin.js';
 
 /** Counting semaphore per key (transport/destination). */
@@ -194,7 +194,10 @@ class QueueManager {
       return this.finish(id, info);
     }
     const groups = planDeliveries(pending.map((r) => ({ index: r.index, address: env.recipients[r.index].address })), this.config);
-    const records = (await Promise.all(groups.map((g) => this.deliverGroup(info, g)))).flat();
+    const successes: DsnRecipient[] = [];
+    const records = (await Promise.all(groups.map((g) => this.deliverGroup(info, g, successes)))).flat();
+    // NOTIFY=SUCCESS: the notice goes before the file may be removed below
+    if (successes.length) await notifySenderOfSuccess(this.ctx, info, successes);
     // every recipient delivered now, none bounced earlier (those need a DSN): nothing is left to remember
     const allSentNow = pending.length > 0 && pending.length === env.recipients.length
       && pending.every((p) => records.some((r) => r.type === 'rcpt' && r.index === p.index && r.status === 'sent'));
@@ -232,7 +235,7 @@ class QueueManager {
   }
 
   /** One delivery request; returns the status records to write (the caller writes them once). */
-  private async deliverGroup(info: QueueFileInfo, group: DeliveryGroup): Promise<StatusRecord[]> {
+  private async deliverGroup(info: QueueFileInfo, group: DeliveryGroup, successes: DsnRecipient[]): Promise<StatusRecord[]> {
     const key = `${group.transport}:${group.nexthop}`;
     await this.limits.acquire(key, group.concurrency);
     let results: DeliveryResult[];
@@ -248,6 +251,7 @@ class QueueManager {
     const known = new Set(group.recipients.map((r) => r.index));
     const records: StatusRecord[] = results.filter((r) => known.has(r.index))
       .map((r) => ({ type: 'rcpt', index: r.index, status: r.status, dsn: r.dsn, reason: r.reason, relay: r.relay, at: Date.now() }));
+    successes.push(...successRecipients(info, results.filter((r) => known.has(r.index))));
     for (const r of group.recipients) {
       if (!results.some((x) => x.index === r.index)) {
         records.push({ type: 'rcpt', index: r.index, status: 'deferred', dsn: '4.3.0', reason: 'delivery agent gave no result', at: Date.now() });

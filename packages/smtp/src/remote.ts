@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import {
   MainConfig, QueueFileInfo, openMessage, openTable, sharedResolver, resolveMailHosts, resolveMailHostsSecure, DnsError, Logger, IdlePool,
-  MailHost, SecureMailHost, TlsaData,
+  MailHost, SecureMailHost, TlsaData, Recipient,
 } from '@postern/common';
 import { DeliveryResult, dsnOf, oneLine } from './results.js';
 import { withoutSelf } from './loop.js';
@@ -208,11 +208,57 @@ function connect(t: Target, plaintext: boolean, config: MainConfig): Promise<any
   });
 }
 
-function sendOn(conn: any, info: QueueFileInfo, to: string[]): Promise<{ err: any; info: any }> {
+/**
+ * Send the message to `to` on an open session. DSN parameters go along when the
+ * server offers DSN (nodemailer adds RET/ENVID to MAIL itself; NOTIFY and ORCPT
+ * are per recipient, which its one-per-envelope `dsn` cannot say, so the RCPT
+ * arguments come from the queue file here); REQUIRETLS when the message asks.
+ */
+function sendOn(conn: any, info: QueueFileInfo, to: { index: number; address: string }[]): Promise<{ err: any; info: any }> {
+  const env = info.envelope;
+  const byAddress = new Map<string, number>();
+  for (const r of to) if (!byAddress.has(r.address)) byAddress.set(r.address, r.index);
+  conn._getDsnRcptToArgs = function (this: any): string {
+    if (!this._supportedExtensions.includes('DSN')) return '';
+    const rcpt = env.recipients[byAddress.get(this._recipientQueue[this._recipientQueue.length - 1]) ?? -1];
+    return rcpt ? ' ' + rcptDsnArgs(rcpt).join(' ') : '';
+  };
+  const dsn = env.dsn?.ret || env.dsn?.envid ? { ret: env.dsn.ret, envid: env.dsn.envid } : undefined;
   return new Promise((resolve) => {
-    conn.send({ from: info.envelope.sender, to, size: info.messageLength + info.prepend.length } as any, openMessage(info) as any,
-      (err: any, sent: any) => resolve({ err, info: sent }));
+    conn.send({ from: env.sender, to: to.map((r) => r.address), size: info.messageLength + info.prepend.length,
+      ...(dsn ? { dsn } : {}), ...(env.requireTls ? { requireTLSExtensionEnabled: true } : {}) } as any, openMessage(info) as any,
+    (err: any, sent: any) => resolve({ err, info: sent }));
   });
+}
+
+/** xtext (RFC 3461 4): `+`, `=`, controls, space and non-ASCII bytes as +XX. */
+function xtext(s: string): string {
+  return [...Buffer.from(s, 'utf8')].map((b) => (b < 0x21 || b > 0x7e || b === 0x2b || b === 0x3d
+    ? `+${b.toString(16).toUpperCase().padStart(2, '0')}` : String.fromCharCode(b))).join('');
+}
+
+/** NOTIFY and ORCPT for one recipient: the client's, else (ORCPT) `rfc822;` and the original address, as Postfix. */
+export function rcptDsnArgs(r: Recipient): string[] {
+  const args: string[] = [];
+  if (r.notify?.length) args.push(`NOTIFY=${r.notify.join(',')}`);
+  const orcpt = r.orcpt ? (/^[A-Za-z0-9-]+;/.test(r.orcpt) ? r.orcpt : `rfc822;${r.orcpt}`) : `rfc822;${r.address}`;
+  const i = orcpt.indexOf(';');
+  args.push(`ORCPT=${orcpt.slice(0, i)};${xtext(orcpt.slice(i + 1))}`);
+  return args;
+}
+
+/**
+ * RFC 8689: a REQUIRETLS message goes only over TLS authenticated by DANE or
+ * MTA-STS (testing mode counts, as RFC 8689 4.2.2 says) to a server that offers
+ * REQUIRETLS. Why not, or null.
+ */
+function requireTlsRefusal(conn: any, outcome: TlsOutcome | undefined, policy: HostPolicy): string | null {
+  if (!outcome?.tls) return 'no TLS session';
+  if (!outcome.verified || (policy.name !== 'dane' && policy.name !== 'mta-sts')) {
+    return `TLS not verified by DANE or MTA-STS (policy ${policy.name}${outcome.failure ? `: ${outcome.failure}` : ''})`;
+  }
+  if (!conn._supportedExtensions?.includes('REQUIRETLS')) return 'server does not offer REQUIRETLS';
+  return null;
 }
 
 export async function deliverRemote(info: QueueFileInfo, domain: string, recipients: { index: number; address: string }[],
@@ -225,10 +271,14 @@ export async function deliverRemote(info: QueueFileInfo, domain: string, recipie
   if (rt.defer) return all('deferred', rt.defer.dsn, rt.defer.reason);
   let lastError = `${domain}: no mail host could be reached`;
   let lastDsn = '4.4.1';
+  /** Hosts that answered but could not take a REQUIRETLS message. */
+  const requireTlsRefused: string[] = [];
+  let tried = 0;
   for (const t of rt.targets) {
     const key = `${t.address}:${t.port}`;
     const relay = `${t.host}[${t.address}]:${t.port}`;
     if (dead.isDead(key)) { lastError = `${relay}: host marked dead after an earlier failure`; continue; }
+    tried++;
     // an idle connection is reused only under the same policy (its certificate was checked for that one)
     const idleKey = `${key}|${t.host}|${t.policy.name}|${t.policy.sts?.mode ?? ''}|${(t.policy.tlsa ?? []).map((r) => r.data.toString('hex')).join(',')}`;
     let outcome: TlsOutcome | undefined;
@@ -292,7 +342,17 @@ export async function deliverRemote(info: QueueFileInfo, domain: string, recipie
         }
       }
     }
-    const result = await sendOn(conn, info, recipients.map((r) => r.address));
+    if (info.envelope.requireTls) {
+      const refusal = requireTlsRefusal(conn, outcome, t.policy);
+      if (refusal) {
+        // not this host; another MX may do (RFC 8689 4.2.1), else the message bounces below
+        idle.put(idleKey, conn, undefined, config.seconds('smtp_connection_cache_time') * 1000);
+        log.warn({ queue_id: queueId, relay, tls_policy: outcome?.policy, err: refusal }, `REQUIRETLS: ${relay}: ${refusal}; host not used`);
+        requireTlsRefused.push(`${relay}: ${refusal}`);
+        continue;
+      }
+    }
+    const result = await sendOn(conn, info, recipients);
     const rejected: any[] = result.err?.rejectedErrors ?? result.info?.rejectedErrors ?? [];
     if (result.err && !result.err.rejectedErrors) {
       const err = result.err;
@@ -313,9 +373,17 @@ export async function deliverRemote(info: QueueFileInfo, domain: string, recipie
         return { index: r.index, status: rej.responseCode >= 500 ? 'bounced' : 'deferred',
           dsn: dsnOf(rej.response, rej.responseCode), reason: `host ${relay} said: ${oneLine(rej.response)}`, relay, tls: outcome };
       }
-      if (accepted.has(r.address)) return { index: r.index, status: 'sent', dsn: dsnOf(result.info?.response) , reason: oneLine(result.info?.response), relay, tls: outcome };
+      if (accepted.has(r.address)) {
+        // a next hop that offers DSN got NOTIFY and reports success itself (Postfix's smtp_rcpt_done)
+        const dsnAction = conn._supportedExtensions?.includes('DSN') ? 'passed' : 'relayed';
+        return { index: r.index, status: 'sent', dsn: dsnOf(result.info?.response), reason: oneLine(result.info?.response), relay, tls: outcome, dsnAction };
+      }
       return { index: r.index, status: 'deferred', dsn: '4.4.2', reason: `no reply from ${relay} for this recipient`, relay, tls: outcome };
     });
+  }
+  if (requireTlsRefused.length && requireTlsRefused.length === tried) {
+    // RFC 8689 5: no fallback to delivery without REQUIRETLS; a permanent failure
+    return all('bounced', '5.7.10', `REQUIRETLS: no mail host of ${domain} meets the requirement: ${requireTlsRefused.join('; ')}`);
   }
   return all('deferred', lastDsn, lastError);
 }
