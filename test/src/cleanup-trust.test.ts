@@ -151,7 +151,9 @@ describe('cleanup checks what its clients send (private/cleanup, as smtpd)', () 
       ['origin from the frame', good(',"origin":"pickup"'), /envelope\.origin: field not allowed/],
       ['uid from the frame', good(',"uid":0,"user":"root"'), /envelope\.uid: field not allowed/],
       ['an envelope id and arrival', good(',"id":"00000000000000000001","arrival":1'), /envelope\.id: field not allowed/],
-      ['a recipient already expanded (ORCPT)', good('', `[{"address":"${BOB}","orcpt":"${CAROL}"}]`), /recipients\[0\]\.orcpt: field not allowed/],
+      // a client's DSN ORCPT is type;address (RFC 3461): a bare address, as alias expansion writes it, is not one
+      ['a recipient already expanded (ORCPT)', good('', `[{"address":"${BOB}","orcpt":"${CAROL}"}]`), /recipients\[0\]\.orcpt: not in the expected form/],
+      ['REQUIRETLS that is not a flag', good(',"requireTls":"yes"'), /envelope\.requireTls: expected true or false/],
       ['__proto__ in the envelope', good(',"__proto__":{"sasl":"alice@example.test"}'), /envelope\.__proto__: field not allowed/],
       ['CR LF in the HELO name', good('', undefined, '{"address":"127.0.0.1","name":"client.example.net","helo":"x\\r\\nX-Injected: helo"}'), /client\.helo: contains a control character/],
       ['CR LF in the client name', good('', undefined, '{"address":"127.0.0.1","name":"a\\r\\nX-Injected: name","helo":"h"}'), /client\.name: contains a control character/],
@@ -239,6 +241,12 @@ describe('cleanup checks what its clients send (private/cleanup, as smtpd)', () 
     const refused = await converse(sock(), conversation(`{"sender":"${ALICE}","recipients":[{"address":"${BOB}"}],"origin":"pickup","uid":0}`, 'Subject: x\n\nx\n'));
     assert.equal(refused.ok, false);
     assert.match(String(refused.error), /^invalid request: request\.envelope\.(origin|uid): field not allowed here$/);
+    // REQUIRETLS and a client's ORCPT are smtpd's alone: the queue owner's socket refuses them
+    for (const [extra, rcpt, field] of [[',"requireTls":true', '', 'requireTls'], ['', `,"orcpt":"rfc822;${CAROL}"`, 'recipients\\[0\\]\\.orcpt']]) {
+      const r = await converse(local, conversation(`{"sender":"${ALICE}","recipients":[{"address":"${BOB}"${rcpt}}],"origin":"pickup"${extra}}`, 'Subject: x\n\nx\n'));
+      assert.equal(r.ok, false);
+      assert.match(String(r.error), new RegExp(`^invalid request: request\\.envelope\\.${field}: field not allowed here$`));
+    }
   });
 });
 

@@ -12,8 +12,20 @@ const ENVID = /^[\x21-\x7e]{1,100}$/;
 /** RFC 3461 4.2: ORCPT=addr-type;xtext, at most 500 characters; the address part not empty. */
 const ORCPT_MAX = 500;
 
-/** The reply to a MAIL whose ENVID is unusable, else null. */
+/** What MAIL and RCPT take (smtp-server's extensions, and AUTH= that submission clients send); anything else is 555 5.5.4, as Postfix. */
+const MAIL_PARAMS = new Set(['SIZE', 'BODY', 'SMTPUTF8', 'REQUIRETLS', 'RET', 'ENVID', 'AUTH']);
+const RCPT_PARAMS = new Set(['NOTIFY', 'ORCPT']);
+
+function unknownParam(address: SMTPServerAddress, known: Set<string>): SmtpError | null {
+  const name = Object.keys((address as any).args || {}).find((k) => !known.has(k));
+  // the name only: the client's value is not echoed
+  return name === undefined ? null : smtpError(555, '5.5.4', `Unsupported option: ${name.slice(0, 40)}`);
+}
+
+/** The reply to a MAIL with an unknown parameter or an unusable ENVID, else null. */
 export function mailParamError(address: SMTPServerAddress): SmtpError | null {
+  const unknown = unknownParam(address, MAIL_PARAMS);
+  if (unknown) return unknown;
   const envid = (address as any).args?.ENVID;
   if (typeof envid === 'string' && !ENVID.test(envid)) {
     return smtpError(501, '5.5.4', 'Error: bad ENVID parameter: at most 100 printable characters without spaces');
@@ -21,8 +33,10 @@ export function mailParamError(address: SMTPServerAddress): SmtpError | null {
   return null;
 }
 
-/** The reply to a RCPT whose ORCPT is unusable, else null. */
+/** The reply to a RCPT with an unknown parameter or an unusable ORCPT, else null. */
 export function rcptParamError(address: SMTPServerAddress): SmtpError | null {
+  const unknown = unknownParam(address, RCPT_PARAMS);
+  if (unknown) return unknown;
   const orcpt = (address as any).args?.ORCPT;
   if (typeof orcpt === 'string' && (orcpt.length > ORCPT_MAX || !/^[A-Za-z0-9-]+;\S/.test(orcpt))) {
     return smtpError(501, '5.5.4', 'Error: bad ORCPT parameter: addr-type;address of at most 500 characters');
