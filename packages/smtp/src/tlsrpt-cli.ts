@@ -27,7 +27,12 @@ async function main(): Promise<number> {
     return 0;
   }
   if (cmd === 'send') {
-    const results = await sendReports(config, spoolRoot, log, true);
+    // smtp's timer holds the lock for a moment at most: wait a little for it (bounded)
+    let results = await sendReports(config, spoolRoot, log, true);
+    for (let i = 0; !results && i < 20; i++) {
+      await new Promise((r) => setTimeout(r, 500));
+      results = await sendReports(config, spoolRoot, log, true);
+    }
     if (!results) { process.stderr.write('another TLS-RPT run holds the lock; try again\n'); return 75; }
     process.stdout.write(JSON.stringify(results) + '\n');
     return results.some((r) => r.failed.length) ? 1 : 0;
