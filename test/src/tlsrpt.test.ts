@@ -14,6 +14,7 @@ import * as path from 'node:path';
 import * as https from 'node:https';
 import * as zlib from 'node:zlib';
 import { simpleParser } from 'mailparser';
+import { SMTPServer } from 'smtp-server';
 import { Instance, waitFor, freePort, IS_ROOT, run, runAsync, submitAs, POSTERN } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
 import { TestCa, TlsSink, selfSigned } from './tls-fixtures.js';
@@ -32,6 +33,8 @@ describe('TLS-RPT (RFC 8460)', () => {
   let a: Instance;
   let web: https.Server;
   let verified: TlsSink, self: TlsSink;
+  /** A receiver that offers no STARTTLS. */
+  let plaintext: SMTPServer;
   let httpsPort: number;
   /** POSTs the HTTPS server got for /tlsrpt, and how many it is to refuse (503) first. */
   const posts: { type: string; body: Buffer; status: number }[] = [];
@@ -62,6 +65,9 @@ describe('TLS-RPT (RFC 8460)', () => {
     await new Promise<void>((r) => web.listen(httpsPort, '127.0.0.50', r));
     verified = await new TlsSink('127.0.0.51', port, ca.issue(['mx.good.test', 'mx2.bad.test', 'mx.plain.test'])).start();
     self = await new TlsSink('127.0.0.52', port, selfSigned('mx1.bad.test')).start();
+    plaintext = new SMTPServer({ disabledCommands: ['AUTH', 'STARTTLS'], logger: false,
+      onData: (stream: any, _s: any, cb: () => void) => { stream.resume(); stream.on('end', () => cb()); } } as any);
+    await new Promise<void>((r) => plaintext.listen(port, '127.0.0.53', () => r()));
     const records: any[] = [];
     for (const d of Object.keys(POLICIES)) {
       records.push({ name: `_mta-sts.${d}`, type: 'TXT', value: 'v=STSv1; id=20261203', ttl: 1 });
@@ -74,6 +80,9 @@ describe('TLS-RPT (RFC 8460)', () => {
       { name: 'mx1.bad.test', type: 'A', value: '127.0.0.52' }, { name: 'mx2.bad.test', type: 'A', value: '127.0.0.51' },
       // plain.test: no MTA-STS, no DANE: opportunistic TLS (no-policy-found)
       { name: 'plain.test', type: 'MX', value: '10 mx.plain.test' }, { name: 'mx.plain.test', type: 'A', value: '127.0.0.51' },
+      // notls.test: no policy, and its MX offers no STARTTLS (delivered in plaintext, reported as a failure)
+      { name: 'notls.test', type: 'MX', value: '10 mx.notls.test' }, { name: 'mx.notls.test', type: 'A', value: '127.0.0.53' },
+      { name: '_smtp._tls.notls.test', type: 'TXT', value: `v=TLSRPTv1; rua=mailto:${RUA_BOX}` },
       { name: '_smtp._tls.good.test', type: 'TXT', value: `v=TLSRPTv1; rua=mailto:${RUA_BOX}` },
       { name: '_smtp._tls.plain.test', type: 'TXT', value: `v=TLSRPTv1;rua=mailto:${RUA_BOX}` },
       { name: '_smtp._tls.bad.test', type: 'TXT', value: `v=TLSRPTv1; rua=https://reports.bad.test:${httpsPort}/tlsrpt` },
@@ -90,6 +99,7 @@ describe('TLS-RPT (RFC 8460)', () => {
     if (a) { if (!process.env.KEEP) await a.destroy(); else { await a.stop(); console.log('kept', a.dir); } }
     await verified?.stop();
     await self?.stop();
+    if (plaintext) await new Promise<void>((r) => plaintext.close(() => r()));
     if (web?.listening) await new Promise((r) => web.close(r));
     await dns?.close();
   });
@@ -114,11 +124,12 @@ describe('TLS-RPT (RFC 8460)', () => {
     const bad1 = await deliver('r1@bad.test', 'bad one');
     await deliver('r2@bad.test', 'bad two');
     await deliver('r1@plain.test', 'plain one');
+    await deliver('r1@notls.test', 'notls one');
     // the refused first MX of bad.test is in the log as MTA-STS refused it
     await a.waitForLog('mx1 refused', (e) => e.queue_id === bad1 && /MTA-STS policy for bad\.test \(enforce\): mx1\.bad\.test\[127\.0\.0\.52\]/.test(e.msg));
     const rows = await list();
     const by = (d: string) => rows.filter((r: any) => r.domain === d);
-    assert.deepEqual(rows.map((r: any) => r.domain).sort(), ['bad.test', 'good.test', 'plain.test']);
+    assert.deepEqual(rows.map((r: any) => r.domain).sort(), ['bad.test', 'good.test', 'notls.test', 'plain.test']);
     const today = new Date().toISOString().slice(0, 10);
     for (const r of rows) { assert.equal(r.day, today); assert.equal(r.complete, false); }
     const [good] = by('good.test');
@@ -139,6 +150,11 @@ describe('TLS-RPT (RFC 8460)', () => {
     const [plain] = by('plain.test');
     assert.equal(plain.policies[0].policy['policy-type'], 'no-policy-found');
     assert.deepEqual(counts(plain.policies[0]), [1, 0]);
+    const [notls] = by('notls.test');
+    assert.equal(notls.policies[0].policy['policy-type'], 'no-policy-found');
+    assert.deepEqual(counts(notls.policies[0]), [0, 1]);
+    assert.equal(notls.policies[0]['failure-details'][0]['result-type'], 'starttls-not-supported');
+    assert.equal(notls.policies[0]['failure-details'][0]['receiving-ip'], '127.0.0.53');
     // the text table names the same
     const text = (await cli(['list'])).stdout;
     assert.match(text, /^bad\.test\s+\d{4}-\d{2}-\d{2}\*\s+sts\s+\*\.bad\.test\s+2\s+2\s+https:\/\/reports\.bad\.test:\d+\/tlsrpt$/m);
@@ -159,14 +175,14 @@ describe('TLS-RPT (RFC 8460)', () => {
     const bad = results.find((x: any) => x.domain === 'bad.test');
     assert.deepEqual(bad.sent, []);
     assert.match(bad.failed[0].error, /HTTP 503/);
-    const reports = await waitFor('two reports in the rua mailbox', () => (a.delivered(RUA_BOX).length >= 2 ? a.delivered(RUA_BOX) : null), 30000);
-    assert.equal(reports.length, 2);
+    const reports = await waitFor('three reports in the rua mailbox', () => (a.delivered(RUA_BOX).length >= 3 ? a.delivered(RUA_BOX) : null), 30000);
+    assert.equal(reports.length, 3);
     const byDomain = new Map<string, any>();
     for (const f of reports) {
       const m = await simpleParser(fs.readFileSync(f));
       byDomain.set(String(m.headers.get('tls-report-domain')), { m, raw: fs.readFileSync(f, 'utf8') });
     }
-    assert.deepEqual([...byDomain.keys()].sort(), ['good.test', 'plain.test']);
+    assert.deepEqual([...byDomain.keys()].sort(), ['good.test', 'notls.test', 'plain.test']);
     const { m, raw } = byDomain.get('good.test');
     assert.match(raw, /^Content-Type: multipart\/report; report-type="tlsrpt";/m);
     assert.match(String(m.subject), /^Report Domain: good\.test Submitter: mx\.a\.test Report-ID: <[^>]+>$/);
@@ -186,6 +202,9 @@ describe('TLS-RPT (RFC 8460)', () => {
     const plain = JSON.parse(zlib.gunzipSync(byDomain.get('plain.test').m.attachments[0].content).toString('utf8'));
     assert.equal(plain.policies[0].policy['policy-type'], 'no-policy-found');
     assert.deepEqual(counts(plain.policies[0]), [1, 0]);
+    const notls = JSON.parse(zlib.gunzipSync(byDomain.get('notls.test').m.attachments[0].content).toString('utf8'));
+    assert.deepEqual(counts(notls.policies[0]), [0, 1]);
+    assert.equal(notls.policies[0]['failure-details'][0]['result-type'], 'starttls-not-supported');
     // sent once: only the report the https: rua refused is still pending
     assert.deepEqual((await list()).map((x: any) => x.domain), ['bad.test']);
   });
