@@ -290,7 +290,8 @@ function lock(root: string): (() => void) | null {
     try {
       fs.writeFileSync(f, String(process.pid), { flag: 'wx', mode: 0o600 });
       return () => { try { fs.unlinkSync(f); } catch { /* gone */ } };
-    } catch {
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       // a holder killed mid-run leaves the file: stale after ten minutes
       const st = fs.statSync(f, { throwIfNoEntry: false });
       if (st && Date.now() - st.mtimeMs > 10 * 60 * 1000) { try { fs.unlinkSync(f); } catch { /* raced */ } continue; }
@@ -308,6 +309,7 @@ function lock(root: string): (() => void) | null {
  */
 export async function sendReports(config: MainConfig, spoolRoot: string, log: Logger, all: boolean): Promise<SendResult[] | null> {
   const root = dirOf(spoolRoot);
+  if (!fs.existsSync(root)) return []; // nothing ever recorded (master makes the directory at start)
   const unlock = lock(root);
   if (!unlock) return null;
   const results: SendResult[] = [];
