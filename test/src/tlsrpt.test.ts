@@ -230,4 +230,30 @@ describe('TLS-RPT (RFC 8460)', () => {
     assert.equal(rows.length, 1);
     assert.deepEqual(counts(rows[0].policies[0]), [1, 0]);
   });
+
+  it('a finished UTC day is reported for the whole day (00:00:00Z to 23:59:59Z), and a cut last line is not counted', async () => {
+    const day = new Date(Date.now() - 86400 * 1000).toISOString().slice(0, 10);
+    const dir = path.join(a.spool, 'tlsrpt', day);
+    fs.mkdirSync(dir, { mode: 0o700 });
+    const rec = (result: string) => JSON.stringify({ t: Date.parse(`${day}T12:00:00Z`), policy: { type: 'no-policy-found' }, result, mx: 'mx.bad.test', ip: '127.0.0.9',
+      ...(result === 'success' ? {} : { reason: 'STARTTLS was not done' }) });
+    // as smtp would leave it after a kill -9 in the middle of a line
+    fs.writeFileSync(path.join(dir, 'bad.test.jsonl'), `${rec('success')}\n${rec('starttls-not-supported')}\n${rec('success')}\n${rec('success').slice(0, 30)}`);
+    if (IS_ROOT) {
+      const relay = Number(run('id', ['-u', 'postern-relay']).stdout.trim());
+      for (const p of [dir, path.join(dir, 'bad.test.jsonl')]) fs.chownSync(p, relay, relay);
+    }
+    const [row] = (await list()).filter((x: any) => x.day === day);
+    assert.equal(row.complete, true);
+    assert.equal(row.start, `${day}T00:00:00Z`);
+    assert.equal(row.end, `${day}T23:59:59Z`);
+    assert.deepEqual(counts(row.policies[0]), [2, 1]);
+    const before = posts.length;
+    const r = await cli(['send', '--json']);
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    const json = JSON.parse(zlib.gunzipSync(posts[before].body).toString('utf8'));
+    assert.deepEqual(json['date-range'], { 'start-datetime': `${day}T00:00:00Z`, 'end-datetime': `${day}T23:59:59Z` });
+    assert.deepEqual(counts(json.policies[0]), [2, 1]);
+    assert.equal(json.policies[0]['failure-details'][0]['result-type'], 'starttls-not-supported');
+  });
 });
