@@ -23,6 +23,7 @@ import { addQueueAdminCommands } from './queue-admin.js';
 import { showLog } from './log.js';
 import { addDnsCommands } from './dns-check.js';
 import { addStatsCommand } from './stats.js';
+import { addTlsrptCommands } from './tlsrpt.js';
 
 const program = new Command();
 program.name('postern').description('Postern mail server control')
@@ -160,6 +161,7 @@ addSetupCommand(program, configDir);
 addMapCommands(program, configDir, (code) => { exitCode = code; });
 addDnsCommands(program, configDir, (code) => { exitCode = code; });
 addStatsCommand(program, configDir);
+addTlsrptCommands(program, configDir, (code) => { exitCode = code; });
 
 program.parseAsync(process.argv).then(() => { process.exitCode = exitCode; }, (e) => {
   process.stderr.write(`postern: ${(e as Error).message}\n`);

@@ -90,6 +90,7 @@ const SPOOL_DIRS: DirSpec[] = [
   { rel: 'public', uid: root, gid: root, mode: 0o755 },
   { rel: 'pid', uid: root, gid: root, mode: 0o755 },
   { rel: 'mta-sts', uid: (a) => a.relay.uid, gid: (a) => a.relay.gid, mode: 0o700 }, // smtp's MTA-STS policy cache (docs/tls-policy.md)
+  { rel: 'tlsrpt', uid: (a) => a.relay.uid, gid: (a) => a.relay.gid, mode: 0o700 }, // smtp's TLS-RPT session records and report state (docs/tlsrpt.md)
 ];
 
 export interface SpoolDifference {

@@ -11,6 +11,7 @@ import {
 } from '@postern/common';
 import { deliverByLmtp, lmtpDestination } from './lmtp.js';
 import { deliverRemote, DeadHosts } from './remote.js';
+import { startReportTimer } from './tlsrpt-report.js';
 
 async function start(ctx: ServiceContext): Promise<RunningService> {
   const { log, spool } = ctx;
@@ -62,9 +63,11 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     },
   });
 
+  // TLS-RPT: the finished days' reports (docs/tlsrpt.md); lmtp has no TLS policies to report on
+  const stopReports = lmtpMode ? () => undefined : startReportTimer(ctx.config, spool.root, log);
   return {
     listen: (h) => server.listen(h),
-    stop: () => server.stop(),
+    stop: () => { stopReports(); return server.stop(); },
   };
 }
 

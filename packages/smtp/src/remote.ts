@@ -20,6 +20,7 @@ import { DeliveryResult, dsnOf, oneLine } from './results.js';
 import { withoutSelf } from './loop.js';
 import { HostPolicy, TlsOutcome, checkPeer, tlsLogLine, usableTlsa } from './tls-policy.js';
 import { stsPolicy, mxMatches } from './mta-sts.js';
+import { recordTlsAttempt } from './tlsrpt.js';
 
 type TlsLevel = 'none' | 'may' | 'encrypt' | 'dane';
 
@@ -282,6 +283,10 @@ export async function deliverRemote(info: QueueFileInfo, domain: string, recipie
     // an idle connection is reused only under the same policy (its certificate was checked for that one)
     const idleKey = `${key}|${t.host}|${t.policy.name}|${t.policy.sts?.mode ?? ''}|${(t.policy.tlsa ?? []).map((r) => r.data.toString('hex')).join(',')}`;
     let outcome: TlsOutcome | undefined;
+    // TLS-RPT (RFC 8460): each new session's TLS outcome is recorded for the domain's daily report (tlsrpt.ts)
+    let tlsError: any;
+    const report = (o: TlsOutcome | undefined, c?: any) => recordTlsAttempt(config, log, spoolRoot, queueId,
+      { domain, host: t.host, address: t.address, policy: t.policy, outcome: o, error: tlsError, localAddress: c?._socket?.localAddress });
     let conn = idle.take(idleKey)?.conn ?? null;
     if (conn) {
       // an idle connection may have been closed by the server meanwhile
@@ -295,6 +300,7 @@ export async function deliverRemote(info: QueueFileInfo, domain: string, recipie
         const err = e as any;
         // nodemailer reports a handshake broken after STARTTLS as ESOCKET with OpenSSL's text
         if (err.code === 'ESOCKET' && /SSL|TLS|certificate|handshake/i.test(String(err.message))) err.code = 'ETLS';
+        if (err.code === 'ETLS') tlsError = err;
         if (err.code === 'ETLS' && t.policy.connect === 'may') {
           // opportunistic TLS: a failed handshake means the same host in plaintext, as Postfix does
           log.info({ queue_id: queueId, relay, err: oneLine(err.message) }, 'TLS handshake failed; retrying in plaintext');
@@ -307,12 +313,14 @@ export async function deliverRemote(info: QueueFileInfo, domain: string, recipie
           if (err.responseCode >= 500) lastDsn = dsnOf(err.response, err.responseCode);
         }
         if (!conn) {
+          if (tlsError) await report(undefined);
           if (err.code !== 'ETLS') dead.markDead(key);
           continue;
         }
       }
       outcome = checkPeer(conn._socket, t.policy, t.host);
       conn.posternTls = outcome;
+      await report(outcome, conn);
       if (outcome.tls) {
         log.info({ queue_id: queueId, relay, tls_policy: outcome.policy, verified: outcome.verified, protocol: outcome.protocol, cipher: outcome.cipher },
           tlsLogLine(outcome, relay));
