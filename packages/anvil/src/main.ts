@@ -13,11 +13,10 @@
  * closes, so a crashed smtpd leaves no phantom connections behind. Holds
  * nothing but counters; needs no privileges.
  */
-import { runService, ServiceContext, RunningService, serveRequests, AnvilRequest, AnvilReply } from '@postern/common';
+import { runService, ServiceContext, RunningService, serveRequests, AnvilRequest, AnvilReply, validate, anvilRequest } from '@postern/common';
 import { ClientCounters } from './counters.js';
 
 const SWEEP_MS = 60_000;
-const MAX_NAME = 200;
 
 async function start(ctx: ServiceContext): Promise<RunningService> {
   const { log } = ctx;
@@ -27,10 +26,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
 
   /** One request; `open` is this link's registered connections, released when it closes. */
   function answer(req: AnvilRequest, open: Map<string, number>): AnvilReply {
-    const service = typeof req?.service === 'string' ? req.service : '';
-    const client = typeof req?.client === 'string' ? req.client : '';
-    if (!service || !client || service.length > MAX_NAME || client.length > MAX_NAME) return { ok: false, error: 'request needs service and client' };
-    const key = `${service}:${client}`;
+    const key = `${req.service}:${req.client}`;
     switch (req.type) {
       case 'connect': {
         open.set(key, (open.get(key) ?? 0) + 1);
@@ -48,15 +44,15 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         return { ok: true, rate: counters.event(key, req.type, req.type === 'auth' && req.peek === true) };
       case 'lookup':
         return { ok: true, ...counters.lookup(key) };
-      default:
-        return { ok: false, error: `unknown request ${JSON.stringify(String((req as { type?: unknown }).type)).slice(0, 40)}` };
     }
   }
 
   /** One link per smtpd process, requests in order; `open` is the connections it registered. */
   const server = serveRequests<AnvilRequest, AnvilReply, Map<string, number>>({
     many: true,
-    check: (raw) => raw as AnvilRequest, // answer() checks service and client itself
+    check: (raw) => validate(anvilRequest, raw),
+    log,
+    logFields: { socket: `private/${ctx.name}` },
     answer: (req, open) => answer(req, open),
     failure: (error) => ({ ok: false, error }),
     open: () => new Map<string, number>(),

@@ -124,10 +124,6 @@ export async function dkimSignatures(message: Readable, keys: SigningKey[]): Pro
 export async function signQueuedMessage(file: QueueFileWriter, env: Envelope, summary: HeaderSummary | null,
   tableFile: string, store: DkimKeyStore, log: Logger): Promise<void> {
   try {
-    if (summary && !summary.complete) {
-      log.warn({ queue_id: env.id }, 'header section too large to examine; not DKIM signing');
-      return;
-    }
     const domain = signingDomain(summary, env.sender);
     if (!domain) return;
     const keys = await store.keysFor(tableFile, domain, env.id);

@@ -19,7 +19,6 @@ export function makeMessageId(queueId: string, arrival: Date, hostname: string):
  * be there is Resent-Message-ID: and Resent-Date:, not the originals.
  */
 export function missingHeaders(s: HeaderSummary, queueId: string, arrival: Date, hostname: string, date: string): string[] {
-  if (!s.complete) return [];
   const resent = [...s.names].some((n) => n.startsWith('resent-')) ? 'Resent-' : '';
   const out: string[] = [];
   if (!s.names.has(`${resent.toLowerCase()}message-id`)) out.push(`${resent}Message-ID: ${makeMessageId(queueId, arrival, hostname)}`);

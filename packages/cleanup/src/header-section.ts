@@ -16,8 +16,6 @@ export interface HeaderSummary {
   from: string[];
   /** Unfolded value of the first Message-ID: field. */
   messageId?: string;
-  /** Always true: a header section over the limit is cut (see `truncated`), never passed on unexamined. */
-  complete: boolean;
   /** The header section was longer than the limit: it was cut there and the rest became body. */
   truncated: boolean;
   /** How many Received: fields the message brought (the hop count). */
@@ -222,5 +220,5 @@ export function summarise(header: Buffer): HeaderSummary {
     if (name === 'from') from.push(value);
     else if (name === 'message-id' && messageId === undefined) messageId = value;
   }
-  return { names, from, messageId, complete: true, truncated: false, received, hasSeparator: false, endsWithNewline: true };
+  return { names, from, messageId, truncated: false, received, hasSeparator: false, endsWithNewline: true };
 }

@@ -25,7 +25,7 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import {
-  MainConfig, Spool, QueueName, ServiceAccounts, isQueueId, readQueueFile, CorruptQueueFile, serviceAccounts, prepareSpool, HASH_DIR_NAME,
+  MainConfig, Spool, QueueName, ServiceAccounts, isQueueId, readQueueFile, CorruptQueueFile, serviceAccounts, prepareSpool, HASH_DIR_NAME, openDirNoFollow,
 } from '@postern/common';
 
 /** A temporary file older than this is abandoned (smtpd_timeout is minutes). */
@@ -45,14 +45,10 @@ export async function checkSpool(config: MainConfig, spool: Spool, running: bool
   };
   /** deferred/H opened without following a link; null (and reported) when it is not a directory. */
   const openHashDir = (dir: string): { fd: number; alias: string } | null => {
-    let fd: number;
-    try {
-      fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_DIRECTORY | fs.constants.O_NONBLOCK);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'ELOOP' || code === 'ENOTDIR') actions.push(`left ${rel(dir)} alone: not a directory (a link is never followed); remove it by hand`);
-      return null;
-    }
+    let fd: ReturnType<typeof openDirNoFollow>;
+    try { fd = openDirNoFollow(dir); } catch { return null; } // unreadable: nothing to check in it
+    if (fd === 'not a directory') actions.push(`left ${rel(dir)} alone: not a directory (a link is never followed); remove it by hand`);
+    if (typeof fd !== 'number') return null;
     const alias = `/proc/self/fd/${fd}`;
     opened.set(alias, dir);
     return { fd, alias };

@@ -95,7 +95,8 @@ export class DnsResolver {
   private readonly maxNegativeTtl: number;
   private readonly maxCacheEntries: number;
   private readonly cache = new Map<string, CacheEntry>();
-  private readonly inflight = new Map<string, Promise<DnsRecord[]>>();
+  /** Lookups on the wire now, by cache key: callers asking the same share one query. */
+  private readonly inflight = new Map<string, Promise<{ records: DnsRecord[]; secure: boolean }>>();
 
   constructor(opts: DnsResolverOptions) {
     if (!opts.servers.length) throw new Error('DnsResolver needs at least one server');
@@ -118,19 +119,7 @@ export class DnsResolver {
 
   /** Records of `type` for `name`, after any CNAME chain (shared with the cache: do not modify); throws DnsError. */
   async resolve<T extends DnsRecordType>(name: string, type: T): Promise<DnsRecordOf<T>[]> {
-    const qname = name.trim().replace(/\.$/, '').toLowerCase();
-    const key = `${qname}|${type}`;
-    const hit = this.cache.get(key);
-    if (hit && hit.expires > Date.now()) {
-      if (hit.error) throw hit.error;
-      return hit.records!.slice() as DnsRecordOf<T>[];
-    }
-    let pending = this.inflight.get(key);
-    if (!pending) {
-      pending = this.lookup(qname, type).then((a) => a.records).finally(() => this.inflight.delete(key));
-      this.inflight.set(key, pending);
-    }
-    return (await pending).slice() as DnsRecordOf<T>[];
+    return (await this.answer(name, type, false)).records;
   }
 
   /**
@@ -142,15 +131,25 @@ export class DnsResolver {
    * throws a DnsError whose `secure` says whether the denial was validated.
    * Cached apart from resolve's answers.
    */
-  async resolveSecure<T extends DnsRecordType>(name: string, type: T): Promise<SecureAnswer<T>> {
+  resolveSecure<T extends DnsRecordType>(name: string, type: T): Promise<SecureAnswer<T>> {
+    return this.answer(name, type, true);
+  }
+
+  /** The one path of resolve and resolveSecure: cache, then a query shared by everyone asking the same meanwhile. */
+  private async answer<T extends DnsRecordType>(name: string, type: T, dnssec: boolean): Promise<SecureAnswer<T>> {
     const qname = name.trim().replace(/\.$/, '').toLowerCase();
-    const key = `${qname}|${type}|dnssec`;
+    const key = cacheKey(qname, type, dnssec);
     const hit = this.cache.get(key);
     if (hit && hit.expires > Date.now()) {
       if (hit.error) throw hit.error;
       return { records: hit.records!.slice() as DnsRecordOf<T>[], secure: !!hit.secure };
     }
-    const a = await this.lookup(qname, type, true);
+    let pending = this.inflight.get(key);
+    if (!pending) {
+      pending = this.lookup(qname, type, dnssec).finally(() => this.inflight.delete(key));
+      this.inflight.set(key, pending);
+    }
+    const a = await pending;
     return { records: a.records.slice() as DnsRecordOf<T>[], secure: a.secure };
   }
 
@@ -190,7 +189,7 @@ export class DnsResolver {
   // ---------------------------------------------------------- lookup and cache
 
   private async lookup(name: string, type: DnsRecordType, dnssec = false): Promise<{ records: DnsRecord[]; secure: boolean }> {
-    const key = dnssec ? `${name}|${type}|dnssec` : `${name}|${type}`;
+    const key = cacheKey(name, type, dnssec);
     if (!validName(name)) {
       const e = new DnsError('NXDOMAIN', name, type, 'not a valid domain name');
       this.store(key, { error: e }, this.minTtl);
@@ -319,6 +318,11 @@ export class DnsResolver {
   }
 }
 
+/** DNSSEC answers are cached apart: a plain answer says nothing of the AD bit. */
+function cacheKey(name: string, type: DnsRecordType, dnssec: boolean): string {
+  return dnssec ? `${name}|${type}|dnssec` : `${name}|${type}`;
+}
+
 function clamp(v: number, lo: number, hi: number): number { return Math.min(Math.max(v, lo), hi); }
 
 /** RFC 2308 5: the lesser of the SOA's own TTL and its minimum field; no SOA, no caching beyond the floor. */
@@ -352,6 +356,10 @@ export function sharedResolver(config: MainConfig): DnsResolver {
 export interface MailHost { name: string; priority: number; addresses: string[] }
 export interface MailHosts { hosts: MailHost[]; nullMx: boolean }
 
+/** A mail host with whether its address records validated (AD bit). */
+export interface SecureMailHost extends MailHost { secure: boolean }
+export interface SecureMailHosts { hosts: SecureMailHost[]; nullMx: boolean; /** The MX RRset (or its proven absence) validated. */ mxSecure: boolean }
+
 /**
  * Where mail for `domain` goes (RFC 5321 5.1): MX hosts by preference, equal
  * preferences in random order; no MX means the domain itself (implicit MX);
@@ -359,54 +367,23 @@ export interface MailHosts { hosts: MailHost[]; nullMx: boolean }
  * addresses come before its IPv6 ones. A host whose lookup fails is kept with
  * no addresses, so the caller moves to the next; when no host has an address
  * the lookup fails: temporary if any lookup was, else NODATA.
+ *
+ * With `dnssec` (smtp_dns_support_level = dnssec, for DANE, RFC 7672 2.2) every
+ * lookup goes through resolveSecure and the answer also says whether the MX
+ * answer and each host's address answers were DNSSEC-secure; a bogus answer is
+ * a SERVFAIL: temporary.
  */
-export async function resolveMailHosts(resolver: DnsResolver, domain: string): Promise<MailHosts> {
-  const name = domain.trim().replace(/\.$/, '').toLowerCase();
-  let mx: MxData[];
-  try {
-    mx = await resolver.resolveMx(name);
-  } catch (e) {
-    if (!(e instanceof DnsError) || e.code !== 'NODATA') throw e;
-    mx = [{ priority: 0, exchange: name }];
-  }
-  if (mx.length === 1 && mx[0].exchange === '') return { hosts: [], nullMx: true };
-  const ordered = shuffleEqualPreferences(mx.filter((m) => m.exchange !== ''));
-
-  const failures: DnsError[] = [];
-  const addressesOf = async (host: string): Promise<string[]> => {
-    const results = await Promise.allSettled([resolver.resolveA(host), resolver.resolveAAAA(host)]);
-    const found: string[] = [];
-    for (const r of results) {
-      if (r.status === 'fulfilled') found.push(...r.value);
-      else if (r.reason instanceof DnsError) failures.push(r.reason);
-      else throw r.reason;
-    }
-    return found;
-  };
-  const hosts = await Promise.all(ordered.map(async (m) => ({ name: m.exchange, priority: m.priority, addresses: await addressesOf(m.exchange) })));
-  if (!hosts.some((h) => h.addresses.length)) {
-    const temporary = failures.find((f) => f.temporary);
-    if (temporary) throw temporary;
-    throw new DnsError('NODATA', name, 'MX', `no address for ${hosts.map((h) => h.name).join(', ')}`);
-  }
-  return { hosts, nullMx: false };
-}
-
-/** A mail host with whether its address records validated (AD bit). */
-export interface SecureMailHost extends MailHost { secure: boolean }
-export interface SecureMailHosts { hosts: SecureMailHost[]; nullMx: boolean; /** The MX RRset (or its proven absence) validated. */ mxSecure: boolean }
-
-/**
- * resolveMailHosts through resolveSecure (smtp_dns_support_level = dnssec, for DANE,
- * RFC 7672 2.2): the same routing rules, plus whether the MX answer and each host's
- * address answers were DNSSEC-secure. A bogus answer is a SERVFAIL: temporary.
- */
-export async function resolveMailHostsSecure(resolver: DnsResolver, domain: string): Promise<SecureMailHosts> {
+export function resolveMailHosts(resolver: DnsResolver, domain: string): Promise<MailHosts>;
+export function resolveMailHosts(resolver: DnsResolver, domain: string, opts: { dnssec: true }): Promise<SecureMailHosts>;
+export async function resolveMailHosts(resolver: DnsResolver, domain: string, opts: { dnssec?: boolean } = {}): Promise<MailHosts | SecureMailHosts> {
+  const dnssec = opts.dnssec === true;
+  const ask = <T extends DnsRecordType>(n: string, t: T): Promise<SecureAnswer<T>> =>
+    (dnssec ? resolver.resolveSecure(n, t) : resolver.resolve(n, t).then((records) => ({ records, secure: false })));
   const name = domain.trim().replace(/\.$/, '').toLowerCase();
   let mx: MxData[];
   let mxSecure: boolean;
   try {
-    const a = await resolver.resolveSecure(name, 'MX');
+    const a = await ask(name, 'MX');
     mx = a.records.map((r) => ({ ...r.data }));
     mxSecure = a.secure;
   } catch (e) {
@@ -414,15 +391,19 @@ export async function resolveMailHostsSecure(resolver: DnsResolver, domain: stri
     mx = [{ priority: 0, exchange: name }];
     mxSecure = !!e.secure;
   }
-  if (mx.length === 1 && mx[0].exchange === '') return { hosts: [], nullMx: true, mxSecure };
+  if (mx.length === 1 && mx[0].exchange === '') return dnssec ? { hosts: [], nullMx: true, mxSecure } : { hosts: [], nullMx: true };
   const ordered = shuffleEqualPreferences(mx.filter((m) => m.exchange !== ''));
+
   const failures: DnsError[] = [];
   const addressesOf = async (host: string): Promise<{ addresses: string[]; secure: boolean }> => {
-    const results = await Promise.allSettled([resolver.resolveSecure(host, 'A'), resolver.resolveSecure(host, 'AAAA')]);
+    const results = await Promise.allSettled([ask(host, 'A'), ask(host, 'AAAA')]);
     const found: string[] = [];
     let secure = true;
     for (const r of results) {
-      if (r.status === 'fulfilled') { found.push(...r.value.records.map((x) => x.data)); secure &&= r.value.secure; } else if (r.reason instanceof DnsError) {
+      if (r.status === 'fulfilled') {
+        found.push(...r.value.records.map((x) => x.data));
+        secure &&= r.value.secure;
+      } else if (r.reason instanceof DnsError) {
         failures.push(r.reason);
         secure &&= !!r.reason.secure;
       } else throw r.reason;
@@ -435,7 +416,8 @@ export async function resolveMailHostsSecure(resolver: DnsResolver, domain: stri
     if (temporary) throw temporary;
     throw new DnsError('NODATA', name, 'MX', `no address for ${hosts.map((h) => h.name).join(', ')}`);
   }
-  return { hosts, nullMx: false, mxSecure };
+  if (dnssec) return { hosts, nullMx: false, mxSecure };
+  return { hosts: hosts.map(({ secure: _, ...h }) => h), nullMx: false };
 }
 
 function shuffleEqualPreferences(mx: MxData[]): MxData[] {

@@ -31,3 +31,21 @@ export function replaceFileDurably(file: string, data: string | Buffer, mode: nu
   const dfd = fs.openSync(dir, 'r');
   try { fs.fsyncSync(dfd); } finally { fs.closeSync(dfd); }
 }
+
+/**
+ * Open a directory without following a link (O_NOFOLLOW|O_DIRECTORY; O_NONBLOCK
+ * so a FIFO planted in its place cannot hang the open): the descriptor, or
+ * what is there instead. Root changes a directory that service accounts can
+ * write into (the spool, the mailbox root) only through such a descriptor, so a
+ * `deferred/7 -> /etc` they plant is reported and left alone, never followed.
+ */
+export function openDirNoFollow(dir: string): number | 'not a directory' | 'missing' {
+  try {
+    return fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_DIRECTORY | fs.constants.O_NONBLOCK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP' || code === 'ENOTDIR') return 'not a directory';
+    if (code === 'ENOENT') return 'missing';
+    throw e;
+  }
+}

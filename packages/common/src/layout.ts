@@ -9,6 +9,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { MainConfig, MasterEntry } from './config.js';
 import { Spool } from './spool.js';
 import { isRoot, lookupSystemUser, lookupGroupName, SystemUser } from './system.js';
+import { openDirNoFollow } from './files.js';
 
 export interface ServiceAccounts {
   /** Queue owner: cleanup, qmgr, pickup. */
@@ -150,16 +151,10 @@ function kindOf(p: string): string {
  * O_NOFOLLOW|O_DIRECTORY and changed through the descriptor, so a link or
  * anything else in its place is reported and left alone.
  */
-export function fixDirectory(dir: string, owner: { uid: number; gid: number } | null, mode: number, changed: string[]): void {
-  let fd: number;
-  try {
-    fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_DIRECTORY | fs.constants.O_NONBLOCK);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ELOOP' || code === 'ENOTDIR') { changed.push(`left ${dir} alone: ${kindOf(dir)}, not a directory`); return; }
-    if (code === 'ENOENT') return; // removed meanwhile
-    throw e;
-  }
+function fixDirectory(dir: string, owner: { uid: number; gid: number } | null, mode: number, changed: string[]): void {
+  const fd = openDirNoFollow(dir);
+  if (fd === 'not a directory') { changed.push(`left ${dir} alone: ${kindOf(dir)}, not a directory`); return; }
+  if (fd === 'missing') return; // removed meanwhile
   try {
     const st = fs.fstatSync(fd);
     if (owner && (st.uid !== owner.uid || st.gid !== owner.gid)) { fs.fchownSync(fd, owner.uid, owner.gid); changed.push(`owner of ${dir}`); }
@@ -204,14 +199,9 @@ export function prepareMailRoot(base: string, a: ServiceAccounts): string[] {
   const done: string[] = [];
   if (!lexists(base)) { fs.mkdirSync(base, { recursive: true, mode: 0o755 }); done.push(`created ${base}`); }
   if (!a.privileged) return done;
-  let fd: number;
-  try {
-    fd = fs.openSync(base, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_DIRECTORY | fs.constants.O_NONBLOCK);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ELOOP' || code === 'ENOTDIR') { done.push(`left ${base} alone: ${kindOf(base)}, not a directory`); return done; }
-    throw e;
-  }
+  const fd = openDirNoFollow(base);
+  if (fd === 'not a directory') { done.push(`left ${base} alone: ${kindOf(base)}, not a directory`); return done; }
+  if (fd === 'missing') return done; // removed meanwhile
   try {
     if (fs.fstatSync(fd).uid === 0) { fs.fchownSync(fd, a.mailbox.uid, a.mailbox.gid); done.push(`owner of ${base}`); }
   } finally {
@@ -228,7 +218,7 @@ export function prepareMailRoot(base: string, a: ServiceAccounts): string[] {
  */
 const accountUidsCache = new WeakMap<MainConfig, Map<number, string>>();
 
-export function serviceAccountUids(config: MainConfig): Map<number, string> {
+function serviceAccountUids(config: MainConfig): Map<number, string> {
   // pickup asks for every file: /etc/passwd is read once per configuration (reload)
   const cached = accountUidsCache.get(config);
   if (cached) return cached;
@@ -275,7 +265,7 @@ export function submitRefusal(config: MainConfig, uid: number, name: string): st
  * entry, since services keep only their primary group and no group can hold
  * exactly smtpd and local. No other service reads it. See docs/security.md.
  */
-export const USERS_FILE_MODE = 0o640;
+const USERS_FILE_MODE = 0o640;
 
 function usersFileAcl(a: ServiceAccounts): string {
   return `u::rw-,g::r--,o::---,u:${a.mailbox.uid}:r--,m::r--`;

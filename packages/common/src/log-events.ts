@@ -27,7 +27,7 @@ export interface LogEvent {
 }
 
 /** Delivery agents: the services whose status= lines are per-recipient results. */
-export const DELIVERY_AGENTS = new Set(['smtp', 'lmtp']);
+const DELIVERY_AGENTS = new Set(['smtp', 'lmtp']);
 
 /**
  * Rejections whose log line does not name a restriction: named by their text.
@@ -55,7 +55,7 @@ const REJECT_NAMES: [RegExp, string][] = [
 const LABEL_RE = /^[a-z][a-z0-9_]{0,63}$/;
 
 /** The short name of a rejection: the line's own `restriction`, else one read from its text. */
-export function rejectRestriction(e: Record<string, unknown>): string {
+function rejectRestriction(e: Record<string, unknown>): string {
   if (typeof e.restriction === 'string' && LABEL_RE.test(e.restriction)) return e.restriction;
   const msg = String(e.msg ?? '');
   for (const [re, name] of REJECT_NAMES) if (re.test(msg)) return name;

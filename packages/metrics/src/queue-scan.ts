@@ -12,7 +12,7 @@ export const GAUGE_QUEUES = ['incoming', 'active', 'deferred', 'hold', 'corrupt'
 export type GaugeQueue = typeof GAUGE_QUEUES[number];
 
 /** Beyond this many names in one directory the count stops (and says so): the scrape stays cheap. */
-export const MAX_NAMES_PER_DIR = 200_000;
+const MAX_NAMES_PER_DIR = 200_000;
 const CACHE_MS = 2000;
 
 export interface QueueSnapshot {

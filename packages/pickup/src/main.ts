@@ -16,7 +16,7 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import {
   runService, ServiceContext, RunningService, Spool, Logger,
-  serveRequests, PickupTrigger, TriggerReply, submitMessage, CleanupUnreachable, LocalEnvelope,
+  serveRequests, PickupTrigger, TriggerReply, validate, pickupTrigger, submitMessage, CleanupUnreachable, LocalEnvelope,
   lookupSystemUser, parseMaildropHeader, MaildropHeader, MAILDROP_HEADER_LIMIT, isMaildropTempName, qualifyAddress,
   headerSafe, isQueueId, newQueueId, fsyncDir, MainConfig, submitRefusal, CLEANUP_LOCAL,
 } from '@postern/common';
@@ -267,10 +267,9 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
   /** Wake-up requests: `{type: "trigger"}`, answered `{ok: true}` at once. */
   const server = serveRequests<PickupTrigger, TriggerReply>({
     timeoutMs: 5000,
-    check(raw) {
-      if ((raw as PickupTrigger | null)?.type !== 'trigger') throw new Error('expected a trigger');
-      return raw as PickupTrigger;
-    },
+    check: (raw) => validate(pickupTrigger, raw),
+    log: ctx.log,
+    logFields: { socket: `private/${ctx.name}` },
     answer() {
       void pickup.scan();
       return { ok: true };

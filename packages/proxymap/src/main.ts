@@ -9,14 +9,11 @@
  * master.cf name (Postfix's proxy_read_maps), so a compromised client cannot
  * make it open other files.
  */
-import * as net from 'node:net';
 import { execFileSync } from 'node:child_process';
 import {
-  runService, ServiceContext, RunningService, FrameReader, FrameWriter, openTable, openUserDb, TableUnavailable,
-  closeSqlTables, loadMasterCf, lookupSystemUser, ProxyOp,
+  runService, ServiceContext, RunningService, openTable, openUserDb, closeSqlTables, loadMasterCf, lookupSystemUser,
+  ProxyOp, serveRequests, validate, proxymapRequest, ProxymapRequest, ProxymapReply,
 } from '@postern/common';
-
-const OPS: ProxyOp[] = ['lookup', 'exists', 'credentials', 'userInfo'];
 
 /** Every `type:source` a parameter of main.cf or master.cf names: the tables proxymap may open. */
 function allowedSpecs(ctx: ServiceContext): Set<string> {
@@ -49,7 +46,6 @@ function grantClients(ctx: ServiceContext): void {
 }
 
 async function start(ctx: ServiceContext): Promise<RunningService> {
-  const servers: net.Server[] = [];
   let ttl = ctx.config.seconds('proxymap_cache_ttl') * 1000;
   let allowed = allowedSpecs(ctx);
   const cache = new Map<string, { value: unknown; expires: number }>();
@@ -71,29 +67,31 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     return value;
   }
 
-  async function handle(conn: net.Socket): Promise<void> {
-    const writer = new FrameWriter(conn);
-    let req: any;
-    try {
-      conn.setTimeout(30000, () => conn.destroy());
-      req = await new FrameReader(conn).json();
-      if (!OPS.includes(req?.op) || typeof req.spec !== 'string' || typeof req.key !== 'string') throw Object.assign(new Error('expected {op, spec, key}'), { permanent: true });
-      if (!allowed.has(req.spec)) throw Object.assign(new Error(`table ${req.spec} is not named in main.cf or master.cf`), { permanent: true });
-      await writer.json({ ok: true, value: await answer(req.op, req.spec, req.key) });
-    } catch (e) {
-      const err = e as Error & { permanent?: boolean };
-      const unavailable = !err.permanent;
-      ctx.log.warn({ op: req?.op, table: req?.spec, err: err.message }, 'table lookup failed');
-      await writer.json({ ok: false, unavailable, error: err.message }).catch(() => undefined);
-    } finally {
-      conn.end();
-    }
-  }
+  /** One request per connection; a refused table or a failed lookup is logged and answered, never thrown. */
+  const server = serveRequests<ProxymapRequest, ProxymapReply>({
+    timeoutMs: 30000,
+    check: (raw) => validate(proxymapRequest, raw),
+    async answer(req) {
+      try {
+        if (!allowed.has(req.spec)) {
+          ctx.log.warn({ op: req.op, table: req.spec, err: 'not named in main.cf or master.cf' }, 'table lookup refused');
+          return { ok: false, unavailable: false, error: `table ${req.spec} is not named in main.cf or master.cf` };
+        }
+        return { ok: true, value: await answer(req.op, req.spec, req.key) };
+      } catch (e) {
+        ctx.log.warn({ op: req.op, table: req.spec, err: (e as Error).message }, 'table lookup failed');
+        return { ok: false, unavailable: true, error: (e as Error).message };
+      }
+    },
+    failure: (error) => ({ ok: false, unavailable: false, error }),
+    log: ctx.log,
+    logFields: { socket: `private/${ctx.name}` },
+  });
+
   return {
     listen(h) {
-      const s = net.createServer((c) => { c.on('error', () => undefined); void handle(c); });
-      s.listen(h as any, () => grantClients(ctx));
-      servers.push(s);
+      server.listen(h);
+      grantClients(ctx);
     },
     reload() {
       // a table named since start becomes servable; cached answers go, as after a table change
@@ -102,7 +100,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       cache.clear();
     },
     async stop() {
-      for (const s of servers) s.close();
+      await server.stop();
       await closeSqlTables();
     },
   };

@@ -12,7 +12,7 @@ import {
   runService, ServiceContext, RunningService, MainConfig, Spool, readQueueFile, appendStatus, recipientStates,
   attemptCount, CorruptQueueFile, QueueFileInfo, StatusRecord, RequestPool,
   delaySince, Logger, QueueName, serveRequests, DeliveryResult, DeliveryRequest, DeliveryReply,
-  QmgrRequest, QueueAdminReply, TriggerReply,
+  QmgrRequest, QueueAdminReply, TriggerReply, validate, qmgrRequest,
 } from '@postern/common';
 import { planDeliveries, DeliveryGroup } from './route.js';
 import { notifySenderOfBounces, warnSenderOfDelay, notifySenderOfSuccess, successRecipients, DsnRecipient } from './bounce.js';
@@ -326,13 +326,11 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
   const qmgr = new QueueManager(ctx);
   qmgr.start();
   const server = serveRequests<QmgrRequest, TriggerReply | QueueAdminReply>({
-    // its fields are checked where they are used (admin.ts)
-    check(raw) {
-      if (typeof raw !== 'object' || raw === null) throw new Error('expected a request object');
-      return raw as QmgrRequest;
-    },
+    check: (raw) => validate(qmgrRequest, raw),
     answer: (req) => qmgr.handleRequest(req),
     failure: (error) => ({ ok: false, error }),
+    log: ctx.log,
+    logFields: { socket: `private/${ctx.name}` },
   });
   return {
     listen: (h) => server.listen(h),

@@ -5,16 +5,15 @@
  * (never the message), answers one {type:'list'} request per connection, and
  * changes nothing.
  */
-import { runService, ServiceContext, RunningService, readQueue, serveRequests, ShowqRequest, ShowqReply } from '@postern/common';
+import { runService, ServiceContext, RunningService, readQueue, serveRequests, ShowqRequest, ShowqReply, validate, showqRequest } from '@postern/common';
 
 async function start(ctx: ServiceContext): Promise<RunningService> {
   const server = serveRequests<ShowqRequest, ShowqReply>({
     // anyone can connect: one who sends nothing is not kept
     timeoutMs: 30000,
-    check(raw) {
-      if ((raw as ShowqRequest | null)?.type !== 'list') throw new Error('expected {type:"list"}');
-      return raw as ShowqRequest;
-    },
+    check: (raw) => validate(showqRequest, raw),
+    log: ctx.log,
+    logFields: { socket: `public/${ctx.name}` },
     answer: async () => ({ ok: true, entries: await readQueue(ctx.spool) }),
     failure: (error) => ({ ok: false, error }),
   });

@@ -65,7 +65,7 @@ export function pruneSelf(hosts: MailHost[], port: number, isSelf: (address: str
 const cache = new WeakMap<MainConfig, (address: string, port: number) => boolean>();
 
 /** This instance's test, read from master.cf and main.cf once per configuration (a reload makes a new one). */
-export function ownAddresses(config: MainConfig): (address: string, port: number) => boolean {
+function ownAddresses(config: MainConfig): (address: string, port: number) => boolean {
   let test = cache.get(config);
   if (test) return test;
   let listeners: Listener[] = [];

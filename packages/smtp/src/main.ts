@@ -7,7 +7,7 @@
  */
 import {
   runService, ServiceContext, RunningService, readQueueFile, delaySince, serveRequests,
-  DeliveryRequest, DeliveryReply, DeliveryResult,
+  DeliveryRequest, DeliveryReply, DeliveryResult, validate, deliveryRequest,
 } from '@postern/common';
 import { deliverByLmtp, lmtpDestination } from './lmtp.js';
 import { deliverRemote, DeadHosts } from './remote.js';
@@ -45,14 +45,12 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
    */
   const server = serveRequests<DeliveryRequest, DeliveryReply, undefined>({
     many: true,
-    check(raw) {
-      const req = raw as DeliveryRequest;
-      if (req?.type !== 'deliver') throw new Error(`unknown request ${(raw as { type?: unknown })?.type}`);
-      return req;
-    },
+    check: (raw) => validate(deliveryRequest, raw),
+    log,
+    logFields: { socket: `private/${ctx.name}` },
     async answer(req) {
       // qmgr's dead-destination table: hosts to skip in, hosts found dead out
-      const skip = new Set<string>(Array.isArray(req.skip) ? req.skip.filter((k: unknown) => typeof k === 'string') : []);
+      const skip = new Set<string>(req.skip ?? []);
       const found: string[] = [];
       const dead: DeadHosts = { isDead: (k) => skip.has(k), markDead: (k) => { skip.add(k); found.push(k); } };
       return { results: await deliver(req, dead), dead: found };

@@ -49,6 +49,26 @@ function writeCached(dir: string, p: StsPolicy): void {
   fs.renameSync(tmp, f);
 }
 
+const caByConfig = new WeakMap<MainConfig, Buffer | null>();
+
+/**
+ * smtp_tls_CAfile's PEM (null: not set, the system's CAs), the CAs MTA-STS
+ * verifies with: read once per configuration load (a reload is a new
+ * MainConfig). A file that cannot be read is not remembered: it is tried again
+ * at the next delivery, so fixing it needs no reload.
+ */
+export function stsCa(config: MainConfig): { ca?: Buffer; error?: string } {
+  let ca = caByConfig.get(config);
+  if (ca === undefined) {
+    const file = config.get('smtp_tls_CAfile');
+    try { ca = file ? fs.readFileSync(file) : null; } catch (e) {
+      return { error: `smtp_tls_CAfile ${file}: cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` };
+    }
+    caByConfig.set(config, ca);
+  }
+  return ca ? { ca } : {};
+}
+
 /** RFC 8461 4.1: an exact name, or "*.example.com" matching exactly one more leftmost label. */
 export function mxMatches(host: string, patterns: string[]): boolean {
   const h = host.toLowerCase().replace(/\.$/, '');
@@ -61,14 +81,14 @@ export function mxMatches(host: string, patterns: string[]): boolean {
 }
 
 /** GET https://mta-sts.DOMAIN/.well-known/mta-sts.txt, at the address our resolver gives, certificate checked. */
-export async function fetchPolicyText(domain: string, config: MainConfig): Promise<string> {
+async function fetchPolicyText(domain: string, config: MainConfig): Promise<string> {
   const host = `mta-sts.${domain}`;
   const resolver = sharedResolver(config);
   const v4 = await resolver.resolveA(host).catch(() => [] as string[]);
   const addrs = v4.length ? v4 : await resolver.resolveAAAA(host).catch(() => [] as string[]);
   if (!addrs.length) throw new Error(`${host} has no address`);
-  const caFile = config.get('smtp_tls_CAfile');
-  const ca = caFile ? fs.readFileSync(caFile) : undefined;
+  const { ca, error } = stsCa(config);
+  if (error) throw new Error(error);
   const timeout = config.seconds('smtp_mta_sts_fetch_timeout') * 1000;
   return new Promise((resolve, reject) => {
     const req = https.request({

@@ -9,17 +9,16 @@
  * can forget it (docs/smtp.md). Which TLS each host gets, and how its certificate
  * is checked (DANE, MTA-STS), is the TLS policy of docs/tls-policy.md.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import {
-  MainConfig, QueueFileInfo, openMessage, openTable, sharedResolver, resolveMailHosts, resolveMailHostsSecure, DnsError, Logger, IdlePool,
+  MainConfig, QueueFileInfo, openMessage, openTable, sharedResolver, resolveMailHosts, DnsError, Logger, IdlePool,
   MailHost, SecureMailHost, TlsaData, Recipient,
 } from '@postern/common';
 import { DeliveryResult, dsnOf, oneLine } from './results.js';
 import { withoutSelf } from './loop.js';
 import { HostPolicy, TlsOutcome, checkPeer, tlsLogLine, usableTlsa } from './tls-policy.js';
-import { stsPolicy, mxMatches } from './mta-sts.js';
+import { stsPolicy, mxMatches, stsCa } from './mta-sts.js';
 import { recordTlsAttempt } from './tlsrpt.js';
 
 type TlsLevel = 'none' | 'may' | 'encrypt' | 'dane';
@@ -100,7 +99,7 @@ async function route(domain: string, ctx: RouteCtx): Promise<Route> {
     log.warn({ queue_id: ctx.queueId, domain }, 'smtp_tls_security_level = dane needs smtp_dns_support_level = dnssec; using may');
   }
   try {
-    const mx = tls === 'dane' && dnssec ? await resolveMailHostsSecure(resolver, domain) : { ...(await resolveMailHosts(resolver, domain)), mxSecure: false };
+    const mx = tls === 'dane' && dnssec ? await resolveMailHosts(resolver, domain, { dnssec: true }) : { ...(await resolveMailHosts(resolver, domain)), mxSecure: false };
     if (mx.nullMx) return { targets: [], tls, bounce: { dsn: '5.1.10', reason: `${domain}: domain does not accept mail (null MX)` } };
     const own = withoutSelf(domain, mx.hosts, port, config);
     if ('bounce' in own) return { targets: [], tls, bounce: own.bounce };
@@ -159,12 +158,9 @@ async function hostPolicies(domain: string, hosts: (MailHost | SecureMailHost)[]
     for (const h of hosts) map.set(h.name, levelPolicy(level));
     return { map };
   }
-  const caFile = ctx.config.get('smtp_tls_CAfile');
-  let ca: Buffer | undefined;
-  try { ca = caFile ? fs.readFileSync(caFile) : undefined; } catch (e) {
-    // without the administrator's CAs nothing can verify: defer, naming the parameter and file
-    return { defer: { dsn: '4.7.5', reason: `MTA-STS policy for ${domain}: smtp_tls_CAfile ${caFile}: cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` } };
-  }
+  const { ca, error } = stsCa(ctx.config);
+  // without the administrator's CAs nothing can verify: defer, naming the parameter and file
+  if (error) return { defer: { dsn: '4.7.5', reason: `MTA-STS policy for ${domain}: ${error}` } };
   const mode = sts.mode as 'enforce' | 'testing';
   const outside: string[] = [];
   for (const h of hosts) {

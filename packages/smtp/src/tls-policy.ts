@@ -75,7 +75,7 @@ function peerChain(sock: tls.TLSSocket): X509Certificate[] {
  * DANE-TA(2) matches a certificate of the presented chain that signed its way
  * down to the leaf, and the leaf must then name the host (RFC 7672 3.2.2).
  */
-export function daneCheck(chain: X509Certificate[], tlsa: TlsaData[], host: string): string | null {
+function daneCheck(chain: X509Certificate[], tlsa: TlsaData[], host: string): string | null {
   if (!chain.length) return 'no certificate presented';
   const leaf = chain[0];
   if (tlsa.some((r) => r.usage === 3 && matches(leaf, r))) return null;

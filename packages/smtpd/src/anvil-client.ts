@@ -19,11 +19,8 @@ export class AnvilClient {
 
   constructor(private readonly socketPath: string, private readonly log: Logger) {}
 
-  /**
-   * anvil's reply, or null when anvil cannot be asked (no limit applies then).
-   * Typed loosely until limits.ts builds its requests as AnvilRequest (smtpd is being restructured meanwhile).
-   */
-  async request(req: AnvilRequest | Record<string, unknown>): Promise<any | null> {
+  /** anvil's reply, or null when anvil cannot be asked (no limit applies then). */
+  async request(req: AnvilRequest): Promise<AnvilReply | null> {
     if (this.closed) return null;
     const conn = await this.connection();
     if (!conn) return null;

@@ -22,7 +22,7 @@
  */
 import * as net from 'node:net';
 import { SMTPServer, SMTPServerSession } from 'smtp-server';
-import { MainConfig, NetworkList, Logger, smtpError, SmtpError, ipToBytes, formatIPv6 } from '@postern/common';
+import { MainConfig, NetworkList, Logger, smtpError, SmtpError, ipToBytes, formatIPv6, AnvilRequest, AnvilReply } from '@postern/common';
 import { AnvilClient } from './anvil-client.js';
 
 export interface LimitPolicy {
@@ -123,10 +123,10 @@ export class ClientLimits {
     return this.policy().exceptions.contains(address);
   }
 
-  private ask(type: string, address: string, extra: Record<string, unknown> = {}): Promise<any | null> {
+  private ask(type: AnvilRequest['type'], address: string, extra: { peek?: boolean } = {}): Promise<AnvilReply | null> {
     const p = this.policy();
     // one IPv6 client holds a whole /64: count the block, not the address
-    return this.anvil.request({ type, service: p.service, client: clientKey(address, p.ipv4Prefix, p.ipv6Prefix), ...extra });
+    return this.anvil.request({ type, service: p.service, client: clientKey(address, p.ipv4Prefix, p.ipv6Prefix), ...extra } as AnvilRequest);
   }
 
   private warnExceeded(what: string, value: number, session: SMTPServerSession): void {
@@ -145,8 +145,10 @@ export class ClientLimits {
     if (!r?.ok) return null;
     const p = this.policy();
     const tooMany = smtpError(421, '4.7.0', `${p.hostname} Error: too many connections from ${s.address}`);
-    if (p.connectionCount > 0 && r.count > p.connectionCount) { this.warnExceeded('Connection concurrency', r.count, session); return tooMany; }
-    if (p.connectionRate > 0 && r.rate > p.connectionRate) { this.warnExceeded('Connection rate', r.rate, session); return tooMany; }
+    const count = r.count ?? 0;
+    const rate = r.rate ?? 0;
+    if (p.connectionCount > 0 && count > p.connectionCount) { this.warnExceeded('Connection concurrency', count, session); return tooMany; }
+    if (p.connectionRate > 0 && rate > p.connectionRate) { this.warnExceeded('Connection rate', rate, session); return tooMany; }
     return null;
   }
 
@@ -156,25 +158,24 @@ export class ClientLimits {
   }
 
   /** MAIL FROM: the 450 for a client over its message rate, else null. */
-  async mail(session: SMTPServerSession): Promise<SmtpError | null> {
-    const p = this.policy();
-    const s = this.state(session);
-    if (p.messageRate <= 0 || this.exempt(s.address)) return null;
-    const r = await this.ask('message', s.address);
-    if (!r?.ok || r.rate <= p.messageRate) return null;
-    this.warnExceeded('Message delivery request rate', r.rate, session);
-    return smtpError(450, '4.7.1', `Error: too much mail from ${s.address}`);
+  mail(session: SMTPServerSession): Promise<SmtpError | null> {
+    return this.overRate(session, 'message', this.policy().messageRate, 'Message delivery request rate', 'too much mail');
   }
 
   /** RCPT TO: the 450 for a client over its recipient rate, else null. */
-  async recipient(session: SMTPServerSession): Promise<SmtpError | null> {
-    const p = this.policy();
+  recipient(session: SMTPServerSession): Promise<SmtpError | null> {
+    return this.overRate(session, 'recipient', this.policy().recipientRate, 'Recipient address rate', 'too many recipients');
+  }
+
+  /** Count one event with anvil: the 450 when the client's rate is now over `limit` (0: no limit). */
+  private async overRate(session: SMTPServerSession, event: 'message' | 'recipient', limit: number, what: string,
+    text: string): Promise<SmtpError | null> {
     const s = this.state(session);
-    if (p.recipientRate <= 0 || this.exempt(s.address)) return null;
-    const r = await this.ask('recipient', s.address);
-    if (!r?.ok || r.rate <= p.recipientRate) return null;
-    this.warnExceeded('Recipient address rate', r.rate, session);
-    return smtpError(450, '4.7.1', `Error: too many recipients from ${s.address}`);
+    if (limit <= 0 || this.exempt(s.address)) return null;
+    const r = await this.ask(event, s.address);
+    if (!r?.ok || (r.rate ?? 0) <= limit) return null;
+    this.warnExceeded(what, r.rate!, session);
+    return smtpError(450, '4.7.1', `Error: ${text} from ${s.address}`);
   }
 
   /** Before checking an AUTH: the 421 for a client that failed too often in this time unit, else null. */
@@ -183,8 +184,8 @@ export class ClientLimits {
     const s = this.state(session);
     if (p.authRate <= 0 || this.exempt(s.address)) return null;
     const r = await this.ask('auth', s.address, { peek: true });
-    if (!r?.ok || r.rate < p.authRate) return null;
-    this.warnExceeded('AUTH failure rate', r.rate, session);
+    if (!r?.ok || (r.rate ?? 0) < p.authRate) return null;
+    this.warnExceeded('AUTH failure rate', r.rate!, session);
     return smtpError(421, '4.7.0', `${p.hostname} Error: too many AUTH failures from ${s.address}`);
   }
 

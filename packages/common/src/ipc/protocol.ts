@@ -2,17 +2,21 @@
  * Every message one Postern program sends another over a Unix socket, as one
  * TypeScript type each (Postfix keeps this contract in deliver_request.h and
  * friends; OpenSMTPD in one imsg_type enum). docs/ipc.md describes the same
- * types. Requests a server checks field by field are derived from their
- * schemas in schema.ts; the rest are declared here and checked by their
- * server as before.
+ * types. Every request is derived from the schema its server checks it
+ * against (schema.ts); replies are declared here.
  */
 import type { RecipientStatus } from '../queuefile.js';
 import type { QueueEntry } from '../queue-list.js';
-import type { QueueName } from '../spool.js';
-import type { QueueOp, QueueOpOutcome } from '../queue-ops.js';
-import type { LocalMessageRequest, SmtpdMessageRequest, AfterBodyRequest } from './schema.js';
+import type { QueueOpOutcome } from '../queue-ops.js';
+import type {
+  LocalMessageRequest, SmtpdMessageRequest, AfterBodyRequest, QmgrRequest, PickupTrigger, ShowqRequest, AnvilRequest,
+  DeliveryRequest, ProxymapRequest,
+} from './schema.js';
 
-export type { LocalMessageRequest, SmtpdMessageRequest, AfterBodyRequest };
+export type {
+  LocalMessageRequest, SmtpdMessageRequest, AfterBodyRequest, QmgrRequest, PickupTrigger, ShowqRequest, AnvilRequest,
+  DeliveryRequest, ProxymapRequest,
+};
 
 /** The answer of a service that could not do what it was asked. */
 export interface ErrorReply { ok: false; error: string }
@@ -37,26 +41,18 @@ export type CleanupReply =
 // ---------------------------------------------------------------- triggers
 
 /** cleanup -> qmgr (private/qmgr): a new file is in incoming/. */
-export interface QmgrTrigger { type: 'trigger'; queue_id?: string }
-/** sendmail, the CLI -> pickup (private/pickup): maildrop has a new file. */
-export interface PickupTrigger { type: 'trigger' }
+export type QmgrTrigger = Extract<QmgrRequest, { type: 'trigger' }>;
+// PickupTrigger (sendmail, the CLI -> private/pickup: maildrop has a new file) comes from its schema
 export type TriggerReply = OkReply | ErrorReply;
 
 // ---------------------------------------------------------------- delivery (qmgr -> smtp / lmtp)
 
-export interface DeliveryRecipient { index: number; address: string }
-
-/** One recipient group of one queue file for one next hop; the agent reads the file itself. */
-export interface DeliveryRequest {
-  type: 'deliver';
-  queue_id: string;
-  /** The queue file's path (active/). */
-  file: string;
-  nexthop: string;
-  recipients: DeliveryRecipient[];
-  /** Hosts ("address:port") qmgr's dead-destination table says to skip. */
-  skip?: string[];
-}
+/**
+ * DeliveryRequest (schema.ts): one recipient group of one queue file for one
+ * next hop; the agent reads the file itself. `skip`: hosts ("address:port")
+ * qmgr's dead-destination table says to skip.
+ */
+export type DeliveryRecipient = DeliveryRequest['recipients'][number];
 
 /** One recipient's result: the same values a queue file's status record keeps. */
 export interface DeliveryResult {
@@ -94,9 +90,7 @@ export type DeliveryReply =
 
 // ---------------------------------------------------------------- anvil (smtpd -> private/anvil)
 
-export type AnvilRequest =
-  | { type: 'connect' | 'disconnect' | 'message' | 'recipient' | 'lookup'; service: string; client: string }
-  | { type: 'auth'; service: string; client: string; peek?: boolean };
+// AnvilRequest comes from its schema: {type, service, client} (auth: and peek?)
 
 /** Rates are events per anvil_rate_time_unit; counts are connections open now. */
 export type AnvilReply =
@@ -105,18 +99,19 @@ export type AnvilReply =
 
 // ---------------------------------------------------------------- showq (anyone -> public/showq)
 
-export interface ShowqRequest { type: 'list' }
 export type ShowqReply = { ok: true; entries: QueueEntry[] } | ErrorReply;
 
 // ---------------------------------------------------------------- queue administration (postern queue -> private/qmgr)
 
-export type QueueAdminRequest =
-  | { type: 'flush'; site?: string | null }
-  | { type: QueueOp; ids: string[] | 'ALL'; queues?: QueueName[] };
+export type QueueAdminRequest = Exclude<QmgrRequest, QmgrTrigger>;
 
 export type QueueAdminReply =
   | { ok: true; results?: QueueOpOutcome[]; scheduled?: string[] }
   | ErrorReply;
 
-/** Everything on qmgr's socket. */
-export type QmgrRequest = QmgrTrigger | QueueAdminRequest;
+// ---------------------------------------------------------------- proxymap (smtpd, cleanup, local, smtp -> private/proxymap)
+
+/** A table's answer (`value` undefined: no such key), or why not; `unavailable`: try again later. */
+export type ProxymapReply =
+  | { ok: true; value?: unknown }
+  | { ok: false; error: string; unavailable?: boolean };

@@ -11,6 +11,8 @@
  * it (`Infer<typeof schema>`): what the validator lets through and what the
  * code receiving it believes it has are one declaration, and cannot drift.
  */
+import { QUEUES } from '../spool.js';
+import type { QueueOp } from '../queue-ops.js';
 
 export type Schema =
   | { readonly type: 'string'; readonly max: number; readonly min?: number; readonly pattern?: RegExp; readonly values?: readonly string[]; readonly multiline?: boolean }
@@ -19,7 +21,9 @@ export type Schema =
   | { readonly type: 'null' }
   | { readonly type: 'array'; readonly items: Schema; readonly max: number; readonly min?: number }
   | { readonly type: 'object'; readonly fields: { readonly [name: string]: Field } }
-  | { readonly type: 'either'; readonly of: readonly Schema[] };
+  | { readonly type: 'either'; readonly of: readonly Schema[] }
+  /** One of several object schemas, chosen by the value of its `tag` field (a request's `type`). */
+  | { readonly type: 'tagged'; readonly tag: string; readonly of: { readonly [value: string]: Schema } };
 
 export type Field = Schema & { readonly optional?: boolean };
 
@@ -38,6 +42,7 @@ export type Infer<S> =
   : S extends { type: 'object'; fields: infer F } ? Flatten<
     { -readonly [K in Exclude<keyof F, OptionalKeys<F>>]: Infer<F[K]> } & { -readonly [K in OptionalKeys<F>]?: Infer<F[K]> }>
   : S extends { type: 'either'; of: readonly (infer O)[] } ? Infer<O>
+  : S extends { type: 'tagged'; of: infer O } ? { [K in keyof O]: Infer<O[K]> }[keyof O]
   : never;
 
 export class SchemaError extends Error {
@@ -99,14 +104,25 @@ export function validate<S extends Schema, T = Infer<S>>(schema: S, value: unkno
       return out as T;
     }
     case 'either': {
-      let first: SchemaError | null = null;
+      // the problem found deepest is the one of the alternative the client meant (an array of bad ids, not "not a string")
+      let best: SchemaError | null = null;
       for (const s of schema.of) {
         try { return validate(s, value, path); } catch (e) {
           if (!(e instanceof SchemaError)) throw e;
-          first ??= e;
+          if (!best || e.path.length > best.path.length) best = e;
         }
       }
-      throw first ?? new SchemaError(path, 'no schema matches');
+      throw best ?? new SchemaError(path, 'no schema matches');
+    }
+    case 'tagged': {
+      // the tag picks the schema, so a problem is reported against the one the client meant
+      if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new SchemaError(path, `expected an object, got ${describe(value)}`);
+      const tag = (value as Record<string, unknown>)[schema.tag];
+      const names = Object.keys(schema.of);
+      if (typeof tag !== 'string' || !Object.prototype.hasOwnProperty.call(schema.of, tag)) {
+        throw new SchemaError(`${path}.${schema.tag}`, tag === undefined ? 'missing' : `not one of ${names.join(', ')}`);
+      }
+      return validate(schema.of[tag], value, path);
     }
   }
 }
@@ -114,6 +130,16 @@ export function validate<S extends Schema, T = Infer<S>>(schema: S, value: unkno
 // ---------------------------------------------------------------- cleanup
 
 const opt = <const S extends Schema>(s: S): S & { optional: true } => ({ ...s, optional: true });
+
+/** A cleanup submission's first frame: `{type: "message", envelope}`, the envelope as the socket allows it. */
+function messageRequest<const F extends { readonly [name: string]: Field }>(envelope: F) {
+  return {
+    type: 'object', fields: {
+      type: { type: 'string', max: 16, values: ['message'] },
+      envelope: { type: 'object', fields: envelope },
+    },
+  } as const satisfies Schema;
+}
 
 /** An envelope address (RFC 5321 4.5.3.1.3: a path is at most 256 octets; room for quoting). */
 const address = { type: 'string', max: 512 } as const;
@@ -139,35 +165,28 @@ const dsn = {
  * exist for it.
  */
 export function smtpdMessageRequest(recipientLimit: number) {
-  return {
-    type: 'object', fields: {
-      type: { type: 'string', max: 16, values: ['message'] },
-      envelope: {
-        type: 'object', fields: {
-          sender: address,
-          recipients: {
-            type: 'array', min: 1, max: recipientLimit, items: {
-              type: 'object', fields: { address: recipientAddress, notify: opt(notify), orcpt: opt(orcpt) },
-            },
-          },
-          client: {
-            type: 'object', fields: {
-              // the peer's IP address as the socket reported it
-              address: { type: 'string', max: 45, pattern: /^[0-9A-Fa-f:.]+$/ },
-              name: hostText,
-              helo: hostText,
-            },
-          },
-          protocol: { type: 'string', max: 16, pattern: /^[A-Z]+$/ },
-          tls: { type: 'either', of: [{ type: 'null' }, { type: 'string', max: 200 }] },
-          sasl: opt({ type: 'string', max: 320, min: 1 }),
-          dsn: opt(dsn),
-          // RFC 8689: only smtpd's socket may ask for it (the client said REQUIRETLS over TLS)
-          requireTls: opt({ type: 'boolean' }),
-        },
+  return messageRequest({
+    sender: address,
+    recipients: {
+      type: 'array', min: 1, max: recipientLimit, items: {
+        type: 'object', fields: { address: recipientAddress, notify: opt(notify), orcpt: opt(orcpt) },
       },
     },
-  } as const satisfies Schema;
+    client: {
+      type: 'object', fields: {
+        // the peer's IP address as the socket reported it
+        address: { type: 'string', max: 45, pattern: /^[0-9A-Fa-f:.]+$/ },
+        name: hostText,
+        helo: hostText,
+      },
+    },
+    protocol: { type: 'string', max: 16, pattern: /^[A-Z]+$/ },
+    tls: { type: 'either', of: [{ type: 'null' }, { type: 'string', max: 200 }] },
+    sasl: opt({ type: 'string', max: 320, min: 1 }),
+    dsn: opt(dsn),
+    // RFC 8689: only smtpd's socket may ask for it (the client said REQUIRETLS over TLS)
+    requireTls: opt({ type: 'boolean' }),
+  } as const);
 }
 
 /**
@@ -185,26 +204,19 @@ const LOCAL_RECIPIENT_LIMIT = 1_000_000;
  * alone can see.
  */
 export function localMessageRequest() {
-  return {
-    type: 'object', fields: {
-      type: { type: 'string', max: 16, values: ['message'] },
-      envelope: {
-        type: 'object', fields: {
-          sender: localAddress,
-          recipients: {
-            type: 'array', min: 1, max: LOCAL_RECIPIENT_LIMIT, items: {
-              type: 'object', fields: { address: { ...localAddress, min: 1 }, notify: opt(notify) },
-            },
-          },
-          origin: { type: 'string', max: 16, values: ['pickup', 'bounce'] },
-          protocol: opt({ type: 'string', max: 16, pattern: /^[A-Z]+$/ }),
-          uid: opt({ type: 'integer', min: 0, max: 0xffffffff }),
-          user: opt({ type: 'string', max: 256, min: 1 }),
-          dsn: opt(dsn),
-        },
+  return messageRequest({
+    sender: localAddress,
+    recipients: {
+      type: 'array', min: 1, max: LOCAL_RECIPIENT_LIMIT, items: {
+        type: 'object', fields: { address: { ...localAddress, min: 1 }, notify: opt(notify) },
       },
     },
-  } as const satisfies Schema;
+    origin: { type: 'string', max: 16, values: ['pickup', 'bounce'] },
+    protocol: opt({ type: 'string', max: 16, pattern: /^[A-Z]+$/ }),
+    uid: opt({ type: 'integer', min: 0, max: 0xffffffff }),
+    user: opt({ type: 'string', max: 256, min: 1 }),
+    dsn: opt(dsn),
+  } as const);
 }
 
 /**
@@ -232,6 +244,97 @@ export const afterBodyRequest = {
   },
 } as const satisfies Schema;
 
+// ---------------------------------------------------------------- qmgr (private/qmgr): cleanup's trigger, the administrator's requests
+
+const queueId = { type: 'string', max: 20, pattern: /^[0-9A-F]{20}$/ } as const;
+const typeIs = <const T extends string>(name: T) => ({ type: 'string', max: 16, values: [name] } as const);
+
+/**
+ * `postern queue` may name any number of messages (postsuper -d - reads them
+ * from standard input); the CLI checked each id already, qmgr checks again.
+ */
+const MAX_ADMIN_IDS = 1_000_000;
+const queueOp = (name: QueueOp) => ({
+  type: 'object', fields: {
+    type: typeIs(name),
+    ids: { type: 'either', of: [{ type: 'string', max: 3, values: ['ALL'] }, { type: 'array', max: MAX_ADMIN_IDS, items: queueId }] },
+    queues: opt({ type: 'array', max: QUEUES.length, items: { type: 'string', max: 16, values: QUEUES } }),
+  },
+} as const);
+
+export const qmgrRequest = {
+  type: 'tagged', tag: 'type', of: {
+    trigger: { type: 'object', fields: { type: typeIs('trigger'), queue_id: opt(queueId) } },
+    // site: a domain or [address]; admin.ts checks its form and answers "bad site"
+    flush: { type: 'object', fields: { type: typeIs('flush'), site: opt({ type: 'either', of: [{ type: 'string', max: 255 }, { type: 'null' }] }) } },
+    hold: queueOp('hold'), release: queueOp('release'), delete: queueOp('delete'),
+    expire: queueOp('expire'), requeue: queueOp('requeue'), deliver: queueOp('deliver'),
+  },
+} as const satisfies Schema;
+
+// ---------------------------------------------------------------- pickup (private/pickup), showq (public/showq)
+
+export const pickupTrigger = { type: 'object', fields: { type: typeIs('trigger') } } as const satisfies Schema;
+export const showqRequest = { type: 'object', fields: { type: typeIs('list') } } as const satisfies Schema;
+
+// ---------------------------------------------------------------- anvil (private/anvil)
+
+/** A service name and a client address, as smtpd's anvil client builds the key. */
+const anvilName = { type: 'string', min: 1, max: 200 } as const;
+const anvilEvent = <const T extends string>(name: T) =>
+  ({ type: 'object', fields: { type: typeIs(name), service: anvilName, client: anvilName } } as const);
+
+export const anvilRequest = {
+  type: 'tagged', tag: 'type', of: {
+    connect: anvilEvent('connect'), disconnect: anvilEvent('disconnect'), message: anvilEvent('message'),
+    recipient: anvilEvent('recipient'), lookup: anvilEvent('lookup'),
+    // peek: count the attempt without adding one (smtpd asks before AUTH, adds after a failure)
+    auth: { type: 'object', fields: { type: typeIs('auth'), service: anvilName, client: anvilName, peek: opt({ type: 'boolean' }) } },
+  },
+} as const satisfies Schema;
+
+// ---------------------------------------------------------------- delivery (qmgr -> private/smtp, private/lmtp, ...)
+
+/** Addresses after alias expansion: sendmail's limit and room for a rewritten domain. */
+const deliveryAddress = { type: 'string', min: 1, max: 2048 } as const;
+/** Hosts in qmgr's dead-destination table, "address:port" (qmgr keeps at most 300 characters each). */
+const deadHost = { type: 'string', min: 1, max: 300 } as const;
+
+export const deliveryRequest = {
+  type: 'object', fields: {
+    type: typeIs('deliver'),
+    queue_id: queueId,
+    // the queue file in active/; the agent checks that it holds queue_id
+    file: { type: 'string', min: 1, max: 4096 },
+    // a domain, [address]:port, local, unix:PATH or inet:HOST:PORT (lmtp)
+    nexthop: { type: 'string', min: 1, max: 4096 },
+    recipients: {
+      type: 'array', min: 1, max: 1_000_000, items: {
+        type: 'object', fields: { index: { type: 'integer', min: 0, max: 0x7fffffff }, address: deliveryAddress },
+      },
+    },
+    skip: opt({ type: 'array', max: 100_000, items: deadHost }),
+  },
+} as const satisfies Schema;
+
+// ---------------------------------------------------------------- proxymap (private/proxymap)
+
+export const proxymapRequest = {
+  type: 'object', fields: {
+    op: { type: 'string', max: 16, values: ['lookup', 'exists', 'credentials', 'userInfo'] },
+    // a table as main.cf names it; proxymap serves only those (proxy_read_maps)
+    spec: { type: 'string', min: 1, max: 4096 },
+    // an address, a domain, a client address or name: one line
+    key: { type: 'string', max: 4096 },
+  },
+} as const satisfies Schema;
+
 export type SmtpdMessageRequest = Infer<ReturnType<typeof smtpdMessageRequest>>;
 export type LocalMessageRequest = Infer<ReturnType<typeof localMessageRequest>>;
 export type AfterBodyRequest = Infer<typeof afterBodyRequest>;
+export type QmgrRequest = Infer<typeof qmgrRequest>;
+export type PickupTrigger = Infer<typeof pickupTrigger>;
+export type ShowqRequest = Infer<typeof showqRequest>;
+export type AnvilRequest = Infer<typeof anvilRequest>;
+export type DeliveryRequest = Infer<typeof deliveryRequest>;
+export type ProxymapRequest = Infer<typeof proxymapRequest>;

@@ -14,7 +14,6 @@
  * database password) and holds no connection. proxymap and the CLI (root)
  * read the file and connect themselves.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { mailboxOf } from '../users.js';
 import { validateMailboxAddress } from '../users.js';
@@ -22,6 +21,7 @@ import {
   Credentials, NewUser, Table, TableBackend, TableUnavailable, UserDb, UserDbWriter, UserInfo,
 } from './types.js';
 import { proxyTable, proxyUserDb, useProxy } from './proxy-client.js';
+import { WatchedFile } from './watched-file.js';
 
 export interface SqlCf {
   file: string;
@@ -124,34 +124,23 @@ export interface SqlDriver {
   end(): Promise<void>;
 }
 
-/** Reads the .cf (re-read when it changes) and keeps one driver per content. */
+/** Reads the .cf (a WatchedFile: re-read when it changes) and keeps one driver per content. */
 class CfSource {
-  private cf: SqlCf | undefined;
-  private stamp = '';
-  private driver: SqlDriver | undefined;
-  private checked = 0;
+  private readonly watched: WatchedFile<{ cf: SqlCf; driver: SqlDriver }>;
+  /** The newest driver, kept to be closed even while the file is broken. */
+  driver: SqlDriver | undefined;
 
-  constructor(readonly spec: string, private readonly file: string, private readonly makeDriver: (cf: SqlCf) => SqlDriver) {}
+  constructor(readonly spec: string, file: string, makeDriver: (cf: SqlCf) => SqlDriver) {
+    this.watched = new WatchedFile(file, (text, f) => {
+      const cf = parseSqlCf(text, f); // a broken file keeps failing, on the old connections unused, until it is fixed
+      void this.driver?.end().catch(() => undefined);
+      this.driver = makeDriver(cf);
+      return { cf, driver: this.driver };
+    }, { readError: `${spec}: cannot read` });
+  }
 
   current(): { cf: SqlCf; driver: SqlDriver } {
-    const now = Date.now();
-    if (!this.cf || now - this.checked > 1000) {
-      this.checked = now;
-      let st: fs.Stats;
-      try { st = fs.statSync(this.file); } catch (e) { throw new TableUnavailable(`${this.spec}: cannot read: ${(e as Error).message}`); }
-      const stamp = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
-      if (stamp !== this.stamp || !this.cf) {
-        let text: string;
-        try { text = fs.readFileSync(this.file, 'utf8'); } catch (e) { throw new TableUnavailable(`${this.spec}: cannot read: ${(e as Error).message}`); }
-        this.cf = undefined; // a broken file keeps failing until it is fixed
-        const cf = parseSqlCf(text, this.file);
-        void this.driver?.end().catch(() => undefined);
-        this.driver = this.makeDriver(cf);
-        this.cf = cf;
-        this.stamp = stamp;
-      }
-    }
-    return { cf: this.cf!, driver: this.driver! };
+    return this.watched.get();
   }
 
   async run(sql: string): Promise<SqlResult> {
@@ -277,7 +266,7 @@ export function sqlBackend(type: string, makeDriver: (cf: SqlCf) => SqlDriver): 
 /** Close every database connection this process holds (CLI exit, proxymap stop). */
 export async function closeSqlTables(): Promise<void> {
   for (const s of sources.values()) {
-    try { await s.current().driver.end(); } catch { /* nothing to close */ }
+    try { await s.driver?.end(); } catch { /* nothing to close */ }
   }
   sources.clear();
 }
