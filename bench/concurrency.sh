@@ -143,6 +143,8 @@ node -e '
   row("probe greeting p50 ms", (s) => s.probe_greeting && s.probe_greeting.p50_ms);
   row("probe greeting p99 ms", (s) => s.probe_greeting && s.probe_greeting.p99_ms);
   row("probe greeting max ms", (s) => s.probe_greeting && s.probe_greeting.max_ms);
+  row("  during the hold p50 ms", (s) => s.probe_greeting_during_hold && s.probe_greeting_during_hold.p50_ms);
+  row("  during the hold p99 ms", (s) => s.probe_greeting_during_hold && s.probe_greeting_during_hold.p99_ms);
   row("probes that failed", (s) => s.probe_failures);
   row("peak memory, all processes MiB", (s) => s.peak_memory && `${s.peak_memory.pss_mib} PSS`);
   row("  (sum of RSS MiB, processes)", (s) => s.peak_memory && `${s.peak_memory.rss_mib}, ${s.peak_memory.processes}`);

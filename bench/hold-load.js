@@ -37,6 +37,7 @@ let closedWhileHeld = 0;
 let holding = true;
 const greetingMs = []; // of the held sessions, connect to greeting
 const probeMs = [];
+const probeHoldMs = []; // the probes that started once every session was open: the figure of a loaded server
 const probeDataMs = []; // the probes' messages: end of DATA to 250
 let probeMessages = 0;
 let probeFailures = 0;
@@ -90,8 +91,10 @@ async function opener() {
 async function probe() {
   let s = null;
   try {
+    const duringHold = openSeconds !== null;
     s = await openSession();
     probeMs.push(s.greetingMs);
+    if (duringHold) probeHoldMs.push(s.greetingMs);
     if (opts.to) {
       probeMessages++;
       probeDataMs.push(await sendOne(s.wire, s.socket, opts.from || '', opts.to, mxMessage('hold-probe', probeMessages, opts.from || '', opts.to, body)));
@@ -144,7 +147,7 @@ function finish(why, heldAfterOpening) {
     refused: [...refused.values()].reduce((a, b) => a + b, 0), refused_by_reply: obj(refused),
     failed: [...failures.values()].reduce((a, b) => a + b, 0), failed_by_error: obj(failures),
     open_seconds: openSeconds, greeting_of_held: latencySummary(greetingMs),
-    probe_greeting: latencySummary(probeMs), probe_data_to_250: latencySummary(probeDataMs), probe_failures: probeFailures, probe_errors: obj(probeErrors),
+    probe_greeting: latencySummary(probeMs), probe_greeting_during_hold: latencySummary(probeHoldMs), probe_data_to_250: latencySummary(probeDataMs), probe_failures: probeFailures, probe_errors: obj(probeErrors),
     peak_memory: peak, memory_samples: memorySamples, stopped_early: why,
   }));
   // give the QUITs and closes a moment, bounded

@@ -40,12 +40,28 @@ export function backoffSeconds(attempts: number, config: MainConfig): number {
   return Math.min(max, min * 2 ** Math.max(0, Math.min(attempts - 1, 30)));
 }
 
+/** The claimed ids; every release wakes whoever waits for room in active/. */
+class Claims extends Set<string> {
+  private waiters: (() => void)[] = [];
+  override delete(id: string): boolean {
+    const had = super.delete(id);
+    if (had) for (const w of this.waiters.splice(0)) w();
+    return had;
+  }
+  /** Resolves once fewer than `limit` are claimed (at once when that is so now). */
+  async room(limit: number, stopping: () => boolean): Promise<void> {
+    while (this.size >= limit && !stopping()) await new Promise<void>((r) => this.waiters.push(r));
+  }
+  /** Wakes the waiters without a release (qmgr stopping). */
+  wake(): void { for (const w of this.waiters.splice(0)) w(); }
+}
+
 class QueueManager {
   /**
    * Messages being worked on (a delivery, a scan moving it, an administrator's
    * operation), by id: claimed synchronously before any move, so never two at once.
    */
-  readonly busy = new Set<string>();
+  readonly busy = new Claims();
   private limits = new Limits();
   /** Kept connections to each delivery agent's socket: one request per message, not one connection. */
   private agents = new Map<string, RequestPool>();
@@ -105,6 +121,11 @@ class QueueManager {
     }
   }
 
+  /** Waits until active/ has room under qmgr_message_active_limit (Postfix's qmgr does the same). */
+  private room(): Promise<void> {
+    return this.busy.room(Math.max(1, this.config.int('qmgr_message_active_limit')), () => this.stopping);
+  }
+
   /** Coalesce triggers: one scan at a time, one more if a trigger came during it. */
   async scanIncoming(): Promise<void> {
     if (this.scanning) { this.rescan = true; return; }
@@ -113,8 +134,9 @@ class QueueManager {
       do {
         this.rescan = false;
         for (const id of (await this.spool.list('incoming')).sort()) {
+          // a full active/ is waited out, not re-listed in a loop
+          await this.room();
           if (this.stopping || this.busy.has(id)) continue;
-          if (this.busy.size >= this.config.int('qmgr_message_active_limit')) { this.rescan = true; break; }
           this.busy.add(id);
           try { await this.spool.move(id, 'incoming', 'active'); } catch { await this.admin.release(id); continue; }
           this.launch(id);
@@ -133,10 +155,38 @@ class QueueManager {
     }
   }
 
-  /** Deferred messages whose retry time (mtime) has come, or all of them on a flush. */
+  /** A deferred scan is running; a flush asked for one meanwhile (all: every message is due). */
+  private deferredScanning = false;
+  private deferredRescan: { all: boolean } | null = null;
+
+  /**
+   * Deferred messages whose retry time (mtime) has come, or all of them on a flush,
+   * moved into active/ as qmgr_message_active_limit leaves room: a flush of 100,000
+   * messages does not read and hold them all at once. One scan at a time; a request
+   * during it runs once more after it.
+   */
   async scanDeferred(all = false): Promise<void> {
+    if (this.deferredScanning) {
+      this.deferredRescan = { all: all || !!this.deferredRescan?.all };
+      return;
+    }
+    this.deferredScanning = true;
+    try {
+      let next: { all: boolean } | null = { all };
+      while (next && !this.stopping) {
+        this.deferredRescan = null;
+        await this.scanDeferredOnce(next.all);
+        next = this.deferredRescan;
+      }
+    } finally {
+      this.deferredScanning = false;
+    }
+  }
+
+  private async scanDeferredOnce(all: boolean): Promise<void> {
     const now = Date.now();
     for (const id of await this.spool.list('deferred')) {
+      await this.room();
       if (this.stopping || this.busy.has(id)) continue;
       const file = this.spool.pathOf('deferred', id);
       this.busy.add(id);
@@ -314,6 +364,7 @@ class QueueManager {
 
   async stop(): Promise<void> {
     this.stopping = true;
+    this.busy.wake();
     for (const t of this.timers) clearTimeout(t);
     // deliveries in flight finish; their files stay in active/ and are picked up at the next start
     const deadline = Date.now() + 10000;

@@ -22,13 +22,14 @@ export type PipeliningViolation = (session: SMTPServerSession, remoteAddress: st
 
 /** Installs the guard on every connection `server` accepts from now on. */
 export function forbidUnauthPipelining(server: SMTPServer, onViolation: PipeliningViolation): void {
-  const s = server as any;
-  const connect = s.connect as (socket: any, options: any) => void;
-  s.connect = function (socket: any, options: any) {
-    connect.call(this, socket, options);
-    for (const conn of s.connections as Set<any>) {
-      if (conn._socket === socket) { guard(conn, socket, onViolation); break; }
-    }
+  // hooked where smtp-server adds the new connection (before it reads), as limits.ts
+  // does: no walk of every open session per connect
+  const connections = (server as any).connections as Set<any>;
+  const add = connections.add;
+  connections.add = function (conn: any) {
+    add.call(this, conn);
+    guard(conn, conn._socket, onViolation);
+    return this;
   };
 }
 
