@@ -329,6 +329,8 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     },
     answer: (req) => qmgr.handleRequest(req),
     failure: (error) => ({ ok: false, error }),
+    // cleanup keeps one connection for its triggers; the CLI sends one request and closes
+    many: true,
   });
   return {
     listen: (h) => server.listen(h),
