@@ -1,6 +1,7 @@
 /**
  * Connections kept between messages on the delivery path: qmgr -> lmtp (the
- * request pool) and lmtp -> local (LMTP, no RSET after a completed DATA).
+ * request pool), lmtp -> local (LMTP, no RSET after a completed DATA) and
+ * cleanup -> qmgr (the trigger link).
  * When the service at the far end restarts, the next message must still go out
  * at once, over a new connection: not deferred, not lost, not doubled.
  */
@@ -55,6 +56,27 @@ test('a restarted lmtp or local: the next message is delivered at once over a ne
     assert.deepEqual(subjects(inst), ['after-1', 'after-2', 'after-3', 'before-1', 'before-2', 'before-3', 'kept-1', 'kept-2', 'kept-3'], 'each exactly once');
     const deferred = inst.logs().filter((e) => e.status === 'deferred' || e.msg === 'delivery agent failed');
     assert.deepEqual(deferred, [], 'no message waited for a retry');
+  } finally {
+    await inst.destroy();
+  }
+});
+
+test('a restarted qmgr: cleanup wakes the new one over a new connection, every message delivered once', async () => {
+  // cleanup keeps one connection to qmgr for its triggers; qmgr killed leaves it closed
+  const inst = await Instance.create({ users: [{ address: RCPT }] });
+  try {
+    await inst.start();
+    for (let i = 1; i <= 2; i++) {
+      await send(inst, `before-q${i}`);
+      await send(inst, `kept-q${i}`);
+      await waitFor(`kept-q${i} delivered`, () => subjects(inst).includes(`before-q${i}`) && subjects(inst).includes(`kept-q${i}`));
+      await restart(inst, 'qmgr');
+      await send(inst, `after-q${i}`);
+      await waitFor(`after-q${i} delivered`, () => subjects(inst).includes(`after-q${i}`), 20000);
+    }
+    assert.deepEqual(subjects(inst), ['after-q1', 'after-q2', 'before-q1', 'before-q2', 'kept-q1', 'kept-q2'], 'each exactly once');
+    const unwoken = inst.logs().filter((e) => e.msg?.startsWith('could not wake qmgr'));
+    assert.deepEqual(unwoken, [], 'every trigger reached a qmgr');
   } finally {
     await inst.destroy();
   }

@@ -84,6 +84,24 @@ describe('the log sink', () => {
     assert.equal(forged.pid, r.child);
     assert.equal(forged.claimed_service, 'master', 'what the child claimed is kept under claimed_service');
   });
+
+  it('forwards a line whose tags are right as written, and re-writes one that names a service twice or by an escape', async () => {
+    // master forwards a well-tagged line untouched (its fast path): a second "service" key, or one
+    // spelled with \u escapes, must not slip through it to a reader that believes the first key
+    const code = `const svc = 'smtpd[127.0.0.1:2525]', p = process.pid;
+      process.stdout.write('{"level":"info","service":' + JSON.stringify(svc) + ',"pid":' + p + ',"msg":"plain"}\\n'
+        + '{"level":"info","service":"master","service":' + JSON.stringify(svc) + ',"pid":' + p + ',"msg":"twice"}\\n'
+        + '{"level":"info","\\\\u0073ervice":"master","service":' + JSON.stringify(svc) + ',"pid":' + p + ',"msg":"escaped"}\\n', () => process.exit(0));`;
+    const r = await runSink(code);
+    const line = (msg: string) => r.lines.find((l) => JSON.parse(l).msg === msg);
+    assert.equal(line('plain'), `{"level":"info","service":"smtpd[127.0.0.1:2525]","pid":${r.child},"msg":"plain"}`, r.lines.join('\n'));
+    for (const msg of ['twice', 'escaped']) {
+      const l = line(msg);
+      assert.ok(l, `the line "${msg}" is logged: ${r.lines.join('\n')}`);
+      assert.equal(l.split('"service"').length, 2, `one service key, master's: ${l}`);
+      assert.equal(JSON.parse(l).service, 'smtpd[127.0.0.1:2525]');
+    }
+  });
 });
 
 describe('a running instance', () => {

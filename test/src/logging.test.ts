@@ -76,3 +76,21 @@ describe('the mail log', () => {
     assert.ok(!fs.readFileSync(`${inst.logFile}.1`, 'utf8').includes(id), 'nothing more is written to the rotated file');
   });
 });
+
+describe('the mail log at stop', () => {
+  it('holds every service\'s last line, "stopping", once postern stop has returned', async () => {
+    // master reads its children's output in batches: what they write as they exit must still be read before it exits
+    const inst = await Instance.create();
+    try {
+      await inst.start();
+      const services = (inst.status().services ?? []).filter((s: any) => s.pid);
+      assert.ok(services.length >= 5, `services running: ${services.length}`);
+      await inst.stop();
+      const stopping = new Set(inst.logs().filter((e) => e.msg === 'stopping').map((e) => e.pid));
+      for (const s of services) assert.ok(stopping.has(s.pid), `${s.command} (${s.service}, pid ${s.pid}) logged "stopping"`);
+      for (const line of fs.readFileSync(inst.logFile, 'utf8').trim().split('\n')) JSON.parse(line);
+    } finally {
+      await inst.destroy();
+    }
+  });
+});

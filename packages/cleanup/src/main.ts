@@ -8,9 +8,9 @@
 import addressparser from 'nodemailer/lib/addressparser';
 import {
   runService, ServiceContext, RunningService, QueueFileWriter, Envelope,
-  newQueueId, rfc5322Date, headerSafe, requestJson, NetworkList, AliasMaps, MainConfig, StatusRecord,
+  newQueueId, rfc5322Date, headerSafe, NetworkList, AliasMaps, MainConfig, StatusRecord,
   validate, SchemaError, smtpdMessageRequest, localMessageRequest, afterBodyRequest, loginOwnsAddress, localUserOwnsAddress,
-  serveFrames, refuseInvalid, FrameConnection, CleanupReply, QmgrTrigger,
+  serveFrames, refuseInvalid, FrameConnection, CleanupReply, QmgrTrigger, RequestConnection, ConnectionClosed, Logger,
 } from '@postern/common';
 import { expandRecipients } from './aliases.js';
 import { HeaderSection, HeaderEdit, HeaderSummary } from './header-section.js';
@@ -92,6 +92,66 @@ function unownedFrom(env: Envelope, summary: HeaderSummary | null, config: MainC
   return null;
 }
 
+/**
+ * cleanup's trigger to qmgr, on one kept connection (a connection per message cost
+ * both ends a connect, an accept and a close: bench/README.md, December 2026). At
+ * most one trigger is in flight; the files queued meanwhile share the next one, sent
+ * when its reply comes. qmgr's reply comes after it has started (or marked for
+ * another round) a scan of incoming/ begun after the trigger arrived, so every file
+ * renamed into incoming/ before its trigger was sent is seen.
+ */
+export class QmgrWaker {
+  private conn: RequestConnection | null = null;
+  private sending = false;
+  /** Files queued while a trigger was in flight: the first id (for the log) and how many. */
+  private waiting: { first: string; count: number } | null = null;
+
+  constructor(private readonly socketPath: string, private readonly log: Logger, private readonly timeoutMs = 5000) {}
+
+  wake(id: string): void {
+    if (this.sending) {
+      if (this.waiting) this.waiting.count++; else this.waiting = { first: id, count: 1 };
+      return;
+    }
+    void this.send({ first: id, count: 1 });
+  }
+
+  close(): void { this.conn?.close(); this.conn = null; }
+
+  private async send(batch: { first: string; count: number }): Promise<void> {
+    this.sending = true;
+    const trigger: QmgrTrigger = { type: 'trigger', queue_id: batch.first };
+    try {
+      try {
+        await this.connection().then((c) => c.request(trigger, this.timeoutMs));
+      } catch (e) {
+        // a kept connection qmgr closed (it restarted) before the trigger got through: once more, on a new one
+        if (!(e instanceof ConnectionClosed)) throw e;
+        this.conn = null;
+        await this.connection().then((c) => c.request(trigger, this.timeoutMs));
+      }
+    } catch (e) {
+      this.conn?.close();
+      this.conn = null;
+      this.log.warn({ queue_id: batch.first, ...(batch.count > 1 ? { messages: batch.count } : {}), err: (e as Error).message },
+        'could not wake qmgr; it will find the file on its next scan');
+    } finally {
+      this.sending = false;
+      const next = this.waiting;
+      this.waiting = null;
+      if (next) void this.send(next);
+    }
+  }
+
+  private async connection(): Promise<RequestConnection> {
+    if (this.conn && !this.conn.dead) return this.conn;
+    const conn = await RequestConnection.connect(this.socketPath, this.timeoutMs);
+    conn.socket.unref(); // an idle trigger link must not keep cleanup alive at stop
+    this.conn = conn;
+    return conn;
+  }
+}
+
 async function start(ctx: ServiceContext): Promise<RunningService> {
   const { log, spool } = ctx;
   const dkimKeys = new DkimKeyStore(log);
@@ -101,11 +161,8 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     if (spec !== networks.spec) networks = { spec, list: new NetworkList(ctx.config.list('mynetworks')) };
     return networks.list;
   };
-  function wakeQmgr(id: string): void {
-    const trigger: QmgrTrigger = { type: 'trigger', queue_id: id };
-    requestJson(spool.privateSocket('qmgr'), trigger, 5000)
-      .catch((e) => log.warn({ queue_id: id, err: e.message }, 'could not wake qmgr; it will find the file on its next scan'));
-  }
+  const waker = new QmgrWaker(spool.privateSocket('qmgr'), log);
+  const wakeQmgr = (id: string) => waker.wake(id);
 
   async function handle(conn: FrameConnection): Promise<void> {
     // master names the queue owner's socket; the other one is smtpd's
@@ -235,7 +292,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
   const server = serveFrames({ serve: handle });
   return {
     listen: (h, info) => server.listen(h, info),
-    stop: () => server.stop(),
+    stop: async () => { await server.stop(); waker.close(); },
   };
 }
 

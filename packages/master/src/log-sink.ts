@@ -7,6 +7,14 @@
  * master buffer without limit, or log in another service's name. Lines are cut
  * at LOG_LINE_LIMIT as they stream (never gathered whole), and every line is
  * written with the service and pid master started, whatever the child claimed.
+ *
+ * Cost (bench/README.md, "Performance"): every message makes about six lines,
+ * so master's share is per line, and mostly system calls, not JSON. Children are
+ * read, and the log and the metrics feed written, at most once per
+ * LOG_READ_INTERVAL_MS, each time with all the lines gathered since;
+ * a line that already carries exactly the right service and pid, once each, is
+ * forwarded as the child wrote it instead of being parsed into an object and
+ * serialised again.
  */
 import * as fs from 'node:fs';
 import { Readable } from 'node:stream';
@@ -14,6 +22,9 @@ import { ChildProcess } from 'node:child_process';
 
 /** Longest line master takes from a child; the rest of a longer line is dropped. */
 export const LOG_LINE_LIMIT = 64 * 1024;
+
+/** How often master reads a child's output, and writes the log, at most (ms); see attach(). */
+export const LOG_READ_INTERVAL_MS = 10;
 
 /**
  * Splits a byte stream into lines of at most `limit` bytes without holding
@@ -86,12 +97,23 @@ function fitJson(s: string, max: number): string {
   return s;
 }
 
+/** `needle` occurs exactly once in `text`. */
+function once(text: string, needle: string): boolean {
+  const at = text.indexOf(needle);
+  return at >= 0 && text.indexOf(needle, at + needle.length) < 0;
+}
+
 export class LogSink {
   private out: NodeJS.WritableStream;
   /** Child streams paused until the log output drains. */
   private paused = new Set<Readable>();
   /** Sees every line written (master's feed to the metrics service); must not block or throw. */
   tap?: (line: string) => void;
+  /** Lines written together by flush(). */
+  private pending = '';
+  private scheduled = false;
+  /** The output's buffer is full: children are paused until its 'drain'. */
+  private backedUp = false;
 
   constructor(private file: string | null) {
     this.out = this.open();
@@ -99,7 +121,7 @@ export class LogSink {
 
   private open(): NodeJS.WritableStream {
     const out = this.file ? fs.createWriteStream(this.file, { flags: 'a', mode: 0o640 }) : process.stdout;
-    out.on('drain', () => this.resumeAll());
+    out.on('drain', () => { if (this.out === out) this.backedUp = false; this.resumeAll(); });
     return out;
   }
 
@@ -110,7 +132,9 @@ export class LogSink {
 
   reopen(): void {
     if (!this.file) return;
+    this.flush();
     const old = this.out;
+    this.backedUp = false;
     this.out = this.open();
     (old as fs.WriteStream).end();
     // the old stream's drain will not come: whoever waited for it may write to the new file
@@ -118,19 +142,36 @@ export class LogSink {
   }
 
   close(): void {
+    this.flush();
     if (this.file) (this.out as fs.WriteStream).end();
   }
 
-  /** Writes one line; false when the output is backed up (the caller should wait for it). */
+  /**
+   * Writes one line; false when the output is backed up (the caller should wait
+   * for it). The line goes out with the others of the next LOG_READ_INTERVAL_MS,
+   * in one write: a system call and thread-pool round trip per interval, not per line.
+   */
   write(line: string): boolean {
-    const ok = this.out.write(line.endsWith('\n') ? line : line + '\n');
+    this.pending += line.endsWith('\n') ? line : line + '\n';
+    if (!this.scheduled) { this.scheduled = true; setTimeout(() => this.flush(), LOG_READ_INTERVAL_MS).unref(); }
     this.tap?.(line);
-    return ok;
+    return !this.backedUp;
   }
 
+  /** Writes what this turn gathered. */
+  private flush(): void {
+    this.scheduled = false;
+    if (!this.pending) return;
+    const text = this.pending;
+    this.pending = '';
+    if (!this.out.write(text)) this.backedUp = true;
+  }
+
+  /** master's own lines: rare, and one may be the last before exit, so written at once. */
   event(service: string, fields: Record<string, unknown>, msg: string): void {
     const { level = 'info', ...rest } = fields;
     this.write(JSON.stringify({ level, time: new Date().toISOString(), service, pid: process.pid, ...rest, msg }));
+    this.flush();
   }
 
   /**
@@ -164,6 +205,14 @@ export class LogSink {
           try { entry = JSON.parse(text); } catch { entry = undefined; }
           if (entry && typeof entry === 'object' && !Array.isArray(entry)) {
             const e = entry as Record<string, unknown>;
+            // What our services write (common/log.ts) already carries both fields: forward
+            // it as written. Only when each key occurs once in the text, so that no reader,
+            // whichever duplicate it believes, sees another name; a key spelled with a
+            // \u escape, or written twice, takes the re-serialising path below.
+            if (e.service === service && e.pid === pid && once(text, '"service"') && once(text, '"pid"') && !text.includes('\\u')) {
+              put(text);
+              return;
+            }
             const claims: Record<string, unknown> = {};
             if (e.service !== undefined && e.service !== service) claims.claimed_service = e.service;
             if (e.pid !== undefined && e.pid !== pid) claims.claimed_pid = e.pid;
@@ -175,7 +224,21 @@ export class LogSink {
       }, (dropped) => {
         put(wrap('warn', { truncated: true, dropped_bytes: dropped }, `log line longer than ${LOG_LINE_LIMIT} bytes: ${dropped} bytes dropped`));
       });
-      stream.on('data', (chunk: Buffer) => splitter.push(chunk));
+      // Read each child at most once per LOG_READ_INTERVAL_MS: under load a read then
+      // takes many lines at once (a pipe read and its event cost master more than the
+      // line's relaying); the pipe holds what comes in between, and a child never waits
+      // on it (its log writes are asynchronous), so a line is at most that much later.
+      let resting = false;
+      stream.on('data', (chunk: Buffer) => {
+        splitter.push(chunk);
+        if (resting) return;
+        resting = true;
+        stream.pause();
+        setTimeout(() => {
+          resting = false;
+          if (!this.paused.has(stream)) stream.resume();
+        }, LOG_READ_INTERVAL_MS).unref();
+      });
       stream.on('end', () => { splitter.end(); this.paused.delete(stream); });
       stream.on('error', () => undefined);
     };

@@ -260,7 +260,14 @@ export class Master {
       await Promise.all(group.map((s) => new Promise<void>((resolve) => {
         const child = s.child!;
         const kill = setTimeout(() => child.kill('SIGKILL'), 20000);
-        child.once('exit', () => { clearTimeout(kill); resolve(); });
+        child.once('exit', () => {
+          clearTimeout(kill);
+          // its last lines may still wait in the pipe (the log sink reads each child at most
+          // every 10 ms): 'close' comes once they are read; bounded, in case something it
+          // started holds the pipe open
+          const late = setTimeout(resolve, 2000);
+          child.once('close', () => { clearTimeout(late); resolve(); });
+        });
         if (child.connected) child.send({ type: 'stop' }); else child.kill('SIGTERM');
       })));
     }

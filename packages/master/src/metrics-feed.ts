@@ -12,9 +12,10 @@
  */
 import * as net from 'node:net';
 
-export interface FeedLimits { lines: number; bytes: number; lineBytes: number; retryMs: number }
+/** batchMs: lines pushed within it are sent in one write (master's log sink writes at the same pace). */
+export interface FeedLimits { lines: number; bytes: number; lineBytes: number; retryMs: number; batchMs?: number }
 
-export const DEFAULT_FEED_LIMITS: FeedLimits = { lines: 10000, bytes: 4 * 1024 * 1024, lineBytes: 64 * 1024, retryMs: 1000 };
+export const DEFAULT_FEED_LIMITS: FeedLimits = { lines: 10000, bytes: 4 * 1024 * 1024, lineBytes: 64 * 1024, retryMs: 1000, batchMs: 10 };
 
 export class MetricsFeed {
   private sock: net.Socket | null = null;
@@ -26,6 +27,8 @@ export class MetricsFeed {
   private dropped = 0;
   private timer?: NodeJS.Timeout;
   private stopped = false;
+  /** A flush is due within batchMs. */
+  private scheduled = false;
 
   constructor(private socketPath: string, private limits: FeedLimits = DEFAULT_FEED_LIMITS) {}
 
@@ -35,10 +38,11 @@ export class MetricsFeed {
     if (this.stopped) return;
     const rec = `L${line.endsWith('\n') ? line.slice(0, -1) : line}\n`;
     if (rec.length > this.limits.lineBytes) { this.dropped++; return; }
-    if (this.connected && !this.blocked && this.queue.length === 0) { this.send(rec); return; }
     if (this.queue.length >= this.limits.lines || this.queuedBytes + rec.length > this.limits.bytes) { this.dropped++; return; }
     this.queue.push(rec);
     this.queuedBytes += rec.length;
+    // lines go out together, at most one write per batchMs (a system call per line cost master more than the rest of relaying it)
+    if (!this.scheduled) { this.scheduled = true; setTimeout(() => { this.scheduled = false; this.flush(); }, this.limits.batchMs ?? 10).unref(); }
   }
 
   stop(): void {
@@ -57,10 +61,12 @@ export class MetricsFeed {
       this.send(`D${this.dropped}\n`);
       this.dropped = 0;
     }
-    while (this.connected && !this.blocked && this.queue.length) {
-      const rec = this.queue.shift()!;
-      this.queuedBytes -= rec.length;
-      this.send(rec);
+    if (this.connected && !this.blocked && this.queue.length) {
+      // all at once: the queue is bounded (limits.bytes), and the socket takes what it can
+      const text = this.queue.length === 1 ? this.queue[0] : this.queue.join('');
+      this.queue = [];
+      this.queuedBytes = 0;
+      this.send(text);
     }
   }
 

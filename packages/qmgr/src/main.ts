@@ -382,6 +382,8 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     failure: (error) => ({ ok: false, error }),
     log: ctx.log,
     logFields: { socket: `private/${ctx.name}` },
+    // cleanup keeps one connection for its triggers; the CLI sends one request and closes
+    many: true,
   });
   return {
     listen: (h) => server.listen(h),
