@@ -193,8 +193,14 @@ class QueueManager {
       }
       return this.finish(id, info);
     }
-    const groups = planDeliveries(pending.map((r) => ({ index: r.index, address: env.recipients[r.index].address })), this.config);
-    const records = (await Promise.all(groups.map((g) => this.deliverGroup(info, g)))).flat();
+    const plan = await planDeliveries(pending.map((r) => ({ index: r.index, address: env.recipients[r.index].address })), this.config);
+    const records = (await Promise.all(plan.groups.map((g) => this.deliverGroup(info, g)))).flat();
+    // a route that could not be looked up (a table down): deferred, tried again at the next retry
+    for (const d of plan.deferred) {
+      records.push({ type: 'rcpt', index: d.index, status: 'deferred', dsn: d.dsn, reason: d.reason, at: Date.now() });
+      this.log.info({ queue_id: id, to: `<${d.address}>`, relay: 'none', delay: delaySince(env.arrival), dsn: d.dsn, status: 'deferred' },
+        `deferred (${d.reason})`);
+    }
     // every recipient delivered now, none bounced earlier (those need a DSN): nothing is left to remember
     const allSentNow = pending.length > 0 && pending.length === env.recipients.length
       && pending.every((p) => records.some((r) => r.type === 'rcpt' && r.index === p.index && r.status === 'sent'));
