@@ -268,6 +268,20 @@ export function addUser(
   writeFileAtomic(target, `${text}${sep}${line}\n`, opts.secure);
 }
 
+/** Replace a user's password hash, keeping every other field and line. False (file untouched) if absent. */
+export function setUserPassword(file: string, address: string, passwordHash: string, secure?: (fd: number) => void): boolean {
+  const user = address.toLowerCase();
+  const target = realTarget(file);
+  const text = readIfExists(target);
+  const entry = parsePasswdFile(text, file).find((e) => e.user === user);
+  if (!entry) return false;
+  const lines = text.split('\n');
+  const { line: _line, ...fields } = entry;
+  lines[entry.line - 1] = formatPasswdLine({ ...fields, password: passwordHash });
+  writeFileAtomic(target, lines.join('\n'), secure);
+  return true;
+}
+
 /** Remove a user's line, keeping everything else. False (file untouched) if absent. */
 export function deleteUser(file: string, address: string, secure?: (fd: number) => void): boolean {
   const user = address.toLowerCase();
@@ -281,7 +295,11 @@ export function deleteUser(file: string, address: string, secure?: (fd: number) 
   return true;
 }
 
-/** The domains delivered here: mydestination and virtual_mailbox_domains, lower-cased. */
+/**
+ * The domain names written in mydestination and virtual_mailbox_domains, lower-cased;
+ * their `type:source` tables are not included (domains.ts LocalDomains asks those).
+ */
 export function localDomains(config: { list(name: string): string[] }): Set<string> {
-  return new Set([...config.list('mydestination'), ...config.list('virtual_mailbox_domains')].map((d) => d.toLowerCase()));
+  return new Set([...config.list('mydestination'), ...config.list('virtual_mailbox_domains')]
+    .filter((d) => !/^[a-z][a-z0-9-]*:/.test(d)).map((d) => d.toLowerCase()));
 }
