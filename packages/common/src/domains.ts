@@ -22,9 +22,6 @@ export class DomainList {
     this.tables = entries.filter((e) => TABLE_ENTRY.test(e)).map((e) => openTable(e, param)!);
   }
 
-  /** Whether the list has tables (a lookup may wait for, or fail with, a database). */
-  get hasTables(): boolean { return this.tables.length > 0; }
-
   /** Is the domain listed? Rejects with TableUnavailable when a table it must ask cannot answer. */
   async has(domain: string): Promise<boolean> {
     const d = domain.toLowerCase().replace(/\.$/, '');
