@@ -5,6 +5,7 @@
 'use strict';
 const fs = require('node:fs');
 const os = require('node:os');
+const net = require('node:net');
 
 /**
  * parseArgs(argv, defaults, {numeric, required}): "--name value" pairs into an object.
@@ -186,6 +187,29 @@ function newRun(opts) {
 }
 
 /**
+ * withSession(opts, run, id, body): one session of a load run, if any work is left:
+ * connect to opts.host:opts.port, greeting and EHLO (opts.helo), body(wire, socket),
+ * QUIT. The connection is in run.open while it lasts; a failure is noted in run.errors.
+ */
+async function withSession(opts, run, id, body) {
+  if (run.remaining <= 0 || run.timedOut) return;
+  if (run.firstConnect === null) run.firstConnect = Date.now();
+  const socket = net.connect({ host: opts.host, port: opts.port });
+  run.open.add(socket);
+  const wire = new SmtpWire(socket);
+  try {
+    await greetAndEhlo(wire, opts.helo);
+    await body(wire, socket);
+    await wire.command('QUIT').catch(() => undefined);
+  } catch (e) {
+    run.noteError(`session ${id}`, e);
+  } finally {
+    socket.destroy();
+    run.open.delete(socket);
+  }
+}
+
+/**
  * runLoad(opts, run, session, close, extra): opts.sessions parallel session(id) calls,
  * bounded by opts.timeout (then close(connection) for every one in run.open, and the
  * report 5 s later should they not wind up); then one JSON line: the counts, first
@@ -306,6 +330,6 @@ function treeMemory(root) {
 }
 
 module.exports = {
-  parseArgs, argsOrExit, makeBody, rfcDate, mxMessage, sendOne, greetAndEhlo, latencySummary, newRun, runLoad, nowMs, ownCpuMs, SmtpWire,
+  parseArgs, argsOrExit, makeBody, rfcDate, mxMessage, sendOne, greetAndEhlo, latencySummary, newRun, runLoad, withSession, nowMs, ownCpuMs, SmtpWire,
   CLK_TCK, procStat, procCpuNs, procTree, treeMemory,
 };

@@ -16,8 +16,7 @@
 // p99, max and mean of the time from writing the final "." to reading the 250 (the
 // server's whole commit: queue file written and fsynced). Exit 0 when all N were accepted.
 'use strict';
-const net = require('node:net');
-const { argsOrExit, makeBody, mxMessage, sendOne, greetAndEhlo, newRun, runLoad, SmtpWire } = require('./load-lib');
+const { argsOrExit, makeBody, mxMessage, sendOne, newRun, runLoad, withSession } = require('./load-lib');
 
 const opts = argsOrExit('mx-load', process.argv.slice(2),
   { host: '127.0.0.1', messages: 5000, sessions: 20, size: 4096, timeout: 600, helo: 'client.remote.test' },
@@ -27,14 +26,8 @@ const body = makeBody(opts.size);
 
 const run = newRun(opts);
 
-async function session(id) {
-  if (run.remaining <= 0 || run.timedOut) return;
-  if (run.firstConnect === null) run.firstConnect = Date.now();
-  const socket = net.connect({ host: opts.host, port: opts.port });
-  run.open.add(socket);
-  const wire = new SmtpWire(socket);
-  try {
-    await greetAndEhlo(wire, opts.helo);
+function session(id) {
+  return withSession(opts, run, id, async (wire, socket) => {
     while (run.remaining > 0 && !run.timedOut) {
       const n = opts.messages - run.remaining-- + 1;
       try {
@@ -48,13 +41,7 @@ async function session(id) {
         await wire.command('RSET');
       }
     }
-    await wire.command('QUIT').catch(() => undefined);
-  } catch (e) {
-    run.noteError(`session ${id}`, e);
-  } finally {
-    socket.destroy();
-    run.open.delete(socket);
-  }
+  });
 }
 
 runLoad(opts, run, session, (s) => s.destroy());

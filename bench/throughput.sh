@@ -106,8 +106,14 @@ result_json() { # ERROR-or-empty [VERSION]
 bench_note "Postern: sandbox instance in $PT"
 PT_PORT="$(free_port)"
 postern_create "$PT" "$PT_PORT" postern.bench.test || bench_die "postern init failed"
-"$POSTERN" -c "$PT/etc" user add "$RECIPIENT" --password-stdin <<<"bench-password" >/dev/null ||
-  bench_die "postern user add $RECIPIENT failed"
+# BENCH_POSTERN_USERS (bench/tables.sh): a command "CMD DIR ADDRESS" that puts the user in
+# another user database (pgsql:) instead of the passwd-file
+if [ -n "${BENCH_POSTERN_USERS:-}" ]; then
+  $BENCH_POSTERN_USERS "$PT" "$RECIPIENT" || bench_die "$BENCH_POSTERN_USERS failed"
+else
+  "$POSTERN" -c "$PT/etc" user add "$RECIPIENT" --password-stdin <<<"bench-password" >/dev/null ||
+    bench_die "postern user add $RECIPIENT failed"
+fi
 # As a real MX sees it: the client is not in mynetworks (no relay, no bare-LF leniency).
 # Postfix's default does no reverse-DNS rejection and there is no DNS here: the same for Postern.
 "$POSTERN" -c "$PT/etc" config set "mynetworks=192.0.2.0/24" "smtpd_client_restrictions=" || bench_die "postern config set failed"

@@ -23,3 +23,25 @@ CREATE TABLE IF NOT EXISTS aliases (
   destination TEXT NOT NULL,
   PRIMARY KEY (address, destination)
 );
+
+-- smtpd_sender_login_maps: who may send as an address (or @domain) besides its owner
+CREATE TABLE IF NOT EXISTS sender_logins (
+  address TEXT NOT NULL CHECK (address = lower(address)),   -- alice@example.org or @example.org
+  login   TEXT NOT NULL,                                      -- the SASL login (an email of users)
+  PRIMARY KEY (address, login)
+);
+
+-- transport_maps: where mail for a domain (or address, or .parent) goes: smtp:[host]:port, lmtp:inet:host:port, ...
+CREATE TABLE IF NOT EXISTS transports (
+  domain    TEXT PRIMARY KEY CHECK (domain = lower(domain)),
+  transport TEXT NOT NULL
+);
+
+-- dkim_signing_table: one row per signature; keyfile absolute or relative to dkim_key_directory
+CREATE TABLE IF NOT EXISTS dkim_keys (
+  domain    TEXT NOT NULL CHECK (domain = lower(domain)),
+  selector  TEXT NOT NULL,
+  keyfile   TEXT NOT NULL,
+  algorithm TEXT NOT NULL DEFAULT '',                         -- rsa-sha256, ed25519-sha256, or '': the key's type
+  PRIMARY KEY (domain, selector)
+);

@@ -9,9 +9,11 @@ import * as path from 'node:path';
 import {
   openTable, openUserDb, openUserDbWriter, parseSqlCf, expandQuery, closeSqlTables, TableUnavailable,
 } from '../../packages/common/dist/index.js';
-import { Instance, IS_ROOT, rcptReply, freePort, requireTool, run, tempDir, waitFor } from './harness.js';
-import { Dovecot } from './dovecot.js';
+import { generateKeyPairSync } from 'node:crypto';
+import { Instance, IS_ROOT, rcptReply, freePort, requireTool, run, tempDir, waitFor, RawSmtp, headerFields } from './harness.js';
+import { Dovecot, reloadAndWait } from './dovecot.js';
 import { ImapClient } from './imap.js';
+import { SmtpSink } from './smtp-sink.js';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const PG_BIN = '/usr/lib/postgresql/15/bin';
@@ -284,4 +286,153 @@ test('real service accounts: only proxymap reads users.cf; smtpd, local and smtp
   } finally {
     await inst.destroy();
   }
+});
+
+// ---- the other tables of issue 12: domains, sender logins, transports, DKIM keys, passwords
+
+/** A pgsql: table file on a host: the shared login and one query. */
+function pgTable(h: { inst: Instance }, name: string, query: string): string {
+  const f = path.join(h.inst.etc, name);
+  fs.writeFileSync(f, [`hosts = inet:127.0.0.1:${pg.port}`, 'user = postern', `password = ${DB_PASS}`, 'dbname = mail', `query = ${query}`, ''].join('\n'), { mode: 0o600 });
+  return `pgsql:${f}`;
+}
+
+function sendmail(h: { inst: Instance }, from: string, to: string, message: string) {
+  const r = run(process.execPath, [path.join(ROOT, 'bin', 'sendmail'), '-C', h.inst.etc, '-f', from, to], { input: message, cwd: '/' });
+  assert.equal(r.code, 0, r.stderr);
+}
+
+let sink: SmtpSink;
+let dkimKey: string;
+after(async () => { await sink?.stop(); });
+
+/** Set main.cf parameters on a host and wait until its services use them. */
+async function configure(h: { inst: Instance; addr: string }, settings: string[]): Promise<void> {
+  h.inst.cli(['config', 'set', ...settings]);
+  // every service that reads these tables: the three smtpd listeners, cleanup, qmgr, smtp and proxymap
+  const { smtp, submission, submissions } = h.inst.ports;
+  await reloadAndWait(h.inst, [...[smtp, submission, submissions].map((p) => `smtpd[${h.addr}:${p}]`), 'cleanup', 'qmgr', 'smtp', 'proxymap']);
+}
+
+test('virtual_mailbox_domains from PostgreSQL: a domain added to the table is accepted without reload, an unknown one is relaying', async () => {
+  const h = hosts[0];
+  // the test's client is an outsider: relaying is refused (and no reverse-DNS check: there is no DNS here)
+  await configure(h, ['mynetworks=127.0.0.99/32', 'smtpd_client_restrictions=',
+    `virtual_mailbox_domains=example.test, ${pgTable(h, 'domains.cf', "SELECT domain FROM domains WHERE domain = '%s'")}`]);
+  assert.equal(await rcpt(h, 'zoe@new.test'), '554 5.7.1 <zoe@new.test>: Relay access denied');
+  pg.psql('mail', `INSERT INTO users (email, password, home) VALUES ('zoe@new.test', '{PLAIN}x', '${path.join(mailBase, 'new.test', 'zoe')}')`);
+  pg.psql('mail', "INSERT INTO domains VALUES ('new.test')");
+  await waitFor('new.test accepted from the table', async () => /^250 /.test(await rcpt(h, 'zoe@new.test')) || undefined, 20000, 500);
+  assert.equal(await rcpt(h, 'zoe@other.test'), '554 5.7.1 <zoe@other.test>: Relay access denied');
+  const z = swaks(h, ['--port', String(h.inst.ports.smtp), '--from', 'someone@remote.test', '--to', 'zoe@new.test']);
+  assert.equal(z.code, 0, z.out);
+  await waitFor('delivered to zoe@new.test (qmgr routes the table\'s domain to local)', () => maildirNew('zoe@new.test').length === 1 || undefined, 30000);
+});
+
+test('smtpd_sender_login_maps from PostgreSQL: bob may send as sales@ (MAIL FROM and From:), not as other@ (553 5.7.1)', async () => {
+  const h = hosts[0];
+  pg.psql('mail', "INSERT INTO sender_logins VALUES ('sales@example.test', 'bob@example.test'), ('sales2@example.test', 'bob@example.test')");
+  h.inst.cli(['user', 'add', 'bob@example.test', '--password-stdin'], { input: 'bob pw\n' });
+  await configure(h, [`smtpd_sender_login_maps=${pgTable(h, 'senders.cf', "SELECT login FROM sender_logins WHERE address = '%s'")}`]);
+  const auth = ['--port', String(h.inst.ports.submission), '-tls', '--auth', 'PLAIN', '--auth-user', 'bob@example.test', '--auth-password', 'bob pw', '--to', 'bob@example.test'];
+  const ok = swaks(h, [...auth, '--from', 'sales@example.test', '--header', 'Subject: as sales']);
+  assert.equal(ok.code, 0, ok.out);
+  const refused = swaks(h, [...auth, '--from', 'other@example.test']);
+  assert.match(refused.out, /<~\*\s+553 5\.7\.1 <other@example\.test>: Sender address rejected: not owned by user bob@example\.test/, refused.out);
+  await waitFor('bob\'s mail as sales@ delivered (the From: check agrees)', () => maildirNew('bob@example.test').length === 1 || undefined, 30000);
+});
+
+test('transport_maps from PostgreSQL: a domain routed to smtp:[127.0.0.1]:PORT reaches that smtp-sink', async () => {
+  const h = hosts[0];
+  sink = await new SmtpSink('127.0.0.1', await freePort()).start();
+  pg.psql('mail', `INSERT INTO transports VALUES ('routed.test', 'smtp:[127.0.0.1]:${sink.port}'), ('routed2.test', 'smtp:[127.0.0.1]:${sink.port}')`);
+  await configure(h, [`transport_maps=${pgTable(h, 'transport.cf', "SELECT transport FROM transports WHERE domain = '%s'")}`]);
+  sendmail(h, 'root@example.test', 'someone@routed.test', 'From: root@example.test\nTo: someone@routed.test\nSubject: routed\n\nhello\n');
+  await waitFor('the sink got the routed message', () => sink.received().some((m) => /Subject: routed\r?$/m.test(m)) || undefined, 30000, 200);
+});
+
+test('dkim_signing_table from PostgreSQL: submitted mail is signed with the d= and s= of the table', async () => {
+  const h = hosts[0];
+  dkimKey = path.join(h.inst.etc, 'pgsel.key');
+  fs.writeFileSync(dkimKey, generateKeyPairSync('ed25519').privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 });
+  pg.psql('mail', `INSERT INTO dkim_keys VALUES ('example.test', 'pgsel', '${dkimKey}', 'ed25519-sha256')`);
+  h.inst.cli(['user', 'add', 'dk@example.test', '--password-stdin'], { input: 'dk pw\n' });
+  await configure(h, [`dkim_signing_table=${pgTable(h, 'dkim.cf', "SELECT selector || ' ' || keyfile || ' ' || algorithm FROM dkim_keys WHERE domain = '%s'")}`]);
+  sendmail(h, 'root@example.test', 'dk@example.test', 'From: dk@example.test\nTo: dk@example.test\nSubject: signed\n\nhello\n');
+  await waitFor('delivered to dk@', () => maildirNew('dk@example.test').length === 1 || undefined, 30000);
+  const [file] = maildirNew('dk@example.test');
+  const text = fs.readFileSync(path.join(mailBase, 'example.test', 'dk', 'Maildir', 'new', file), 'latin1');
+  const sig = headerFields(text).find((f) => f.name === 'dkim-signature');
+  assert.ok(sig, `a DKIM-Signature from the table:\n${text.slice(0, 1500)}`);
+  assert.match(sig.value, /\bd=example\.test;/);
+  assert.match(sig.value, /\bs=pgsel;/);
+  assert.match(sig.value, /\ba=ed25519-sha256;/);
+});
+
+test('postern user passwd changes the SMTP AUTH password on both hosts (pgsql:)', async () => {
+  hosts[0].inst.cli(['user', 'add', 'pat@example.test', '--password-stdin'], { input: 'old pw\n' });
+  const r = hosts[1].inst.cli(['user', 'passwd', 'pat@example.test', '--password-stdin'], { input: 'new pw\n' });
+  assert.match(r.stdout, /changed the password of pat@example\.test/);
+  const login = (h: { inst: Instance; addr: string }, pw: string) => swaks(h, ['--port', String(h.inst.ports.submission), '-tls', '--auth', 'PLAIN',
+    '--auth-user', 'pat@example.test', '--auth-password', pw, '--from', 'pat@example.test', '--to', 'pat@example.test', '--quit-after', 'AUTH']);
+  for (const h of hosts) {
+    await waitFor(`${h.addr} takes the new password`, () => /<~\s+235 /.test(login(h, 'new pw').out) || undefined, 20000, 500);
+    assert.match(login(h, 'old pw').out, /<~\*\s+535 5\.7\.8 /, `${h.addr} refuses the old password`);
+  }
+  const none = hosts[0].inst.tryCli(['user', 'passwd', 'nobody@example.test', '--password-stdin'], { input: 'x\n' });
+  assert.equal(none.code, 1);
+  assert.match(none.stderr, /nobody@example\.test: no such user/);
+});
+
+test('PostgreSQL down: 451 4.3.0 for an uncached domain and sender login, delivery and DKIM signing deferred; back up, nothing lost', async () => {
+  const h = hosts[0];
+  pg.psql('mail', `INSERT INTO users (email, password, home) VALUES ('yan@later.test', '{PLAIN}x', '${path.join(mailBase, 'later.test', 'yan')}')`);
+  pg.psql('mail', "INSERT INTO domains VALUES ('later.test')");
+  // bob logs in while the database is up; his session stays open across the outage
+  const s = await RawSmtp.connectTls(h.inst.ports.submissions, { host: h.addr });
+  try {
+    assert.match(await s.command('EHLO client.example.test'), /^250/);
+    assert.match(await s.command(`AUTH PLAIN ${Buffer.from('\0bob@example.test\0bob pw').toString('base64')}`), /^235 /);
+    pg.stop();
+    try {
+      assert.equal(await rcpt(h, 'yan@later.test'), '451 4.3.0 <yan@later.test>: Temporary lookup failure');
+      assert.equal(await s.command('MAIL FROM:<sales2@example.test>'), '451 4.3.0 <sales2@example.test>: Sender address rejected: Temporary lookup failure');
+      sendmail(h, 'root@example.test', 'someone@routed2.test', 'From: dk@example.test\nTo: someone@routed2.test\nSubject: while down\n\nhello\n');
+      // cleanup cannot read the DKIM table: pickup keeps the message and retries (never sent unsigned)
+      await h.inst.waitForLog('cleanup refused for now', (e) => e.service === 'pickup' && /Temporary lookup failure/.test(String(e.err)), 30000);
+      assert.equal(sink.received().filter((m) => /Subject: while down/.test(m)).length, 0);
+    } finally {
+      pg.start();
+    }
+    // back up: the same session may now send as sales2@
+    await waitFor('MAIL FROM sales2@ accepted', async () => {
+      const r = await s.command('MAIL FROM:<sales2@example.test>');
+      if (/^250 /.test(r)) return true;
+      await s.command('RSET');
+      return undefined;
+    }, 30000, 1000);
+  } finally {
+    s.close();
+  }
+  const got = await waitFor('the message queued during the outage reached the sink, signed', () => sink.received().find((m) => /Subject: while down/.test(m)), 90000, 500);
+  assert.match(headerFields(got).find((f) => f.name === 'dkim-signature')?.value ?? '', /\bs=pgsel;/);
+  await waitFor('later.test accepted', async () => /^250 /.test(await rcpt(h, 'yan@later.test')) || undefined, 20000, 500);
+  await waitFor('queue empty', () => h.inst.queueEmpty() || undefined, 30000, 500);
+});
+
+test('PostgreSQL down: transport_maps lookup defers in qmgr (4.3.0), the message stays queued and goes out when it is back', async () => {
+  const h = hosts[0];
+  // signing from a file again, so cleanup needs no database: only qmgr's route lookup does
+  await configure(h, [`dkim_signing_table=${path.join(h.inst.etc, 'no-such.table')}`]);
+  pg.stop();
+  try {
+    // submitted by root while the database is down (no alias tables): cleanup queues it, qmgr cannot route it
+    sendmail(h, 'root@example.test', 'someone@routed2.test', 'From: root@mx.example.test\nTo: someone@routed2.test\nSubject: route while down\n\nhello\n');
+    await h.inst.waitForLog('deferred by the transport lookup', (e) => e.status === 'deferred' && e.dsn === '4.3.0' && /someone@routed2\.test/.test(String(e.to)), 30000);
+    assert.equal(h.inst.queueEmpty(), false, 'the message stays queued');
+  } finally {
+    pg.start();
+  }
+  await waitFor('delivered after the database is back', () => sink.received().some((m) => /Subject: route while down/.test(m)) || undefined, 90000, 500);
+  await waitFor('queue empty', () => h.inst.queueEmpty() || undefined, 30000, 500);
 });

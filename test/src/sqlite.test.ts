@@ -5,7 +5,9 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openTable, openUserDb, openUserDbWriter, TableUnavailable } from '../../packages/common/dist/index.js';
-import { Instance, requireTool, run, tempDir, waitFor, rcptReply } from './harness.js';
+import { Instance, requireTool, run, tempDir, waitFor, rcptReply, freePort } from './harness.js';
+import { SmtpSink } from './smtp-sink.js';
+import { reloadAndWait } from './dovecot.js';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 let inst: Instance;
@@ -128,5 +130,75 @@ test('postern check: a database table with no proxymap in master.cf is an error 
       && /virtual_mailbox_maps: sqlite: tables are read through the proxymap service, which master\.cf does not run/.test(c.problem)), r.stdout);
   } finally {
     fs.writeFileSync(mcf, before);
+  }
+});
+
+/** An sqlite: table file over the test's database with one query. */
+function sqliteTable(name: string, query: string): string {
+  const f = path.join(inst.etc, name);
+  fs.writeFileSync(f, `dbpath = ${db}\nquery = ${query}\n`);
+  return `sqlite:${f}`;
+}
+
+function sql(statement: string): void {
+  const r = run(requireTool('sqlite3'), [db, statement]);
+  assert.equal(r.code, 0, r.stderr);
+}
+
+const submit = (user: string, pw: string, from: string, extra: string[] = []) => {
+  const r = run(requireTool('swaks'), ['--timeout', '20', '--server', '127.0.0.1', '--port', String(inst.ports.submission), '-tls',
+    '--auth', 'PLAIN', '--auth-user', user, '--auth-password', pw, '--from', from, '--to', user, ...extra]);
+  return { code: r.code, out: r.stdout + r.stderr };
+};
+
+test('sqlite: postern user passwd changes the SMTP AUTH password', async () => {
+  inst.cli(['user', 'add', 'pat@example.test', '--password-stdin'], { input: 'old pw\n' });
+  assert.match(inst.cli(['user', 'passwd', 'pat@example.test', '--password-stdin'], { input: 'new pw\n' }).stdout, /changed the password of pat@example\.test/);
+  await waitFor('the new password works', () => /<~\s+235 /.test(submit('pat@example.test', 'new pw', 'pat@example.test', ['--quit-after', 'AUTH']).out) || undefined, 20000, 500);
+  assert.match(submit('pat@example.test', 'old pw', 'pat@example.test', ['--quit-after', 'AUTH']).out, /<~\*\s+535 5\.7\.8 /);
+});
+
+test('sqlite: virtual_mailbox_domains, smtpd_sender_login_maps and transport_maps from the database; gone: 451 4.3.0 and deferral, back: delivered', async () => {
+  const sink = await new SmtpSink('127.0.0.1', await freePort()).start();
+  try {
+    inst.cli(['user', 'add', 'bob@example.test', '--password-stdin'], { input: 'bob pw\n' });
+    sql(`INSERT INTO transports VALUES ('routed.test', 'smtp:[127.0.0.1]:${sink.port}'), ('routed2.test', 'smtp:[127.0.0.1]:${sink.port}'); INSERT INTO sender_logins VALUES ('@sales.test', 'bob@example.test');`
+      + ` INSERT INTO users (email, password, home) VALUES ('zoe@new.test', '{PLAIN}x', '${path.join(inst.dir, 'mail', 'new.test', 'zoe')}');`);
+    // the test's client is an outsider (relaying refused; no reverse-DNS check: there is no DNS here)
+    inst.cli(['config', 'set', 'mynetworks=127.0.0.99/32', 'smtpd_client_restrictions=',
+      `virtual_mailbox_domains=example.test, ${sqliteTable('domains.cf', "SELECT domain FROM domains WHERE domain = '%s'")}`,
+      `smtpd_sender_login_maps=${sqliteTable('senders.cf', "SELECT login FROM sender_logins WHERE address = '%s'")}`,
+      `transport_maps=${sqliteTable('transport.cf', "SELECT transport FROM transports WHERE domain = '%s'")}`]);
+    const { smtp, submission, submissions } = inst.ports;
+    await reloadAndWait(inst, [...[smtp, submission, submissions].map((p) => `smtpd[127.0.0.1:${p}]`), 'cleanup', 'qmgr', 'smtp', 'proxymap']);
+    assert.equal(await rcpt('zoe@new.test'), '554 5.7.1 <zoe@new.test>: Relay access denied');
+    sql("INSERT INTO domains VALUES ('new.test')");
+    await waitFor('new.test accepted from the table', async () => /^250 /.test(await rcpt('zoe@new.test')) || undefined, 20000, 500);
+    const ok = submit('bob@example.test', 'bob pw', 'info@sales.test', ['--quit-after', 'MAIL']);
+    assert.match(ok.out, /<~\s+250 /, ok.out);
+    assert.match(submit('bob@example.test', 'bob pw', 'info@other.test', ['--quit-after', 'MAIL']).out,
+      /<~\*\s+553 5\.7\.1 <info@other\.test>: Sender address rejected: not owned by user bob@example\.test/);
+    const s = run(process.execPath, [path.join(ROOT, 'bin', 'sendmail'), '-C', inst.etc, '-f', 'root@example.test', 'someone@routed.test'],
+      { input: 'Subject: routed by sqlite\n\nhello\n', cwd: '/' });
+    assert.equal(s.code, 0, s.stderr);
+    await waitFor('the sink got the routed message', () => sink.received().some((m) => /Subject: routed by sqlite/.test(m)) || undefined, 30000, 200);
+
+    fs.renameSync(db, `${db}.away`);
+    try {
+      assert.equal(await rcpt('yan@later.test'), '451 4.3.0 <yan@later.test>: Temporary lookup failure');
+      assert.match(submit('bob@example.test', 'bob pw', 'info@later.test', ['--quit-after', 'MAIL']).out, /<~\*\s+45\d 4\.\d\.\d /,
+        'no 5xx while the database is gone (AUTH or MAIL answers 4xx)');
+      const q = run(process.execPath, [path.join(ROOT, 'bin', 'sendmail'), '-C', inst.etc, '-f', 'root@example.test', 'someone@routed2.test'],
+        { input: 'Subject: routed while gone\n\nhello\n', cwd: '/' });
+      assert.equal(q.code, 0, q.stderr);
+      await inst.waitForLog('deferred by the transport lookup', (e) => e.status === 'deferred' && e.dsn === '4.3.0' && /someone@routed2\.test/.test(String(e.to)), 30000);
+      assert.equal(inst.queueEmpty(), false);
+    } finally {
+      fs.renameSync(`${db}.away`, db);
+    }
+    await waitFor('delivered when the database is back', () => sink.received().some((m) => /Subject: routed while gone/.test(m)) || undefined, 60000, 500);
+    await waitFor('queue empty', () => inst.queueEmpty() || undefined, 30000, 500);
+  } finally {
+    await sink.stop();
   }
 });

@@ -16,7 +16,7 @@ import {
   UserTable,
   type UserEntry,
 } from '../../packages/common/dist/users.js';
-import { waitFor } from './harness.js';
+import { waitFor, postern } from './harness.js';
 
 function tmpDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'postern-users-'));
@@ -254,4 +254,34 @@ test('UserTable: missing file is empty, lookups are case-insensitive, reloads on
   fs.rmSync(file);
   assert.deepEqual(fast.list(), []);
   fs.rmSync(dir, { recursive: true });
+});
+
+test('postern user passwd (passwd-file): replaces only the hash, keeps the line and the others; unknown user is an error', () => {
+  const dir = tmpDir();
+  try {
+    const init = postern(['init', dir, '--hostname', 'mx.example.test', '--domain', 'example.test', '--unprivileged']);
+    assert.equal(init.code, 0, init.stderr);
+    const etc = path.join(dir, 'etc');
+    for (const [u, pw] of [['ann@example.test', 'first'], ['ben@example.test', 'other']]) {
+      const r = postern(['-c', etc, 'user', 'add', u, '--password-stdin', '--mailbox', 'mbox'], { input: `${pw}\n` });
+      assert.equal(r.code, 0, r.stderr);
+    }
+    const file = path.join(etc, 'users');
+    const before = parsePasswdFile(fs.readFileSync(file, 'utf8'), file);
+    const r = postern(['-c', etc, 'user', 'passwd', 'Ann@Example.test', '--password-stdin'], { input: 'second\n' });
+    assert.equal(r.code, 0, r.stderr);
+    const after = parsePasswdFile(fs.readFileSync(file, 'utf8'), file);
+    const ann = after.find((e) => e.user === 'ann@example.test')!;
+    assert.ok(verifyPassword('second', ann.password), 'the new password');
+    assert.ok(!verifyPassword('first', ann.password), 'not the old one');
+    const { password: _p, ...rest } = ann;
+    const { password: _q, ...was } = before.find((e) => e.user === 'ann@example.test')!;
+    assert.deepEqual(rest, was, 'uid, gid, home and mailbox unchanged');
+    assert.deepEqual(after.find((e) => e.user === 'ben@example.test'), before.find((e) => e.user === 'ben@example.test'));
+    const none = postern(['-c', etc, 'user', 'passwd', 'cat@example.test', '--password-stdin'], { input: 'x\n' });
+    assert.equal(none.code, 1);
+    assert.match(none.stderr, /cat@example\.test: no such user/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -13,8 +13,9 @@ import { Readable } from 'node:stream';
 import addressparser from 'nodemailer/lib/addressparser';
 import { dkimSign } from 'mailauth/lib/dkim/sign';
 import {
-  Logger, Envelope, QueueFileWriter, DkimTableEntry, DkimAlgorithm, parseDkimTable, domainOf,
+  Logger, Envelope, QueueFileWriter, DkimTableEntry, DkimAlgorithm, parseDkimTable, domainOf, openTable, TableUnavailable,
 } from '@postern/common';
+import * as path from 'node:path';
 import { HeaderSummary } from './header-section.js';
 
 export interface SigningKey {
@@ -87,10 +88,26 @@ export class DkimKeyStore {
     return { domain: entry.domain, selector: entry.selector, algorithm, keyFile: entry.keyFile, pem };
   }
 
+  /**
+   * A `type:source` signing table (pgsql:, sqlite:, texthash:): the domain is the key, the
+   * value "selector keyfile [algorithm]", several signatures separated by commas (one per
+   * row of an SQL table). A relative keyfile is in keyDir (dkim_key_directory). A table that
+   * cannot answer rejects with TableUnavailable: the message is refused for now, not sent unsigned.
+   */
+  private async tableEntries(spec: string, domain: string, keyDir: string): Promise<DkimTableEntry[]> {
+    const value = await openTable(spec, 'dkim_signing_table')!.lookup(domain);
+    if (value === undefined) return [];
+    const text = value.split(',').map((v) => `${domain} ${v.trim()}`).join('\n');
+    const parsed = parseDkimTable(text, path.join(keyDir, spec));
+    for (const err of parsed.errors) this.log.error({ table: spec, dkim_domain: domain, err }, 'DKIM signing table: entry ignored');
+    return parsed.entries;
+  }
+
   /** The usable keys for a domain, in table order; each unusable one is logged with the queue id. */
-  async keysFor(tableFile: string, domain: string, queueId: string): Promise<SigningKey[]> {
+  async keysFor(tableFile: string, domain: string, queueId: string, keyDir = ''): Promise<SigningKey[]> {
     const out: SigningKey[] = [];
-    for (const entry of (await this.entries(tableFile)).filter((e) => e.domain === domain)) {
+    const entries = /^[a-z][a-z0-9-]*:/.test(tableFile) ? await this.tableEntries(tableFile, domain, keyDir) : await this.entries(tableFile);
+    for (const entry of entries.filter((e) => e.domain === domain)) {
       try {
         out.push(await this.load(entry));
       } catch (e) {
@@ -119,14 +136,17 @@ export async function dkimSignatures(message: Readable, keys: SigningKey[]): Pro
 
 /**
  * Sign a submitted message about to be committed, if its domain has keys.
- * Never throws: the message is queued whatever happens here.
+ * Throws only TableUnavailable (a signing table that cannot answer now): the
+ * message is then refused with 451 4.3.0 and retried, as Postfix's cleanup does
+ * on a table error, rather than sent unsigned; anything else is logged and the
+ * message is queued.
  */
 export async function signQueuedMessage(file: QueueFileWriter, env: Envelope, summary: HeaderSummary | null,
-  tableFile: string, store: DkimKeyStore, log: Logger): Promise<void> {
+  tableFile: string, store: DkimKeyStore, log: Logger, keyDir = ''): Promise<void> {
   try {
     const domain = signingDomain(summary, env.sender);
     if (!domain) return;
-    const keys = await store.keysFor(tableFile, domain, env.id);
+    const keys = await store.keysFor(tableFile, domain, env.id, keyDir);
     if (!keys.length) return;
     let input = file.openMessage();
     if (summary && !summary.hasSeparator) {
@@ -143,6 +163,7 @@ export async function signQueuedMessage(file: QueueFileWriter, env: Envelope, su
     log.info({ queue_id: env.id, dkim_domain: domain, selectors: signed.map((k) => `${k.selector}(${k.algorithm})`).join(',') },
       'DKIM-Signature added');
   } catch (e) {
+    if (e instanceof TableUnavailable) throw e;
     log.error({ queue_id: env.id, err: (e as Error).message }, 'DKIM signing failed; message queued unsigned');
   }
 }

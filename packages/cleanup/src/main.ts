@@ -9,7 +9,7 @@ import addressparser from 'nodemailer/lib/addressparser';
 import {
   runService, ServiceContext, RunningService, QueueFileWriter, Envelope,
   newQueueId, rfc5322Date, headerSafe, NetworkList, AliasMaps, MainConfig, StatusRecord,
-  validate, SchemaError, smtpdMessageRequest, localMessageRequest, afterBodyRequest, loginOwnsAddress, localUserOwnsAddress,
+  validate, SchemaError, smtpdMessageRequest, localMessageRequest, afterBodyRequest, SenderLogins, TableUnavailable, localUserOwnsAddress,
   serveFrames, refuseInvalid, FrameConnection, CleanupReply, QmgrTrigger, RequestConnection, ConnectionClosed, Logger,
 } from '@postern/common';
 import { expandRecipients } from './aliases.js';
@@ -77,9 +77,10 @@ interface Refusal { code: number; dsn: string; text: string; log: string }
  * before we sign for that domain (DKIM, docs/dkim.md). Returns the first
  * From: address the submitter does not own, or null.
  */
-function unownedFrom(env: Envelope, summary: HeaderSummary | null, config: MainConfig): string | null {
-  let owns: ((a: string) => boolean) | null = null;
-  if (env.origin === 'smtpd' && env.sasl) owns = (a) => loginOwnsAddress(env.sasl!, a);
+async function unownedFrom(env: Envelope, summary: HeaderSummary | null, config: MainConfig): Promise<string | null> {
+  let owns: ((a: string) => boolean | Promise<boolean>) | null = null;
+  // smtpd_sender_login_maps may be a database: TableUnavailable goes up and the message is refused with 451 4.3.0
+  if (env.origin === 'smtpd' && env.sasl) owns = (a) => new SenderLogins(config).owns(env.sasl!, a);
   else if (env.origin === 'pickup' && Number.isInteger(env.uid)) {
     // as pickup decides who may set any sender: root and the queue owner (this process's uid)
     const who = { uid: env.uid!, user: env.user ?? String(env.uid), trusted: env.uid === 0 || env.uid === process.getuid!() };
@@ -87,7 +88,7 @@ function unownedFrom(env: Envelope, summary: HeaderSummary | null, config: MainC
   }
   if (!owns) return null; // mynetworks and our own notifications: signed as configured
   for (const value of summary?.from ?? []) {
-    for (const a of addressparser(value, { flatten: true })) if (a.address && !owns(a.address)) return a.address;
+    for (const a of addressparser(value, { flatten: true })) if (a.address && !(await owns(a.address))) return a.address;
   }
   return null;
 }
@@ -245,7 +246,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       }
       // only mail whose From: the submitter owns is signed
       let sign = submission;
-      const notOwned = submission && !refusal ? unownedFrom(env, summary, config) : null;
+      const notOwned = submission && !refusal ? await unownedFrom(env, summary, config) : null;
       if (notOwned) {
         sign = false;
         const owner = env.sasl ? `user ${env.sasl}` : `local user ${env.user ?? env.uid}`;
@@ -272,7 +273,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       }
       // only submitted mail is signed, and only its Message-ID is known for the log
       const fixed = submission ? header : null;
-      if (sign) await signQueuedMessage(file, env, fixed!.summary, config.get('dkim_signing_table'), dkimKeys, log);
+      if (sign) await signQueuedMessage(file, env, fixed!.summary, config.get('dkim_signing_table'), dkimKeys, log, config.get('dkim_key_directory'));
       await file.commit();
       log.info({ queue_id: env.id, from: `<${env.sender}>`, size: file.messageSize, nrcpt: env.recipients.length,
         client: env.client ? `${env.client.name}[${env.client.address}]` : undefined,
@@ -285,7 +286,10 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       if (file) await file.abort();
       // a write error midway: let the client finish sending so it reads this reply
       if (!ended) await drainMessage(reader);
-      await reply(failureReply(e)).catch(() => undefined);
+      // a table that cannot answer (aliases, sender logins, DKIM keys in a database): Postfix's
+      // cleanup answer, 451 4.3.0; smtpd passes it on, pickup and qmgr keep the message and retry
+      const answer = e instanceof TableUnavailable ? { ok: false as const, error: 'Temporary lookup failure', code: 451, dsn: '4.3.0' } : failureReply(e);
+      await reply(answer).catch(() => undefined);
     }
   }
 

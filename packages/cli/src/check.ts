@@ -311,6 +311,8 @@ function checkTls(views: View[], accounts: ServiceAccounts | null, report: Repor
 function checkDkim(config: MainConfig, accounts: ServiceAccounts | null, report: Report): void {
   const tableFile = config.get('dkim_signing_table');
   const at = { file: config.file, line: config.lineOf('dkim_signing_table') };
+  // a type:source table (a database) is checked with the other tables; its rows are data, not configuration
+  if (/^[a-z][a-z0-9-]*:/.test(tableFile)) return;
   let table: ReturnType<typeof readDkimTable>;
   try { table = readDkimTable(tableFile); } catch (e) { report.error(at, `dkim_signing_table: ${(e as Error).message}`); return; }
   for (const err of table.errors) report.fromMessage('error', tableFile, err);

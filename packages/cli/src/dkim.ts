@@ -51,7 +51,7 @@ export interface KeygenResult {
   bits?: number;
   key_file: string;
   table: string;
-  table_action: 'added' | 'replaced';
+  table_action: 'added' | 'replaced' | 'not written';
   dns_name: string;
   txt: string;
 }
@@ -86,7 +86,9 @@ export function dkimKeygen(config: MainConfig, domainArg: string, o: KeygenOptio
   fs.mkdirSync(keyDir, { recursive: true, mode: 0o700 });
   if (owner) fs.chownSync(keyDir, owner.uid, owner.gid);
   fs.chmodSync(keyDir, 0o700);
-  fs.mkdirSync(path.dirname(table), { recursive: true, mode: 0o755 });
+  // a database signing table (pgsql:, sqlite:) is the administrator's to fill: the row is printed
+  const inDatabase = /^[a-z][a-z0-9-]*:/.test(table);
+  if (!inDatabase) fs.mkdirSync(path.dirname(table), { recursive: true, mode: 0o755 });
 
   const { privateKey, publicKey } = type === 'rsa'
     ? generateKeyPairSync('rsa', { modulusLength: bits! })
@@ -96,7 +98,8 @@ export function dkimKeygen(config: MainConfig, domainArg: string, o: KeygenOptio
 
   const algorithm: DkimAlgorithm = type === 'rsa' ? 'rsa-sha256' : 'ed25519-sha256';
   // the table is root's to change and the queue owner's to read
-  const action = upsertDkimTableEntry(table, { domain, selector, keyFile, algorithm }, owner ? { uid: 0, gid: owner.gid } : undefined);
+  const action = inDatabase ? 'not written'
+    : upsertDkimTableEntry(table, { domain, selector, keyFile, algorithm }, owner ? { uid: 0, gid: owner.gid } : undefined);
   return {
     domain, selector, algorithm, bits, key_file: keyFile, table, table_action: action,
     dns_name: `${selector}._domainkey.${domain}`, txt: dkimTxtValue(publicKey),
@@ -148,7 +151,8 @@ export function addDkimCommands(program: Command, configDir: () => string, fail:
       try { r = dkimKeygen(MainConfig.load(configDir()), domain, o); } catch (e) { return fail((e as Error).message); }
       if (o.json) { console.log(JSON.stringify(r)); return; }
       console.log(`postern: wrote ${r.key_file} (${r.bits ? `rsa, ${r.bits} bits` : 'ed25519'})`);
-      console.log(`postern: ${r.table_action} "${r.domain} ${r.selector}" in ${r.table}`);
+      if (r.table_action === 'not written') console.log(`postern: ${r.table} is a database table: give ${r.domain} the value "${r.selector} ${r.key_file} ${r.algorithm}"`);
+      else console.log(`postern: ${r.table_action} "${r.domain} ${r.selector}" in ${r.table}`);
       console.log(`postern: publish this DNS record; mail from ${r.domain} is signed with it from now on:`);
       console.log(zoneFileRecord(r.dns_name, r.txt));
     });

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Command, Option } from 'commander';
 import {
-  MainConfig, defaultParameters, setMainCfParameters, hashPassword, userDbOf, openUserDbWriter, localDomains,
+  MainConfig, defaultParameters, setMainCfParameters, hashPassword, userDbOf, openUserDbWriter, localDomains, LocalDomains,
   validateMailboxAddress, serviceAccounts, splitAddress, isRoot, secureUsersFileFd, ServiceAccounts,
 } from '@postern/common';
 import { initInstance, fixConfigOwnership } from './init.js';
@@ -43,6 +43,41 @@ async function readStdinLine(): Promise<string> {
   const chunks: Buffer[] = [];
   for await (const c of process.stdin) chunks.push(c as Buffer);
   return Buffer.concat(chunks).toString('utf8').split(/\r?\n/)[0];
+}
+
+/** One line typed at the terminal, not echoed (the password prompt of `user add` and `user passwd`). */
+function promptHidden(prompt: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const stdin = process.stdin;
+    process.stderr.write(prompt);
+    stdin.setRawMode(true);
+    stdin.resume();
+    let line = '';
+    const done = (err?: Error) => {
+      stdin.setRawMode(false);
+      stdin.pause();
+      stdin.off('data', onData);
+      process.stderr.write('\n');
+      if (err) reject(err); else resolve(line);
+    };
+    const onData = (b: Buffer) => {
+      for (const ch of b.toString('utf8')) {
+        if (ch === '\r' || ch === '\n') return done();
+        if (ch === '\u0003') return done(new Error('interrupted'));
+        if (ch === '\u007f' || ch === '\b') line = line.slice(0, -1);
+        else line += ch;
+      }
+    };
+    stdin.on('data', onData);
+  });
+}
+
+/** The new password: standard input's first line, or asked twice without echo on a terminal. */
+async function readNewPassword(fromStdin: boolean): Promise<string> {
+  if (fromStdin || !process.stdin.isTTY) return readStdinLine();
+  const first = await promptHidden('New password: ');
+  if (first !== await promptHidden('Retype new password: ')) throw new Error('the passwords do not match');
+  return first;
 }
 
 program.command('init <dir>').description('create a complete, runnable instance rooted at DIR')
@@ -125,11 +160,26 @@ user.command('add <address>').description('add a mail user')
       await userWriter(cfg, accounts).addUser(addr, hashPassword(password), { uid: accounts.mailbox.uid, gid: accounts.mailbox.gid, home, mailbox: o.mailbox });
     } catch (e) { return fail((e as Error).message); }
     if (isRoot()) fixConfigOwnership(configDir());
-    if (!localDomains(cfg).has(domain)) {
+    // a domain a table of virtual_mailbox_domains lists (a database) is ours already
+    if (!localDomains(cfg).has(domain) && !(await new LocalDomains(cfg).has(domain).catch(() => false))) {
       setMainCfParameters(configDir(), [['virtual_mailbox_domains', [...cfg.list('virtual_mailbox_domains'), domain].join(', ')]]);
       console.log(`postern: added ${domain} to virtual_mailbox_domains`);
     }
     console.log(`postern: added ${addr} (${o.mailbox}, ${home})`);
+  });
+user.command('passwd <address>').description('change a mail user\'s password (asked twice on a terminal)')
+  .option('--password-stdin', 'read the password from standard input')
+  .action(async (address: string, o) => {
+    const addr = address.toLowerCase();
+    const cfg = MainConfig.load(configDir());
+    let password: string;
+    try { password = await readNewPassword(!!o.passwordStdin); } catch (e) { return fail((e as Error).message); }
+    if (!password) return fail('empty password');
+    let changed: boolean;
+    try { changed = await userWriter(cfg, serviceAccounts(cfg)).setPassword(addr, hashPassword(password)); } catch (e) { return fail((e as Error).message); }
+    if (!changed) return fail(`${address}: no such user`);
+    if (isRoot()) fixConfigOwnership(configDir());
+    console.log(`postern: changed the password of ${addr}`);
   });
 user.command('list').description('list mail users').option('--json', 'one JSON object per line').action(async (o) => {
   const db = userDbOf(MainConfig.load(configDir()));

@@ -16,6 +16,7 @@
 import { MainConfig } from './config.js';
 import { splitAddress } from './address.js';
 import { openTable, Table } from './tables/index.js';
+import { LocalDomains } from './domains.js';
 
 /** One matching entry: which table, which key form, and its targets as written. */
 export interface AliasEntry {
@@ -49,8 +50,8 @@ const ADDRESS = /^[^\s@<>(),;:"]+@[^\s@<>(),;:"]+$/;
 
 export class AliasMaps {
   private readonly tables: Table[];
-  private readonly mydestination: Set<string>;
-  private readonly localDomains: Set<string>;
+  /** Names and tables of mydestination and virtual_mailbox_domains (a table may be a database). */
+  private readonly domains: LocalDomains;
   private readonly myorigin: string;
   private readonly postmaster: string;
   readonly recursionLimit: number;
@@ -65,8 +66,7 @@ export class AliasMaps {
       ...config.list('virtual_alias_maps').map((s) => openTable(s, 'virtual_alias_maps')!),
       ...config.list('alias_maps').map((s) => openTable(s, 'alias_maps')!),
     ];
-    this.mydestination = new Set(config.list('mydestination').map((d) => d.toLowerCase()));
-    this.localDomains = new Set([...this.mydestination, ...config.list('virtual_mailbox_domains').map((d) => d.toLowerCase())]);
+    this.domains = new LocalDomains(config);
     this.myorigin = config.get('myorigin').toLowerCase();
     this.postmaster = config.get('postmaster_address').trim().toLowerCase();
     this.recursionLimit = config.int('virtual_alias_recursion_limit');
@@ -78,7 +78,7 @@ export class AliasMaps {
     const addr = address.toLowerCase();
     const { local, domain } = splitAddress(addr);
     const keys = [addr];
-    if (this.mydestination.has(domain)) keys.push(local);
+    if (await this.domains.mydestination.has(domain)) keys.push(local);
     if (domain) keys.push(`@${domain}`);
     for (const table of this.tables) {
       for (const key of keys) {
@@ -86,7 +86,7 @@ export class AliasMaps {
         if (value !== undefined) return { table: table.spec, key, targets: value.split(/[\s,]+/).filter(Boolean) };
       }
     }
-    if (this.postmaster && ROLE_ACCOUNTS.has(local) && this.localDomains.has(domain)) {
+    if (this.postmaster && ROLE_ACCOUNTS.has(local) && await this.domains.has(domain)) {
       return { table: 'postmaster_address', key: addr, targets: [this.postmaster] };
     }
     return undefined;

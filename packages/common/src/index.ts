@@ -27,4 +27,5 @@ export * from './request-pool.js';
 export * from './transport.js';
 export * from './ipc/index.js';
 export * from './sender-login.js';
+export * from './domains.js';
 export * from './log-events.js';

@@ -36,7 +36,7 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('mydomain', 'string', 'localdomain', 'This host\'s mail domain.'),
   P('myorigin', 'string', '$mydomain', 'Domain appended to unqualified sender addresses of locally submitted mail.'),
   P('mydestination', 'list', '$myhostname, localhost.$mydomain, localhost', 'Domains delivered by this host to users of virtual_mailbox_maps.'),
-  P('virtual_mailbox_domains', 'list', '', 'Further domains whose users live in virtual_mailbox_maps.'),
+  P('virtual_mailbox_domains', 'list', '', 'Further domains whose users live in virtual_mailbox_maps: names, or type:source tables in which the domain is looked up (pgsql:, sqlite:, texthash:; docs/tables.md).'),
   P('virtual_mailbox_maps', 'string', 'passwd-file:$config_directory/users', 'The user table (Dovecot-compatible passwd-file): who exists, passwords, mailbox location.'),
   P('mynetworks', 'list', '127.0.0.0/8, [::1]/128', 'Trusted client networks: may relay, skip client checks, and may send bare LF (normalised).'),
   P('smtpd_banner', 'string', '$myhostname ESMTP Postern', 'Text after the 220 code in the SMTP greeting.'),
@@ -95,6 +95,7 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('mailbox_lock_timeout', 'time', '10s', 'How long local waits for an mbox lock before deferring.'),
   { ...P('virtual_transport', 'string', 'local', 'Who delivers mail for users in virtual_mailbox_domains: local (Postern\'s mailbox service), lmtp:unix:PATH (relative to queue_directory unless absolute) or lmtp:inet:HOST:PORT, e.g. Dovecot\'s LMTP (docs/dovecot.md).'), check: checkTransport },
   { ...P('mailbox_transport', 'string', 'local', 'The same for users in mydestination domains.'), check: checkTransport },
+  P('transport_maps', 'list', '', 'Tables of "address-or-domain transport:nexthop" (Postfix\'s transport(5): smtp:[host]:port, smtp:host, lmtp:unix:PATH, lmtp:inet:HOST:PORT, local), looked up by qmgr as the address, the domain, then .parent domains; they override the routes above and relayhost.'),
 
   // TLS (submission uses these; the MX listener offers STARTTLS when a certificate exists)
   P('smtpd_tls_cert_file', 'string', '$config_directory/tls/cert.pem', 'PEM certificate chain for smtpd.'),
@@ -120,7 +121,7 @@ export const PARAMETERS: readonly ParamSpec[] = [
 
   // Outbound delivery (smtp)
   P('relayhost', 'string', '', 'Send all non-local mail through this smart host: [host]:port (no MX lookup) or host:port (MX lookup).'),
-  P('smtp_sasl_password_maps', 'string', '', 'texthash: table of "[host]:port username:password" for AUTH to the relayhost.'),
+  P('smtp_sasl_password_maps', 'string', '', 'Table (texthash:, pgsql:, sqlite:) of "[host]:port username:password" for AUTH to the relayhost.'),
   P('smtp_tls_security_level', 'enum', 'may', 'Outbound TLS: none, may (opportunistic), encrypt (required, unverified) or dane (RFC 7672: DANE where the MX hosts have secure TLSA records, else may; needs smtp_dns_support_level = dnssec). See docs/tls-policy.md.', ['none', 'may', 'encrypt', 'dane']),
   P('smtp_tls_policy_maps', 'string', '', 'texthash: table of "domain level" (none, may, encrypt, dane) overriding smtp_tls_security_level per destination.'),
   P('smtp_dns_support_level', 'enum', 'enabled', 'enabled: plain DNS lookups; dnssec: MX, address and TLSA lookups for delivery ask with DO/AD and trust the AD bit of dns_servers (which must be a validating resolver on a trusted path), as Postfix; DANE needs it.', ['enabled', 'dnssec']),
@@ -151,7 +152,8 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('bounce_size_limit', 'size', '50000', 'Largest original message returned whole in a delivery status notification when the sender asked for it (DSN RET=FULL); larger ones are returned as headers only.'),
 
   // DKIM signing (cleanup)
-  P('dkim_signing_table', 'string', '$config_directory/dkim/signing.table', 'Lines "domain selector keyfile [algorithm]": which key signs mail from which sender domain.'),
+  P('dkim_signing_table', 'string', '$config_directory/dkim/signing.table', 'Lines "domain selector keyfile [algorithm]": which key signs mail from which sender domain; or a type:source table (pgsql:, sqlite:) whose value for the domain is "selector keyfile [algorithm]", several separated by commas (docs/dkim.md).'),
+  P('smtpd_sender_login_maps', 'list', '', 'Tables of "address-or-@domain login, login...": the logins that may send as an address besides its own (reject_sender_login_mismatch at MAIL FROM and for the From: header), as Postfix; a table that cannot answer gives 451 4.3.0.'),
   P('smtpd_reject_header_from_mismatch', 'bool', 'yes', 'Refuse (550 5.7.1) an authenticated submission whose From: header names an address the login does not own (the reject_sender_login_mismatch rule); "no" queues it without a DKIM signature.'),
   P('dkim_key_directory', 'string', '$config_directory/dkim', 'Where "postern dkim keygen" writes private keys (readable by the queue owner only).'),
 

@@ -268,20 +268,40 @@ export function addUser(
   writeFileAtomic(target, `${text}${sep}${line}\n`, opts.secure);
 }
 
-/** Remove a user's line, keeping everything else. False (file untouched) if absent. */
-export function deleteUser(file: string, address: string, secure?: (fd: number) => void): boolean {
+/**
+ * Rewrite the file with a user's line changed by `edit` (the lines, the entry), keeping
+ * everything else. False (file untouched) if the user is absent.
+ */
+function editUserLine(file: string, address: string, secure: ((fd: number) => void) | undefined,
+  edit: (lines: string[], entry: UserEntry) => void): boolean {
   const user = address.toLowerCase();
   const target = realTarget(file);
   const text = readIfExists(target);
   const entry = parsePasswdFile(text, file).find((e) => e.user === user);
   if (!entry) return false;
   const lines = text.split('\n');
-  lines.splice(entry.line - 1, 1);
+  edit(lines, entry);
   writeFileAtomic(target, lines.join('\n'), secure);
   return true;
 }
 
-/** The domains delivered here: mydestination and virtual_mailbox_domains, lower-cased. */
+/** Replace a user's password hash, keeping every other field and line. False (file untouched) if absent. */
+export function setUserPassword(file: string, address: string, passwordHash: string, secure?: (fd: number) => void): boolean {
+  return editUserLine(file, address, secure, (lines, { line, ...fields }) => {
+    lines[line - 1] = formatPasswdLine({ ...fields, password: passwordHash });
+  });
+}
+
+/** Remove a user's line, keeping everything else. False (file untouched) if absent. */
+export function deleteUser(file: string, address: string, secure?: (fd: number) => void): boolean {
+  return editUserLine(file, address, secure, (lines, entry) => { lines.splice(entry.line - 1, 1); });
+}
+
+/**
+ * The domain names written in mydestination and virtual_mailbox_domains, lower-cased;
+ * their `type:source` tables are not included (domains.ts LocalDomains asks those).
+ */
 export function localDomains(config: { list(name: string): string[] }): Set<string> {
-  return new Set([...config.list('mydestination'), ...config.list('virtual_mailbox_domains')].map((d) => d.toLowerCase()));
+  return new Set([...config.list('mydestination'), ...config.list('virtual_mailbox_domains')]
+    .filter((d) => !/^[a-z][a-z0-9-]*:/.test(d)).map((d) => d.toLowerCase()));
 }

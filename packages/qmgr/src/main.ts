@@ -243,9 +243,15 @@ class QueueManager {
       }
       return this.finish(id, info);
     }
-    const groups = planDeliveries(pending.map((r) => ({ index: r.index, address: env.recipients[r.index].address })), this.config);
+    const plan = await planDeliveries(pending.map((r) => ({ index: r.index, address: env.recipients[r.index].address })), this.config);
     const successes: DsnRecipient[] = [];
-    const records = (await Promise.all(groups.map((g) => this.deliverGroup(info, g, successes)))).flat();
+    const records = (await Promise.all(plan.groups.map((g) => this.deliverGroup(info, g, successes)))).flat();
+    // a route that could not be looked up (a table down): deferred, tried again at the next retry
+    for (const d of plan.deferred) {
+      records.push({ type: 'rcpt', index: d.index, status: 'deferred', dsn: d.dsn, reason: d.reason, at: Date.now() });
+      this.log.info({ queue_id: id, to: `<${d.address}>`, relay: 'none', delay: delaySince(env.arrival), dsn: d.dsn, status: 'deferred' },
+        `deferred (${d.reason})`);
+    }
     // NOTIFY=SUCCESS: the notice goes before the file may be removed below
     if (successes.length) await notifySenderOfSuccess(this.ctx, info, successes);
     // every recipient delivered now, none bounced earlier (those need a DSN): nothing is left to remember

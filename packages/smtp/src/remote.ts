@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import {
   MainConfig, QueueFileInfo, openMessage, openTable, sharedResolver, resolveMailHosts, DnsError, Logger, IdlePool,
-  MailHost, SecureMailHost, TlsaData, Recipient,
+  MailHost, SecureMailHost, TlsaData, Recipient, TableUnavailable,
 } from '@postern/common';
 import { DeliveryResult, dsnOf, oneLine } from './results.js';
 import { withoutSelf } from './loop.js';
@@ -67,8 +67,10 @@ interface RouteCtx { config: MainConfig; log: Logger; queueId: string; stsCacheD
 async function route(domain: string, ctx: RouteCtx): Promise<Route> {
   const { config, log } = ctx;
   const resolver = sharedResolver(config);
-  const relay = config.get('relayhost');
-  let tls = await tlsLevelFor(domain, config);
+  // a next hop from transport_maps ([host]:port, host:port) overrides relayhost, as in Postfix
+  const explicit = /[[:]/.test(domain) ? domain : '';
+  const relay = explicit || config.get('relayhost');
+  let tls = await tlsLevelFor(explicit ? parseRelayhost(explicit).host : domain, config);
   let auth: Route['auth'];
   if (relay) {
     // DANE and MTA-STS are about the recipient domain's MX hosts: a relayhost gets the plain level (docs/tls-policy.md)
@@ -263,7 +265,14 @@ export async function deliverRemote(info: QueueFileInfo, domain: string, recipie
   const all = (status: DeliveryResult['status'], dsn: string, reason: string, relay?: string, tls?: TlsOutcome): DeliveryResult[] =>
     recipients.map((r) => ({ index: r.index, status, dsn, reason, relay, ...(tls ? { tls } : {}) }));
   const queueId = info.envelope.id;
-  const rt = await route(domain, { config, log, queueId, stsCacheDir: path.join(spoolRoot, 'mta-sts') });
+  let rt: Route;
+  try {
+    rt = await route(domain, { config, log, queueId, stsCacheDir: path.join(spoolRoot, 'mta-sts') });
+  } catch (e) {
+    // smtp_tls_policy_maps or smtp_sasl_password_maps could not answer (a database down): defer, never bounce
+    if (e instanceof TableUnavailable) return all('deferred', '4.3.0', `Temporary lookup failure: ${oneLine((e as Error).message)}`);
+    throw e;
+  }
   if (rt.bounce) return all('bounced', rt.bounce.dsn, rt.bounce.reason);
   if (rt.defer) return all('deferred', rt.defer.dsn, rt.defer.reason);
   let lastError = `${domain}: no mail host could be reached`;

@@ -4,13 +4,16 @@
  * when they ask; nothing here holds a connection.
  */
 import {
-  MainConfig, NetworkList, UserDb, userDbOf, localDomains, AliasMaps,
+  MainConfig, NetworkList, UserDb, userDbOf, LocalDomains, AliasMaps, SenderLogins,
 } from '@postern/common';
 import { RestrictionPolicy, restrictionPolicy } from './restrictions.js';
 
 export interface Policy {
   hostname: string;
-  localDomains: Set<string>;
+  /** mydestination and virtual_mailbox_domains: names, and tables asked at RCPT. */
+  localDomains: LocalDomains;
+  /** smtpd_sender_login_maps (reject_sender_login_mismatch). */
+  senderLogins: SenderLogins;
   mynetworks: NetworkList;
   users: UserDb;
   recipientLimit: number;
@@ -23,10 +26,11 @@ export interface Policy {
 
 export function buildPolicy(config: MainConfig): Policy {
   const mynetworks = new NetworkList(config.list('mynetworks'));
-  const domains = localDomains(config);
+  const domains = new LocalDomains(config);
   return {
     hostname: config.get('myhostname'),
     localDomains: domains,
+    senderLogins: new SenderLogins(config),
     mynetworks,
     restrictions: restrictionPolicy(config, mynetworks, domains),
     users: userDbOf(config), // one per spec and process: a reload keeps it

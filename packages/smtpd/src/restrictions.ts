@@ -116,11 +116,18 @@ export interface RestrictionPolicy {
   unknownClientCode: number;
   unknownReverseCode: number;
   mynetworks: NetworkList;
-  localDomains: Set<string>;
+  /** Our domains; a table behind them may answer later or fail (TableUnavailable). */
+  localDomains: DomainSet;
 }
 
+/** A Set of names, or common's LocalDomains (names and tables). */
+export interface DomainSet { has(domain: string): boolean | Promise<boolean> }
+
+/** The reply when a table could not answer: Postfix's, never a 5xx. */
+const lookupFailure = (recipient: string): Rejection => reject(451, '4.3.0', `<${recipient}>: Temporary lookup failure`);
+
 /** Reads the lists; a bad one throws ConfigError naming main.cf and the line. */
-export function restrictionPolicy(config: MainConfig, mynetworks: NetworkList, localDomains: Set<string>): RestrictionPolicy {
+export function restrictionPolicy(config: MainConfig, mynetworks: NetworkList, localDomains: DomainSet): RestrictionPolicy {
   const lists = Object.fromEntries(RESTRICTION_LISTS.map((n) => [n, parseRestrictionList(config, n)])) as Record<RestrictionListName, Restriction[]>;
   return {
     lists,
@@ -202,9 +209,11 @@ async function evaluate(r: Restriction, list: RestrictionListName, policy: Restr
     case 'permit_mynetworks': return policy.mynetworks.contains(ip) ? 'permit' : null;
     case 'permit_sasl_authenticated': return req.authenticated ? 'permit' : null;
 
-    case 'reject_unauth_destination':
-      return policy.localDomains.has(splitAddress(req.recipient).domain) ? null
-        : reject(554, '5.7.1', `<${req.recipient}>: Relay access denied`);
+    case 'reject_unauth_destination': {
+      let ours: boolean;
+      try { ours = await policy.localDomains.has(splitAddress(req.recipient).domain); } catch { return lookupFailure(req.recipient); }
+      return ours ? null : reject(554, '5.7.1', `<${req.recipient}>: Relay access denied`);
+    }
     case 'reject_unlisted_recipient':
       return unlistedRecipient(policy, env, req.recipient);
 
@@ -252,10 +261,12 @@ async function evaluate(r: Restriction, list: RestrictionListName, policy: Restr
 }
 
 async function unlistedRecipient(policy: RestrictionPolicy, env: CheckEnvironment, recipient: string): Promise<Rejection | null> {
-  if (!policy.localDomains.has(splitAddress(recipient).domain)) return null;
   let known: boolean;
-  try { known = await env.knownRecipient(recipient); } catch {
-    return reject(451, '4.3.0', `<${recipient}>: Temporary lookup failure`);
+  try {
+    if (!(await policy.localDomains.has(splitAddress(recipient).domain))) return null;
+    known = await env.knownRecipient(recipient);
+  } catch {
+    return lookupFailure(recipient);
   }
   return known ? null : reject(550, '5.1.1', `<${recipient}>: Recipient address rejected: User unknown in virtual mailbox table`);
 }
@@ -267,7 +278,8 @@ async function unlistedRecipient(policy: RestrictionPolicy, env: CheckEnvironmen
  */
 async function unknownSenderDomain(policy: RestrictionPolicy, env: CheckEnvironment, sender: string): Promise<Rejection | null> {
   const domain = sender ? splitAddress(sender).domain.replace(/\.$/, '') : '';
-  if (!domain || policy.localDomains.has(domain) || /^\[.*\]$/.test(domain)) return null;
+  // a domain table that cannot answer: the DNS check below decides, as for any domain
+  if (!domain || /^\[.*\]$/.test(domain) || await Promise.resolve(policy.localDomains.has(domain)).catch(() => false)) return null;
   const notFound = reject(450, '4.1.8', `<${sender}>: Sender address rejected: Domain not found`);
   const tryLater = reject(450, '4.1.8', `<${sender}>: Sender address rejected: Domain lookup failed, try again later`);
   let temporary = false;

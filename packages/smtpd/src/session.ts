@@ -138,18 +138,31 @@ export function onMailFrom(c: SessionContext, listener: ListenerRules, address: 
   const badParam = mailParamError(address);
   if (badParam) return cb(badParam);
   if (session.user && !loginOwnsAddress(String(session.user), address.address)) {
-    // reject_sender_login_mismatch: an authenticated user sends only as an address they own
-    log.info({ queue_id: 'NOQUEUE', client: clientName(session), sasl_username: String(session.user), from: address.address, status: 'reject' },
-      `reject: MAIL from ${clientName(session)}: 553 5.7.1 <${address.address}>: Sender address rejected: not owned by user ${session.user}`);
-    return cb(smtpError(553, '5.7.1', `<${address.address}>: Sender address rejected: not owned by user ${session.user}`));
+    // reject_sender_login_mismatch: an authenticated user sends only as an address they own (smtpd_sender_login_maps)
+    const refuse = (code: number, enhanced: string, text: string) => {
+      log.info({ queue_id: 'NOQUEUE', client: clientName(session), sasl_username: String(session.user), from: address.address, status: 'reject' },
+        `reject: MAIL from ${clientName(session)}: ${code} ${enhanced} ${text}`);
+      cb(smtpError(code, enhanced, text));
+    };
+    c.policy().senderLogins.owns(String(session.user), address.address).then((owned) => {
+      if (!owned) return refuse(553, '5.7.1', `<${address.address}>: Sender address rejected: not owned by user ${session.user}`);
+      mailAccepted();
+    }, (e) => {
+      log.error({ err: (e as Error).message }, 'smtpd_sender_login_maps unavailable');
+      refuse(451, '4.3.0', `<${address.address}>: Sender address rejected: Temporary lookup failure`);
+    });
+    return;
   }
-  const size = Number((address as any).args?.SIZE) || 0;
-  queueSpaceShort(c.spoolRoot, size, c.config(), log).then((short) => {
-    if (!short) return c.limits.mail(session).then((tooMuch) => cb(tooMuch), () => cb());
-    log.info({ queue_id: 'NOQUEUE', client: clientName(session), from: address.address, status: 'reject' },
-      `reject: MAIL from ${clientName(session)}: ${NO_STORAGE.code} ${NO_STORAGE.enhanced} ${NO_STORAGE.text}`);
-    cb(smtpError(NO_STORAGE.code, NO_STORAGE.enhanced, NO_STORAGE.text));
-  });
+  mailAccepted();
+  function mailAccepted(): void {
+    const size = Number((address as any).args?.SIZE) || 0;
+    queueSpaceShort(c.spoolRoot, size, c.config(), log).then((short) => {
+      if (!short) return c.limits.mail(session).then((tooMuch) => cb(tooMuch), () => cb());
+      log.info({ queue_id: 'NOQUEUE', client: clientName(session), from: address.address, status: 'reject' },
+        `reject: MAIL from ${clientName(session)}: ${NO_STORAGE.code} ${NO_STORAGE.enhanced} ${NO_STORAGE.text}`);
+      cb(smtpError(NO_STORAGE.code, NO_STORAGE.enhanced, NO_STORAGE.text));
+    });
+  }
 }
 
 export function onRcptTo(c: SessionContext, address: SMTPServerAddress, session: SMTPServerSession, done: Reply): void {

@@ -38,10 +38,11 @@ export interface SqlCf {
   listQuery: string;
   insertQuery: string;
   deleteQuery: string;
+  updatePasswordQuery: string;
 }
 
 const KEYS = new Set(['hosts', 'user', 'password', 'dbname', 'dbpath', 'query', 'result_format', 'domain', 'expansion_limit',
-  'password_query', 'user_query', 'list_query', 'insert_query', 'delete_query']);
+  'password_query', 'user_query', 'list_query', 'insert_query', 'delete_query', 'update_password_query']);
 
 /** Parse a Postfix SQL table file; a problem throws `FILE:LINE: problem` (TableUnavailable: fix the file, mail waits). */
 export function parseSqlCf(text: string, file: string): SqlCf {
@@ -82,6 +83,7 @@ export function parseSqlCf(text: string, file: string): SqlCf {
     listQuery: v('list_query', 'SELECT email, uid, gid, home, mail FROM users ORDER BY email'),
     insertQuery: v('insert_query', "INSERT INTO users (email, password, uid, gid, home, mail) VALUES ('%s', '%p', %U, %G, '%h', '%m')"),
     deleteQuery: v('delete_query', "DELETE FROM users WHERE email = '%s'"),
+    updatePasswordQuery: v('update_password_query', "UPDATE users SET password = '%p' WHERE email = '%s'"),
   };
 }
 
@@ -241,6 +243,12 @@ class SqlWriter implements UserDbWriter {
   async deleteUser(address: string): Promise<boolean> {
     const { cf } = this.src.current();
     const sql = expandQuery(cf.deleteQuery, address.toLowerCase());
+    return sql !== null && (await this.src.run(sql)).rowCount > 0;
+  }
+
+  async setPassword(address: string, passwordHash: string): Promise<boolean> {
+    const { cf } = this.src.current();
+    const sql = expandQuery(cf.updatePasswordQuery, address.toLowerCase(), { p: sqlQuote(passwordHash) });
     return sql !== null && (await this.src.run(sql)).rowCount > 0;
   }
 }

@@ -71,13 +71,15 @@ export interface NewUser {
   mailbox?: 'maildir' | 'mbox';
 }
 
-/** The write side (`postern user add` / `del`), kept apart from the lookups the services do. */
+/** The write side (`postern user add` / `del` / `passwd`), kept apart from the lookups the services do. */
 export interface UserDbWriter {
   readonly spec: string;
   /** Throws if the address is unsafe or the user exists. */
   addUser(address: string, passwordHash: string, user: NewUser): Promise<void>;
   /** False when there is no such user. */
   deleteUser(address: string): Promise<boolean>;
+  /** `postern user passwd`: replace the password hash; false when there is no such user. */
+  setPassword(address: string, passwordHash: string): Promise<boolean>;
 }
 
 export interface WriterOptions {
