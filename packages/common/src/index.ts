@@ -28,3 +28,4 @@ export * from './transport.js';
 export * from './ipc/index.js';
 export * from './sender-login.js';
 export * from './log-events.js';
+export * from './milter/index.js';
