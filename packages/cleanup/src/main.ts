@@ -10,7 +10,7 @@ import {
   runService, ServiceContext, RunningService, QueueFileWriter, Envelope,
   newQueueId, rfc5322Date, headerSafe, requestJson, NetworkList, AliasMaps, MainConfig, StatusRecord,
   validate, SchemaError, smtpdMessageRequest, localMessageRequest, afterBodyRequest, loginOwnsAddress, localUserOwnsAddress,
-  serveFrames, refuseInvalid, FrameConnection, CleanupReply, QmgrTrigger,
+  serveFrames, refuseInvalid, FrameConnection, CleanupReply, QmgrTrigger, milterSettings,
 } from '@postern/common';
 import { expandRecipients } from './aliases.js';
 import { HeaderSection, HeaderEdit, HeaderSummary } from './header-section.js';
@@ -18,6 +18,7 @@ import { missingHeaders } from './header-fixup.js';
 import { forgedAuthResults, incomingVerdicts } from './headers.js';
 import { DkimKeyStore, signQueuedMessage } from './dkim.js';
 import { failureReply, drainMessage } from './write-error.js';
+import { CleanupMilters, MilterResult } from './milter.js';
 
 function receivedHeader(env: Envelope, hostname: string): string {
   const lines: string[] = [];
@@ -91,6 +92,14 @@ function unownedFrom(env: Envelope, summary: HeaderSummary | null, config: MainC
   return null;
 }
 
+/** A milter said "try again later" to local mail: pickup keeps the maildrop file. */
+class MilterTempfail extends Error {
+  constructor(readonly result: MilterResult) {
+    const r = result.outcome as { reply: { code: number; enhanced: string; text: string } };
+    super(`milter: ${r.reply.code} ${r.reply.enhanced} ${r.reply.text}`);
+  }
+}
+
 async function start(ctx: ServiceContext): Promise<RunningService> {
   const { log, spool } = ctx;
   const dkimKeys = new DkimKeyStore(log);
@@ -112,6 +121,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     const { reader } = conn;
     const reply = (r: CleanupReply) => conn.writer.json(r);
     let file: QueueFileWriter | null = null;
+    let milters: CleanupMilters | null = null;
     let ended = false; // the client sent the whole message (E) or gave up (A)
     let queueId: string | undefined;
     try {
@@ -137,6 +147,12 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       file = await QueueFileWriter.create(spool, env);
       file.addStatus(expanded.statuses);
       await file.write(Buffer.from(received));
+      // non_smtpd_milters: sendmail's mail (pickup) only, never our own bounces and notices (Postfix's rule)
+      const milterList = env.origin === 'pickup' ? milterSettings(config, 'non_smtpd_milters') : [];
+      if (milterList.length) {
+        milters = await CleanupMilters.open(milterList, env, config, log, spool.root);
+        await milters.push(Buffer.from(received));
+      }
       const submission = isSubmission(env, mynetworks());
       const edits: HeaderEdit[] = [];
       if (env.origin === 'smtpd' || env.origin === 'pickup') {
@@ -149,7 +165,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       }
       // held always: the hop count and the From: check need the header section
       const header = new HeaderSection(edits, config.int('header_size_limit'));
-      const put = async (bufs: Buffer[]) => { for (const b of bufs) await file!.write(b); };
+      const put = async (bufs: Buffer[]) => { for (const b of bufs) { await file!.write(b); await milters?.push(b); } };
       for (;;) {
         const f = await reader.next();
         if (!f) throw new Error('sender went away before the end of the message');
@@ -175,14 +191,42 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         } else throw new Error('unexpected frame inside a message');
       }
       await put(header.end());
+      const milterResult = milters ? await milters.end() : null;
       if (header.removed.length) log.info({ queue_id: env.id, removed: header.removed.map((h) => h.slice(0, 200)) }, 'removed Authentication-Results: claiming our host name, or X-Spam-*, X-Postern-Quarantine: from outside');
       if (header.added.length) log.info({ queue_id: env.id, added: header.added.map((h) => h.slice(0, h.indexOf(':'))).join(',') }, 'added missing headers');
       const summary = header.summary;
       if (summary?.truncated) log.warn({ queue_id: env.id, header_size_limit: config.int('header_size_limit') }, 'header section longer than header_size_limit; the rest is treated as body');
       let refusal: Refusal | null = null;
+      if (milterResult) {
+        const r = milterResult;
+        if (r.ignored.length) log.warn({ queue_id: env.id, edits: r.ignored }, 'milter edits not applied to local mail: only added header fields are');
+        if (r.outcome.action === 'tempfail') {
+          // pickup keeps the maildrop file and tries again, as Postfix's does
+          log.info({ queue_id: env.id, from: `<${env.sender}>`, milter: r.outcome.milter, status: 'tempfail' },
+            `milter-reject: ${r.outcome.reply.code} ${r.outcome.reply.enhanced} ${r.outcome.reply.text}`);
+          throw new MilterTempfail(r);
+        }
+        if (r.outcome.action === 'discard') {
+          await milters!.close(true);
+          milters = null;
+          await file.abort();
+          file = null;
+          log.info({ queue_id: env.id, from: `<${env.sender}>`, milter: r.outcome.milter, status: 'discard' }, 'milter-discard: message discarded');
+          await reply({ ok: true, queue_id: env.id });
+          return;
+        }
+        if (r.outcome.action === 'reject') {
+          // local mail cannot be refused to a client: it is bounced with the milter's reply (Postfix)
+          const { code, enhanced, text } = r.outcome.reply;
+          refusal = { code, dsn: enhanced, text, log: `milter-reject by ${r.outcome.milter}: ${code} ${enhanced} ${text}` };
+        } else if (r.headers.length) {
+          file.addPrependedHeaders(Buffer.from(r.headers.join('')));
+          log.info({ queue_id: env.id, added: r.headers.map((h) => h.slice(0, h.indexOf(':'))).join(',') }, 'milter added header fields');
+        }
+      }
       // Postfix's hopcount_limit: this many hops is a mail loop
       const hops = summary?.received ?? 0;
-      if (hops >= config.int('hopcount_limit')) {
+      if (!refusal && hops >= config.int('hopcount_limit')) {
         refusal = { code: 554, dsn: '5.4.6', text: 'Error: too many hops', log: `too many hops (${hops} Received: header fields)` };
       }
       // only mail whose From: the submitter owns is signed
@@ -216,6 +260,8 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       const fixed = submission ? header : null;
       if (sign) await signQueuedMessage(file, env, fixed!.summary, config.get('dkim_signing_table'), dkimKeys, log);
       await file.commit();
+      await milters?.close(false);
+      milters = null;
       log.info({ queue_id: env.id, from: `<${env.sender}>`, size: file.messageSize, nrcpt: env.recipients.length,
         client: env.client ? `${env.client.name}[${env.client.address}]` : undefined,
         message_id: fixed?.summary?.messageId ?? fixed?.added.find((h) => /^(Resent-)?Message-ID:/.test(h))?.replace(/^[^:]*:\s*/, '') }, 'queued');
@@ -223,7 +269,8 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       await reply({ ok: true, queue_id: env.id });
       wakeQmgr(env.id);
     } catch (e) {
-      log.error({ queue_id: queueId ?? 'NOQUEUE', err: (e as Error).message }, 'message not queued');
+      if (!(e instanceof MilterTempfail)) log.error({ queue_id: queueId ?? 'NOQUEUE', err: (e as Error).message }, 'message not queued');
+      await milters?.close(true).catch(() => undefined);
       if (file) await file.abort();
       // a write error midway: let the client finish sending so it reads this reply
       if (!ended) await drainMessage(reader);
