@@ -2,8 +2,10 @@
  * Real milters, configured as docs/milter.md says (the blocks are read from the
  * doc): OpenDKIM signing mail submitted with `postern sendmail` through
  * non_smtpd_milters (cleanup's milter session), checked by dkimpy against the
- * key published in the test DNS server; and nothing signed when
- * non_smtpd_milters is empty. Each milter is started once for the file.
+ * key published in the test DNS server, and nothing signed when
+ * non_smtpd_milters is empty; spamass-milter adding SpamAssassin's headers;
+ * rspamd refusing GTUBE (local mail: bounced with rspamd's reply). Each milter
+ * is started once for the file.
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -13,7 +15,9 @@ import { Instance, ROOT, run, tempDir, waitFor, headerFields } from './harness.j
 import { TestDnsServer } from './dns-server.js';
 import { dkimpyVerify } from './verifiers.js';
 import { substitute, reloadAndWait } from './dovecot.js';
-import { OpenDkim, milterMainCf } from './milters.js';
+import { OpenDkim, Rspamd, SpamassMilter, milterMainCf } from './milters.js';
+
+const GTUBE = 'XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X';
 
 const ALICE = 'alice@example.test';
 const BOB = 'bob@example.test';
@@ -42,63 +46,102 @@ async function deliveredWith(inst: Instance, address: string, marker: string): P
   }, 30000);
 }
 
-function sendmail(inst: Instance, from: string, to: string, subject: string): void {
-  const message = `From: Alice <${from}>\nTo: Bob <${to}>\nSubject: ${subject}\n\nHello Bob,\nthis went through sendmail and pickup.\n`;
+function sendmail(inst: Instance, from: string, to: string, subject: string, body = 'Hello Bob,\nthis went through sendmail and pickup.\n'): void {
+  const message = `From: Alice <${from}>\nTo: Bob <${to}>\nSubject: ${subject}\n\n${body}`;
   const r = run(process.execPath, [SENDMAIL, '-C', inst.etc, '-f', from, to], { input: message });
   assert.equal(r.code, 0, `sendmail: ${r.stderr}`);
 }
 
-describe('real milters: OpenDKIM through non_smtpd_milters', () => {
+const dkimSignatures = (text: string) => headerFields(text).filter((h) => h.name === 'dkim-signature').map((h) => h.value);
+
+async function verifies(text: string, dns: TestDnsServer): Promise<boolean[]> {
+  const dir = tempDir('milter-verify');
+  try {
+    const copy = path.join(dir, 'message');
+    fs.writeFileSync(copy, text);
+    return await dkimpyVerify(copy, dns);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe('real milters from docs/milter.md', () => {
   let dns: TestDnsServer;
   let opendkim: OpenDkim;
+  let rspamd: Rspamd;
+  let spamass: SpamassMilter;
   let inst: Instance;
+
+  /** non_smtpd_milters for the next submissions (cleanup re-reads main.cf on reload). */
+  async function nonSmtpdMilters(value: string): Promise<void> {
+    inst.cli(['config', 'set', `non_smtpd_milters=${value}`]);
+    await reloadAndWait(inst, ['cleanup']);
+  }
 
   before(async () => {
     dns = await new TestDnsServer().start();
-    opendkim = await OpenDkim.start({ domain: 'example.test' });
+    // rspamd compiles its rules for a while: the three start side by side
+    [opendkim, rspamd, spamass] = await Promise.all([
+      OpenDkim.start({ domain: 'example.test' }), Rspamd.start({ dns: dns.address }), SpamassMilter.start()]);
     dns.add({ name: opendkim.txt.name, type: 'TXT', value: opendkim.txt.value });
     inst = await Instance.create({
       users: [{ address: ALICE }, { address: BOB }],
-      main: { dns_servers: dns.address, ...mainCf({ opendkim: opendkim.address }) },
+      main: { dns_servers: dns.address, ...mainCf({ opendkim: opendkim.address, rspamd: rspamd.address }) },
     });
     await inst.start();
   });
 
   after(async () => {
     await inst?.destroy();
-    await opendkim?.stop();
+    await Promise.all([opendkim?.stop(), rspamd?.stop(), spamass?.stop()]);
     await dns?.close();
   });
 
-  it('signs a message submitted with postern sendmail; dkimpy verifies the signature', async () => {
+  it('non_smtpd_milters: OpenDKIM signs a message submitted with postern sendmail; dkimpy verifies it', async () => {
     sendmail(inst, ALICE, BOB, 'signed by opendkim via pickup');
-    const { file, text } = await deliveredWith(inst, BOB, 'Subject: signed by opendkim via pickup');
-    const sigs = headerFields(text).filter((h) => h.name === 'dkim-signature').map((h) => h.value);
+    const { text } = await deliveredWith(inst, BOB, 'Subject: signed by opendkim via pickup');
+    const sigs = dkimSignatures(text);
     assert.equal(sigs.length, 1, `one DKIM-Signature from OpenDKIM in:\n${text}\nopendkim: ${opendkim.log()}`);
     assert.match(sigs[0], /\bd=example\.test;/);
     assert.match(sigs[0], /\bs=mail;/);
-    const dir = tempDir('milter-verify');
-    try {
-      const copy = path.join(dir, 'message');
-      fs.writeFileSync(copy, text);
-      assert.deepEqual(await dkimpyVerify(copy, dns), [true], `dkimpy on ${file}`);
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-    const queued = inst.logs().find((e) => e.service === 'cleanup' && e.msg === 'queued' && e.from === `<${ALICE}>`);
-    assert.ok(queued, 'cleanup logged the message');
+    assert.deepEqual(await verifies(text, dns), [true], 'dkimpy verifies the delivered copy');
   });
 
-  it('does not sign when non_smtpd_milters is empty', async () => {
-    inst.cli(['config', 'set', 'non_smtpd_milters=']);
-    await reloadAndWait(inst, ['cleanup']);
+  it('non_smtpd_milters empty: the same submission is not signed', async () => {
+    await nonSmtpdMilters('');
     try {
       sendmail(inst, ALICE, BOB, 'not signed without non_smtpd_milters');
       const { text } = await deliveredWith(inst, BOB, 'Subject: not signed without non_smtpd_milters');
-      assert.equal(headerFields(text).filter((h) => h.name === 'dkim-signature').length, 0, text);
+      assert.equal(dkimSignatures(text).length, 0, text);
     } finally {
-      inst.cli(['config', 'set', `non_smtpd_milters=${opendkim.address}`]);
-      await reloadAndWait(inst, ['cleanup']);
+      await nonSmtpdMilters(opendkim.address);
+    }
+  });
+
+  it('spamass-milter adds SpamAssassin\'s X-Spam-* header fields to a delivered message', async () => {
+    await nonSmtpdMilters(spamass.address);
+    try {
+      sendmail(inst, ALICE, BOB, 'checked by spamass-milter');
+      const { text } = await deliveredWith(inst, BOB, 'Subject: checked by spamass-milter');
+      const names = headerFields(text).map((h) => h.name);
+      assert.ok(names.includes('x-spam-checker-version'), `X-Spam-Checker-Version: in:\n${text}\nspamass-milter: ${spamass.log()}`);
+      assert.match(headerFields(text).find((h) => h.name === 'x-spam-status')?.value ?? '', /^No, score=/, text);
+    } finally {
+      await nonSmtpdMilters(opendkim.address);
+    }
+  });
+
+  it('rspamd refuses GTUBE: local mail is bounced to its sender with rspamd\'s reply, never delivered', async () => {
+    await nonSmtpdMilters(rspamd.address);
+    try {
+      sendmail(inst, ALICE, BOB, 'gtube through rspamd', `${GTUBE}\n`);
+      const bounce = await deliveredWith(inst, ALICE, 'Subject: gtube through rspamd');
+      assert.match(bounce.text, /554 5\.7\.1 Gtube pattern/, `rspamd's reply in the bounce:\n${bounce.text}\nrspamd: ${rspamd.log().slice(-2000)}`);
+      const bounced = inst.logs().find((e) => e.service === 'cleanup' && /^message bounced: milter-reject by inet:127\.0\.0\.1:\d+: 554 5\.7\.1 Gtube pattern/.test(e.msg));
+      assert.ok(bounced, 'cleanup logged the milter\'s refusal');
+      assert.ok(!inst.delivered(BOB).some((f) => fs.readFileSync(f, 'utf8').includes('Subject: gtube through rspamd')), 'not delivered to bob');
+    } finally {
+      await nonSmtpdMilters(opendkim.address);
     }
   });
 });

@@ -169,8 +169,8 @@ export class Rspamd extends MilterProcess {
     const child = MilterProcess.launch(rspamd, ['-f', '-c', '/etc/rspamd/rspamd.conf', `--var=LOCAL_CONFDIR=${dir}`,
       `--var=DBDIR=${dir}/db`, `--var=RUNDIR=${dir}/run`, `--var=LOGDIR=${dir}/log`], dir);
     const m = new Rspamd('rspamd', dir, port, child, path.join(dir, 'log', 'rspamd.log'));
-    // it compiles its rules and regexp caches first
-    await m.ready(120000);
+    // it loads its Lua modules and compiles the public suffix list first: over a minute on a busy machine
+    await m.ready(300000);
     await waitFor('rspamd\'s proxy worker to start', () => /starting rspamd_proxy process/.test(m.log()), 60000, 250)
       .catch(async (e) => { const log = m.log(); await m.stop(); throw new Error(`${(e as Error).message}\n${log}`); });
     return m;
