@@ -10,8 +10,9 @@ import {
   runService, ServiceContext, RunningService, QueueFileWriter, Envelope,
   newQueueId, rfc5322Date, headerSafe, requestJson, NetworkList, AliasMaps, MainConfig, StatusRecord,
   validate, SchemaError, smtpdMessageRequest, localMessageRequest, afterBodyRequest, loginOwnsAddress, localUserOwnsAddress,
-  serveFrames, refuseInvalid, FrameConnection, CleanupReply, QmgrTrigger,
+  serveFrames, refuseInvalid, FrameConnection, CleanupReply, QmgrTrigger, milterEditsRequest, MilterEditsRequest, AfterBodyRequest,
 } from '@postern/common';
+import { ScratchBody, rewriteForMilters } from './milter-edits.js';
 import { expandRecipients } from './aliases.js';
 import { HeaderSection, HeaderEdit, HeaderSummary } from './header-section.js';
 import { missingHeaders } from './header-fixup.js';
@@ -114,6 +115,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     let file: QueueFileWriter | null = null;
     let ended = false; // the client sent the whole message (E) or gave up (A)
     let queueId: string | undefined;
+    let scratch: ScratchBody | null = null;
     try {
       const config = ctx.config;
       let env: Envelope;
@@ -129,6 +131,9 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         return;
       }
       queueId = env.id;
+      // smtpd with milters asks for the id at once: its milters get it as the i macro
+      if (clients === 'smtpd' && (first.json as { want_id?: unknown }).want_id === true) await conn.writer.json({ type: 'queue-id', queue_id: env.id });
+      const given = env.recipients;
       const hostname = config.get('myhostname');
       // Received: names the recipient as the client gave it, not where its aliases lead
       const received = receivedHeader(env, hostname);
@@ -150,10 +155,36 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       // held always: the hop count and the From: check need the header section
       const header = new HeaderSection(edits, config.int('header_size_limit'));
       const put = async (bufs: Buffer[]) => { for (const b of bufs) await file!.write(b); };
+      // smtpd's milters (docs/milter.md): a replacement body, then their edits, after the message
+      let milter: MilterEditsRequest | null = null;
+      let headerEnded = false;
+      const endHeader = async () => { if (!headerEnded) { headerEnded = true; await put(header.end()); } };
+      const afterBody: AfterBodyRequest[] = [];
+      const refuse = async (e: SchemaError) => {
+        await file!.abort();
+        file = null;
+        await scratch?.remove();
+        await refuseInvalid(conn, log, e, { queue_id: env.id, socket: clients });
+      };
       for (;;) {
         const f = await reader.next();
         if (!f) throw new Error('sender went away before the end of the message');
-        if (f.type === 'D') await put(header.push(f.data));
+        if (f.type === 'D' && scratch) await scratch.write(f.data);
+        else if (f.type === 'D' && !milter) await put(header.push(f.data));
+        else if (f.type === 'J' && clients === 'smtpd' && (f.json?.type === 'milter-body' || f.json?.type === 'milter') && !milter) {
+          await endHeader();
+          if (f.json.type === 'milter-body') {
+            if (Object.keys(f.json).length !== 1) { await refuse(new SchemaError('milter-body', 'no fields allowed')); return; }
+            scratch ??= new ScratchBody(`${spool.tempPathOf(env.id)}.body`);
+            await scratch.start();
+          } else {
+            try { milter = validate(milterEditsRequest(config.int('smtpd_recipient_limit')), f.json, 'milter'); } catch (e) {
+              if (!(e instanceof SchemaError)) throw e;
+              await refuse(e);
+              return;
+            }
+          }
+        }
         else if (f.type === 'J' && f.json?.type === 'after-body' && clients === 'smtpd') {
           // what smtpd learnt from the whole message: its own header fields (Authentication-Results:, X-Spam-*) and envelope notes
           let after;
@@ -164,17 +195,41 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
             await refuseInvalid(conn, log, e, { queue_id: env.id, socket: clients });
             return;
           }
-          if (after.headers) file.addPrependedHeaders(Buffer.from(after.headers));
-          if (after.notes && Object.keys(after.notes).length) file.addEnvelopeNotes(after.notes);
+          // applied to the file as committed (a milter's edits make a new one)
+          afterBody.push(after);
         } else if (f.type === 'E') { ended = true; break; }
         else if (f.type === 'A') {
           ended = true;
           await file.abort();
           file = null;
+          await scratch?.remove();
           return;
         } else throw new Error('unexpected frame inside a message');
       }
-      await put(header.end());
+      await endHeader();
+      let hold: string | undefined;
+      if (milter || scratch) {
+        const done = await rewriteForMilters({ spool, old: file, env, given, receivedLength: Buffer.byteLength(received), edits: milter, body: scratch, config, log })
+          .finally(() => scratch?.remove());
+        if (!done) {
+          // every recipient deleted: nothing to deliver, as a discard (Postfix has nothing to queue either)
+          await file.abort();
+          file = null;
+          log.info({ queue_id: env.id, status: 'discard' }, 'milter deleted every recipient; message discarded');
+          await reply({ ok: true, queue_id: env.id });
+          return;
+        }
+        file = done.file;
+        env = done.env;
+        log.info({ queue_id: env.id, from: `<${env.sender}>`, added: done.added.length ? done.added.map((a) => `<${a}>`).join(',') : undefined,
+          deleted: done.deleted.length ? done.deleted.map((a) => `<${a}>`).join(',') : undefined, headers: milter?.headers?.length || undefined,
+          body_replaced: scratch ? true : undefined }, 'milter changes applied');
+        hold = milter?.hold;
+      }
+      for (const after of afterBody) {
+        if (after.headers) file.addPrependedHeaders(Buffer.from(after.headers));
+        if (after.notes && Object.keys(after.notes).length) file.addEnvelopeNotes(after.notes);
+      }
       if (header.removed.length) log.info({ queue_id: env.id, removed: header.removed.map((h) => h.slice(0, 200)) }, 'removed Authentication-Results: claiming our host name, or X-Spam-*, X-Postern-Quarantine: from outside');
       if (header.added.length) log.info({ queue_id: env.id, added: header.added.map((h) => h.slice(0, h.indexOf(':'))).join(',') }, 'added missing headers');
       const summary = header.summary;
@@ -215,16 +270,18 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       // only submitted mail is signed, and only its Message-ID is known for the log
       const fixed = submission ? header : null;
       if (sign) await signQueuedMessage(file, env, fixed!.summary, config.get('dkim_signing_table'), dkimKeys, log);
-      await file.commit();
+      await file.commit(hold !== undefined ? 'hold' : 'incoming');
+      if (hold !== undefined) log.info({ queue_id: env.id, reason: hold, status: 'hold' }, `milter-hold: ${hold}`);
       log.info({ queue_id: env.id, from: `<${env.sender}>`, size: file.messageSize, nrcpt: env.recipients.length,
         client: env.client ? `${env.client.name}[${env.client.address}]` : undefined,
         message_id: fixed?.summary?.messageId ?? fixed?.added.find((h) => /^(Resent-)?Message-ID:/.test(h))?.replace(/^[^:]*:\s*/, '') }, 'queued');
       file = null;
       await reply({ ok: true, queue_id: env.id });
-      wakeQmgr(env.id);
+      if (hold === undefined) wakeQmgr(env.id);
     } catch (e) {
       log.error({ queue_id: queueId ?? 'NOQUEUE', err: (e as Error).message }, 'message not queued');
       if (file) await file.abort();
+      await scratch?.remove();
       // a write error midway: let the client finish sending so it reads this reply
       if (!ended) await drainMessage(reader);
       await reply(failureReply(e)).catch(() => undefined);
