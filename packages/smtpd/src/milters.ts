@@ -9,7 +9,7 @@
 import { SMTPServerSession, SMTPServerAddress } from 'smtp-server';
 import {
   MainConfig, Logger, SmtpError, smtpError, milterSettings, MilterSettings, connectMilter, MilterSession,
-  MilterVerdict, MilterEdit, MilterAction, MacroSource, SMFIP,
+  MilterVerdict, MilterEdit, MilterAction, MacroSource, SMFIP, MilterError,
 } from '@postern/common';
 
 interface Member {
@@ -31,7 +31,6 @@ export interface MilterOutcome {
   /** A milter replaced the body: its chunks went to onBody. */
   bodyReplaced: boolean;
   quarantine?: { milter: string; reason: string };
-  /** Whether each edit's header value came without the leading space (no SMFIP_HDR_LEADSPC). */
 }
 
 const TEMPFAIL = () => smtpError(451, '4.7.1', 'Service unavailable - try again later');
@@ -203,7 +202,7 @@ export class SessionMilters {
   /** The message's stream of events from DATA to the end of message. */
   message(queueId: string): MessageMilters {
     this.extra.set('i', queueId);
-    return new MessageMilters(this);
+    return new MessageMilters(this, this.config.int('message_size_limit'));
   }
 
   /** @internal for MessageMilters */
@@ -212,6 +211,10 @@ export class SessionMilters {
   get list(): Member[] { return this.members; }
   /** @internal */
   failMember(mb: Member, stage: Stage, e: Error) { this.failure(mb, stage, e); }
+  /** @internal */
+  logEdit(mb: Member, what: string) {
+    this.log.warn({ milter: mb.settings.spec.name, queue_id: this.extra.get('i') ?? 'NOQUEUE' }, `milter ${mb.settings.spec.name}: ${what}`);
+  }
   /** @internal */
   verdict(mb: Member, stage: Stage, v: MilterVerdict) { return this.apply(mb, stage, v); }
 
@@ -260,7 +263,7 @@ export class MessageMilters {
   private inBody = false;
   private refused: SmtpError | null = null;
 
-  constructor(private readonly s: SessionMilters) {}
+  constructor(private readonly s: SessionMilters, private readonly sizeLimit: number) {}
 
   private note(r: SmtpError | { discard: string } | null): void {
     if (!r) return;
@@ -320,9 +323,12 @@ export class MessageMilters {
       if (!mb.m) continue;
       const m = mb.m;
       let started = false;
+      let replaced = 0;
       try {
         const { verdict, edits } = await m.eom(this.s.macros, async (chunk) => {
           if (!started) { started = true; out.bodyReplaced = true; await startBody(); }
+          replaced += chunk.length;
+          if (this.sizeLimit && replaced > this.sizeLimit) throw new MilterError(`replacement body larger than message_size_limit (${this.sizeLimit})`);
           await onBody(chunk);
         });
         const leadspc = (m.flags & SMFIP.HDR_LEADSPC) !== 0;
@@ -330,7 +336,11 @@ export class MessageMilters {
           if (e.type === 'quarantine') out.quarantine ??= { milter: mb.settings.spec.name, reason: e.reason };
           else if (e.type === 'add-header' || e.type === 'insert-header' || e.type === 'change-header') {
             // sendmail's convention: LF between lines; ours is CRLF, and the space after the colon is ours to add
-            let v = e.value.replace(/\r?\n/g, '\r\n').replace(/\r\n(?![ \t])/g, '\r\n\t');
+            if (!/^[!-9;-~]{1,255}$/.test(e.name)) {
+              this.s.logEdit(mb, `header name ${JSON.stringify(e.name.slice(0, 80))} is not a header field name; edit ignored`);
+              continue;
+            }
+            let v = e.value.replace(/\r(?!\n)/g, ' ').replace(/\r?\n/g, '\r\n').replace(/\r\n(?![ \t])/g, '\r\n\t');
             if (!leadspc && v) v = ` ${v}`;
             out.edits.push({ ...e, value: v });
           } else out.edits.push(e);
@@ -339,6 +349,8 @@ export class MessageMilters {
       } catch (e) {
         this.s.failMember(mb, 'eom', e as Error);
         if (mb.failed) this.refused = mb.failed;
+        // half a replacement body went to cleanup: no default action makes that message whole again
+        else if (started) this.refused = TEMPFAIL();
       }
     }
     if (this.refused) out.refuse = this.refused;
