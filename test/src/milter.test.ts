@@ -334,6 +334,23 @@ describe('milters (smtpd_milters)', () => {
     await deliveredTo(inst, BOB, a.id!);
   });
 
+  it('a bad smtpd_milters value is an error naming main.cf, its line and the problem', async () => {
+    const mainCf = `${inst.etc}/main.cf`;
+    const before = fs.readFileSync(mainCf, 'utf8');
+    try {
+      const line = before.split('\n').length - (before.endsWith('\n') ? 1 : 0) + 1;
+      fs.appendFileSync(mainCf, `${before.endsWith('\n') ? '' : '\n'}smtpd_milters = tcp:127.0.0.1:1, { inet:127.0.0.1:2, default_action=maybe }\n`);
+      const r = inst.tryCli(['check']);
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, new RegExp(`main\\.cf:${line}: error: smtpd_milters: tcp:127\\.0\\.0\\.1:1: expected unix:/path or inet:host:port`));
+    } finally {
+      fs.writeFileSync(mainCf, before);
+    }
+    const bad = inst.tryCli(['config', 'set', 'smtpd_milters={ inet:127.0.0.1:2, default_action=maybe }']);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /smtpd_milters: default_action=maybe: not one of accept, tempfail, reject, quarantine/);
+  });
+
   it('a milter that stalls: its timeout, then its own default_action', async () => {
     // no reply to the end of message; this milter's own settings in braces
     await reconfigure({ smtpd_milters: `{ inet:127.0.0.1:${milter.port}, content_timeout=1s, default_action=reject }`, milter_default_action: 'accept' });
