@@ -2,15 +2,17 @@
  * non_smtpd_milters: cleanup runs the milter session for mail that did not
  * come over SMTP (postern sendmail, through pickup), as Postfix's cleanup
  * does: an emulated connect from localhost [127.0.0.1], HELO localhost, the
- * envelope, then the message as it is written to the queue file (our
- * Received: included), header field by header field and the body in chunks,
- * each awaited (the milter's pace is the backpressure). Bounces and notices
- * (origin bounce/local) never reach it (the caller decides).
+ * envelope, then the message as it is written to the queue file (without our
+ * Received:, as smtpd's milters see it), header field by header field and the
+ * body in chunks, each awaited (the milter's pace is the backpressure). Their
+ * edits go the way smtpd's do (milter-edits.ts). Bounces and notices (origin
+ * bounce/local) never reach it (the caller decides).
  */
 import {
   connectMilter, MilterSession, MilterSettings, MilterError, MilterVerdict, MilterEdit, MilterReply, MacroSource,
-  Envelope, MainConfig, Logger,
+  Envelope, MainConfig, Logger, MilterEditsRequest,
 } from '@postern/common';
+import { ScratchBody } from './milter-edits.js';
 
 /** The milters' joint verdict on one message. */
 export type MilterOutcome =
@@ -26,13 +28,13 @@ const DEFAULT_REPLY = {
 
 interface Active { settings: MilterSettings; session: MilterSession }
 
-/** The edits cleanup applies to a queue file already being written: header fields added in front. */
+/** The milters' verdict and, when they let the message through, their edits in smtpd's form. */
 export interface MilterResult {
   outcome: MilterOutcome;
-  /** Header fields to prepend (CRLF lines), in the order to deliver them. */
-  headers: string[];
-  /** Edits that cannot be applied here, for the log. */
-  ignored: string[];
+  /** Header, recipient and sender edits and a quarantine reason (hold), or null when there are none. */
+  edits: MilterEditsRequest | null;
+  /** A replacement body was written to the scratch file. */
+  bodyReplaced: boolean;
 }
 
 export class CleanupMilters {
@@ -150,36 +152,34 @@ export class CleanupMilters {
     await this.each((a) => a.session.body(chunk));
   }
 
-  /** End of message: each milter's edits and verdict. */
-  async end(): Promise<MilterResult> {
+  /** End of message: each milter's edits and verdict; a replacement body goes to scratch (the last milter's wins). */
+  async end(scratch: ScratchBody): Promise<MilterResult> {
     if (!this.inBody && this.busy) {
       this.inBody = true;
       await this.headers(Buffer.concat(this.head));
     }
-    const headers: string[] = [];
-    const ignored: string[] = [];
+    const edits: MilterEdit[] = [];
+    let bodyReplaced = false;
     for (const a of this.active.slice()) {
       if (this.outcome) break;
       let r: { verdict: MilterVerdict; edits: MilterEdit[] };
-      let replaced = false;
+      let started = false;
       try {
-        r = await a.session.eom(this.macros, async () => { replaced = true; });
+        r = await a.session.eom(this.macros, async (chunk) => {
+          if (!started) { started = true; await scratch.start(); }
+          await scratch.write(chunk);
+        });
       } catch (e) {
         if (!(e instanceof MilterError)) throw e;
         this.drop(a);
         this.failed(a.settings, e);
         continue;
       }
-      if (replaced) ignored.push(`${a.settings.spec.name}: replace body`);
-      for (const e of r.edits) {
-        // the queue file is written as the message arrives: new fields go in front of it (P records), as
-        // smtpd's own header fields do; a field changed or deleted in place cannot be, and is logged
-        if (e.type === 'add-header' || e.type === 'insert-header') headers.push(`${e.name}: ${e.value.replace(/\r?\n/g, '\r\n')}\r\n`);
-        else ignored.push(`${a.settings.spec.name}: ${e.type}${'name' in e ? ` ${e.name}` : ''}`);
-      }
+      bodyReplaced ||= started;
+      edits.push(...r.edits);
       this.verdict(a, r.verdict);
     }
-    return { outcome: this.outcome ?? { action: 'accept' }, headers, ignored };
+    return { outcome: this.outcome ?? { action: 'accept' }, edits: toRequest(edits), bodyReplaced };
   }
 
   /** The message is over (committed, refused or broken): every session is told and closed. */
@@ -213,4 +213,23 @@ function splitFields(text: string): { name: string; value: string }[] {
     out.push({ name: line.slice(0, i).trimEnd(), value: line.slice(i + 1) });
   }
   return out;
+}
+
+/** Milter edits in the form smtpd sends them to cleanup (schema milterEditsRequest), so both are applied alike. */
+function toRequest(edits: MilterEdit[]): MilterEditsRequest | null {
+  if (!edits.length) return null;
+  const req: MilterEditsRequest = { type: 'milter' };
+  const headers: NonNullable<MilterEditsRequest['headers']> = [];
+  const strip = (a: string) => a.replace(/^<(.*)>$/, '$1');
+  for (const e of edits) {
+    if (e.type === 'add-header') headers.push({ op: 'add', name: e.name, value: e.value.replace(/\r?\n/g, '\r\n') });
+    else if (e.type === 'insert-header') headers.push({ op: 'insert', index: e.index, name: e.name, value: e.value.replace(/\r?\n/g, '\r\n') });
+    else if (e.type === 'change-header') headers.push({ op: 'change', index: e.index, name: e.name, value: e.value.replace(/\r?\n/g, '\r\n') });
+    else if (e.type === 'add-rcpt') (req.add_recipients ??= []).push(strip(e.address));
+    else if (e.type === 'delete-rcpt') (req.delete_recipients ??= []).push(strip(e.address));
+    else if (e.type === 'change-from') req.sender = strip(e.address);
+    else if (e.type === 'quarantine') req.hold = e.reason.slice(0, 255) || 'milter quarantine';
+  }
+  if (headers.length) req.headers = headers;
+  return req;
 }

@@ -13,6 +13,9 @@ import type { MilterSpec } from './spec.js';
 
 export class MilterError extends Error {}
 
+/** Most modification requests taken from one milter for one message. */
+export const MAX_EDITS = 10000;
+
 export interface MilterTimeouts {
   /** Connect and option negotiation. */
   connectMs: number;
@@ -293,6 +296,8 @@ export class MilterSession {
     };
     for (;;) {
       const p = await this.next(this.timeouts.contentMs);
+      // bounded: a milter looping on edits is broken, not a reason to grow without end
+      if (edits.length >= MAX_EDITS) throw new MilterError(`end of message: more than ${MAX_EDITS} modifications`);
       const s = splitStrings(p.data);
       switch (p.cmd) {
         case SMFIR.ADDHEADER: allowed(0x01, 'add header'); edits.push({ type: 'add-header', name: need(s[0], 'header name'), value: s[1] ?? '' }); break;
