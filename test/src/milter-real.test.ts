@@ -1,6 +1,8 @@
 /**
  * Real milters, configured as docs/milter.md says (the blocks are read from the
- * doc): OpenDKIM signing mail submitted with `postern sendmail` through
+ * doc): over SMTP (smtpd_milters), OpenDKIM signing a submission on 587 (AUTH),
+ * rspamd refusing GTUBE with its own reply and adding its headers to what it lets
+ * through; OpenDKIM signing mail submitted with `postern sendmail` through
  * non_smtpd_milters (cleanup's milter session), checked by dkimpy against the
  * key published in the test DNS server, and nothing signed when
  * non_smtpd_milters is empty; spamass-milter adding SpamAssassin's headers;
@@ -11,7 +13,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Instance, ROOT, run, tempDir, waitFor, headerFields } from './harness.js';
+import { Instance, RawSmtp, ROOT, run, tempDir, waitFor, headerFields, submitAs } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
 import { dkimpyVerify } from './verifiers.js';
 import { substitute, reloadAndWait } from './dovecot.js';
@@ -101,6 +103,50 @@ describe('real milters from docs/milter.md', () => {
     await inst?.destroy();
     await Promise.all([opendkim?.stop(), rspamd?.stop(), spamass?.stop()]);
     await dns?.close();
+  });
+
+  it('smtpd_milters: OpenDKIM signs a submission on 587 (AUTH); dkimpy verifies it', async () => {
+    const id = await submitAs(inst, ALICE, 'secret', BOB, 'submitted on 587 and signed by opendkim');
+    const { text } = await deliveredWith(inst, BOB, 'Subject: submitted on 587 and signed by opendkim');
+    assert.match(text, new RegExp(` id ${id}\\r?\\n`), 'the message the submission queued');
+    const sigs = dkimSignatures(text);
+    assert.equal(sigs.length, 1, `one DKIM-Signature from OpenDKIM in:\n${text}`);
+    assert.match(sigs[0], /\bd=example\.test;/);
+    assert.deepEqual(await verifies(text, dns), [true], 'dkimpy verifies the delivered copy');
+  });
+
+  it('smtpd_milters: rspamd refuses GTUBE at the end of DATA with its own reply; nothing is queued', async () => {
+    const c = await RawSmtp.connect(inst.ports.smtp);
+    try {
+      for (const [line, code] of [['EHLO client.sender.test', '250'], ['MAIL FROM:<someone@sender.test>', '250'], [`RCPT TO:<${BOB}>`, '250'], ['DATA', '354']]) {
+        const r = await c.command(line);
+        assert.ok(r.startsWith(code), `${line}: ${r}`);
+      }
+      const reply = await c.command(`From: <someone@sender.test>\r\nTo: <${BOB}>\r\nSubject: gtube over smtp\r\n\r\n${GTUBE}\r\n.`);
+      assert.equal(reply, '554 5.7.1 Gtube pattern', `rspamd's reply; rspamd: ${rspamd.log().slice(-2000)}`);
+      await c.command('QUIT');
+    } finally {
+      c.close();
+    }
+    const logged = inst.logs().find((e) => /^milter-reject: /.test(e.msg) && /Gtube pattern/.test(e.msg));
+    assert.ok(logged, 'smtpd logged the milter\'s refusal');
+    assert.ok(!inst.delivered(BOB).some((f) => fs.readFileSync(f, 'utf8').includes('Subject: gtube over smtp')));
+  });
+
+  it('smtpd_milters: rspamd adds its headers to a message it lets through', async () => {
+    const c = await RawSmtp.connect(inst.ports.smtp);
+    try {
+      for (const line of ['EHLO client.sender.test', 'MAIL FROM:<someone@sender.test>', `RCPT TO:<${BOB}>`, 'DATA']) await c.command(line);
+      const reply = await c.command(`From: <someone@sender.test>\r\nTo: <${BOB}>\r\nSubject: lunch checked by rspamd\r\n\r\nShall we meet at noon on Friday?\r\n.`);
+      assert.match(reply, /^250 /, reply);
+      await c.command('QUIT');
+    } finally {
+      c.close();
+    }
+    const { text } = await deliveredWith(inst, BOB, 'Subject: lunch checked by rspamd');
+    const result = headerFields(text).find((h) => h.name === 'x-spamd-result');
+    assert.ok(result, `X-Spamd-Result: in:\n${text}`);
+    assert.match(result.value, /^default: False \[/, 'not spam');
   });
 
   it('non_smtpd_milters: OpenDKIM signs a message submitted with postern sendmail; dkimpy verifies it', async () => {
