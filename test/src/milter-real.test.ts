@@ -13,7 +13,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Instance, RawSmtp, ROOT, run, tempDir, waitFor, headerFields, submitAs } from './harness.js';
+import { Instance, RawSmtp, ROOT, freePort, run, tempDir, waitFor, headerFields, submitAs } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
 import { dkimpyVerify } from './verifiers.js';
 import { substitute, reloadAndWait } from './dovecot.js';
@@ -170,6 +170,24 @@ describe('real milters from docs/milter.md', () => {
     }
   });
 
+  it('non_smtpd_milters: a milter that is down keeps the submission in maildrop/ (tempfail) until it answers', async () => {
+    const closed = await freePort(); // nothing listens there
+    await nonSmtpdMilters(`inet:127.0.0.1:${closed}`);
+    try {
+      sendmail(inst, ALICE, BOB, 'waits for its milter');
+      await inst.waitForLog('cleanup to apply the default action', (e) => e.service === 'cleanup'
+        && e.msg === 'milter failed; applying its default action' && e.default_action === 'tempfail' && e.milter === `inet:127.0.0.1:${closed}`);
+      await inst.waitForLog('pickup to keep the file', (e) => e.service === 'pickup' && e.msg === 'message not queued; will retry');
+      assert.ok(fs.readdirSync(path.join(inst.spool, 'maildrop')).length >= 1, 'the submission is still in maildrop/');
+      assert.ok(!inst.delivered(BOB).some((f) => fs.readFileSync(f, 'utf8').includes('Subject: waits for its milter')), 'not delivered unchecked');
+    } finally {
+      await nonSmtpdMilters(opendkim.address);
+    }
+    // pickup tries again (its back-off is bounded) and now OpenDKIM answers
+    const { text } = await deliveredWith(inst, BOB, 'Subject: waits for its milter');
+    assert.equal(dkimSignatures(text).length, 1, `signed once its milter answers:\n${text}`);
+  });
+
   it('spamass-milter adds SpamAssassin\'s X-Spam-* header fields to a delivered message', async () => {
     await nonSmtpdMilters(spamass.address);
     try {
@@ -192,6 +210,9 @@ describe('real milters from docs/milter.md', () => {
       const bounced = inst.logs().find((e) => e.service === 'cleanup' && /^message bounced: milter-reject by inet:127\.0\.0\.1:\d+: 554 5\.7\.1 Gtube pattern/.test(e.msg));
       assert.ok(bounced, 'cleanup logged the milter\'s refusal');
       assert.ok(!inst.delivered(BOB).some((f) => fs.readFileSync(f, 'utf8').includes('Subject: gtube through rspamd')), 'not delivered to bob');
+      // the bounce itself never went through non_smtpd_milters: rspamd (skip_local = false) would have marked it
+      assert.equal(headerFields(bounce.text).filter((h) => h.name.startsWith('x-spamd-') || h.name.startsWith('x-rspamd-')).length, 0,
+        `no rspamd header on the bounce:\n${bounce.text}`);
     } finally {
       await nonSmtpdMilters(opendkim.address);
     }

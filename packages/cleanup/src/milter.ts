@@ -40,10 +40,12 @@ export interface MilterResult {
 export class CleanupMilters {
   private active: Active[] = [];
   private outcome: MilterOutcome | null = null;
-  /** The header section (our Received: first) until its empty line has been seen. */
+  /** The header section (as the client wrote it, fixed up) until its empty line has been seen. */
   private head: Buffer[] = [];
   private headLen = 0;
   private inBody = false;
+  /** A milter that failed with default action quarantine: the reason for hold/. */
+  private quarantine: string | undefined;
 
   private constructor(private readonly env: Envelope, private readonly macros: MacroSource, private readonly log: Logger,
     private readonly headLimit: number) {}
@@ -91,7 +93,8 @@ export class CleanupMilters {
     this.log.warn({ queue_id: this.env.id, milter: s.spec.name, err, default_action: action }, 'milter failed; applying its default action');
     if (action === 'reject') this.outcome = { action: 'reject', reply: DEFAULT_REPLY.reject, milter: s.spec.name };
     else if (action === 'tempfail') this.outcome = { action: 'tempfail', reply: DEFAULT_REPLY.tempfail, milter: s.spec.name };
-    // accept (and quarantine, which has no hold for local mail here): go on without this milter
+    // accept: go on without this milter; quarantine: the same, and the message goes to hold/ (as smtpd's)
+    else if (action === 'quarantine') this.quarantine ??= `milter ${s.spec.name} failed: ${err}`.slice(0, 255);
   }
 
   /** One event to every milter still in the conversation, in order; the first verdict other than continue decides. */
@@ -179,6 +182,7 @@ export class CleanupMilters {
       edits.push(...r.edits);
       this.verdict(a, r.verdict);
     }
+    if (this.quarantine) edits.push({ type: 'quarantine', reason: this.quarantine });
     return { outcome: this.outcome ?? { action: 'accept' }, edits: toRequest(edits), bodyReplaced };
   }
 
