@@ -318,6 +318,32 @@ describe('milters (smtpd_milters)', () => {
     assert.equal(Buffer.concat(chunks.map((g) => g.data)).toString(), first + lines.repeat(100));
   });
 
+  it('honours SMFIP_NR_HDR and SMFIP_NR_BODY (no replies awaited) and SMFIR_SKIP (no more body)', async () => {
+    const NR_HDR = 0x80, NR_BODY = 0x80000, SKIP = 0x400;
+    milter.script = { actions: 0x1ff, flags: NR_HDR | NR_BODY, answer: (cmd) => (cmd === 'L' || cmd === 'B' ? [] : undefined) };
+    const quiet = await send(inst, [BOB], message('no replies'));
+    assert.ok(quiet.id, quiet.replies.join(' | '));
+    await deliveredTo(inst, BOB, quiet.id!);
+
+    milter.got = [];
+    milter.script = { actions: 0x1ff, flags: SKIP, answer: (cmd) => (cmd === 'B' ? [packet('s')] : undefined) };
+    const skipped = await send(inst, [BOB], message('skipped', 'x'.repeat(70) + '\r\n'.repeat(1) + 'All work and no play.\r\n'.repeat(8000)));
+    assert.ok(skipped.id, skipped.replies.join(' | '));
+    assert.equal(milter.got.filter((g) => g.cmd === 'B').length, 1, 'one chunk, then SKIP');
+    assert.ok(milter.got.some((g) => g.cmd === 'E'), 'still the end of message');
+    await deliveredTo(inst, BOB, skipped.id!);
+  });
+
+  it('a packet longer than the limit is a protocol error: the default action, logged', async () => {
+    const huge = Buffer.alloc(5);
+    huge.writeUInt32BE(64 * 1024 * 1024);
+    huge.write('c', 4);
+    milter.script = { actions: 0x1ff, flags: 0, answer: (cmd) => (cmd === 'M' ? [huge] : undefined) };
+    const s = await send(inst, [BOB], message('oversized'));
+    assert.equal(s.replies[1], '451 4.7.1 Service unavailable - try again later');
+    await inst.waitForLog('the protocol error', (e) => e.milter && e.stage === 'mail' && /packet length 67108864 out of range/.test(e.err));
+  });
+
   it('a milter that is down: milter_default_action accept, tempfail, reject', async () => {
     await reconfigure({ smtpd_milters: `inet:127.0.0.1:${deadPort}`, milter_default_action: 'tempfail' });
     const t = await send(inst, [BOB], message('down, tempfail'));

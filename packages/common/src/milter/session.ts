@@ -15,6 +15,8 @@ export class MilterError extends Error {}
 
 /** Most modification requests taken from one milter for one message. */
 export const MAX_EDITS = 10000;
+/** Most packets held that arrived while no reply was awaited. */
+const MAX_UNREAD = 1000;
 
 export interface MilterTimeouts {
   /** Connect and option negotiation. */
@@ -100,7 +102,10 @@ export class MilterSession {
       let packets: Packet[];
       try { packets = this.decoder.push(chunk); } catch (e) { return this.fail(e as Error); }
       for (const p of packets) {
-        if (this.waiter) { const w = this.waiter; this.waiter = null; w(p); } else this.queue.push(p);
+        if (this.waiter) { const w = this.waiter; this.waiter = null; w(p); } else if (this.queue.length >= MAX_UNREAD) {
+          // packets nobody asked for, without end: a broken milter, not a queue that grows
+          return this.fail(new MilterError(`more than ${MAX_UNREAD} packets sent without being asked`));
+        } else this.queue.push(p);
       }
     });
     socket.on('error', (e) => this.fail(e));
