@@ -463,6 +463,62 @@ EOF
   return 1
 }
 
+# Dovecot's LMTP server alone (throughput.sh --lmtp): on 127.0.0.1:PORT, delivering any
+# user@domain to the Maildir DIR/mail/DOMAIN/USER/Maildir/ (userdb static: Postern and
+# Postfix have already checked the recipient), as nobody when run as root, else as us.
+# dovecot_lmtp_start DIR PORT; sets DOVECOT_LMTP_PID and DOVECOT_LMTP_MAIL (DIR/mail).
+dovecot_lmtp_start() {
+  local dir="$1" port="$2" who
+  command -v dovecot >/dev/null || { echo "dovecot is not installed (Debian: apt-get install dovecot-core dovecot-lmtpd)" >&2; return 1; }
+  DOVECOT_LMTP_MAIL="$dir/mail"
+  mkdir -p "$DOVECOT_LMTP_MAIL"
+  if [ "$(id -u)" = 0 ]; then
+    chown nobody:nogroup "$DOVECOT_LMTP_MAIL"
+    who="default_internal_user = dovecot
+default_login_user = dovenull
+userdb {
+  driver = static
+  args = uid=nobody gid=nogroup home=$DOVECOT_LMTP_MAIL/%d/%n allow_all_users=yes
+}"
+  else
+    who="default_internal_user = $(id -un)
+default_internal_group = $(id -gn)
+default_login_user = $(id -un)
+userdb {
+  driver = static
+  args = uid=$(id -u) gid=$(id -g) home=$DOVECOT_LMTP_MAIL/%d/%n allow_all_users=yes
+}"
+  fi
+  cat >"$dir/dovecot.conf" <<EOF
+# Written by bench/lib.sh: Dovecot's LMTP server only, the delivery target of both servers.
+protocols = lmtp
+listen = 127.0.0.1
+base_dir = $dir/run
+state_dir = $dir/state
+log_path = $dir/dovecot.log
+ssl = no
+mail_location = maildir:~/Maildir
+service lmtp {
+  inet_listener lmtp {
+    address = 127.0.0.1
+    port = $port
+  }
+}
+# LMTP needs no password; Dovecot still wants a passdb configured
+passdb {
+  driver = static
+  args = nopassword=y
+}
+$who
+EOF
+  timeout "$BENCH_BG_LIMIT" dovecot -F -c "$dir/dovecot.conf" >"$dir/dovecot.out" 2>&1 </dev/null &
+  DOVECOT_LMTP_PID=$!
+  BENCH_BG_PIDS+=" $DOVECOT_LMTP_PID"
+  wait_for_port "$port" 15 && return 0
+  cat "$dir/dovecot.out" "$dir/dovecot.log" >&2 2>/dev/null
+  return 1
+}
+
 # The tests' DNS server (bench/dns-server.js) on ADDRESS, serving RECORDS (a JSON
 # array of {name, type, value}). dns_start DIR ADDRESS RECORDS; sets DNS_PID, DNS_PORT.
 dns_start() {

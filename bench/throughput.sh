@@ -8,8 +8,11 @@
 # virtual(8). Reports accepted and end-to-end messages per second for each and
 # Postern/Postfix, CPU ms per message of each program, and p50/p99 end of DATA to 250.
 #
-#   bench/throughput.sh [--postern-only] [--keep] [--smtp-source] [--messages N] [--size BYTES]
-#                       [--sessions N] [--warmup N] [--timeout SECONDS]
+#   bench/throughput.sh [--postern-only] [--keep] [--smtp-source] [--lmtp] [--messages N]
+#                       [--size BYTES] [--sessions N] [--warmup N] [--timeout SECONDS]
+#
+# --lmtp: both deliver to one Dovecot LMTP server on loopback (virtual_transport =
+# lmtp:inet:127.0.0.1:PORT on each side) instead of their own Maildir writers.
 #
 # Needs `make build` first; see bench/README.md.
 set -euo pipefail
@@ -23,17 +26,35 @@ TIMEOUT="${BENCH_TIMEOUT:-600}"   # bound on each of: sending, waiting for deliv
 POSTERN_ONLY=no
 KEEP=no
 LOADER=mx-load   # or smtp-source (--smtp-source): no per-message latencies then
+DELIVERY=maildir  # or lmtp (--lmtp): both servers hand the mail to one Dovecot LMTP server
 RECIPIENT=bench@example.test
 SENDER=sender@remote.test
 
 usage() { sed -n '11,12p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 2; }
-bench_extra_arg() { [ "$1" = --smtp-source ] && LOADER=smtp-source; }
+bench_extra_arg() {
+  case "$1" in
+    --smtp-source) LOADER=smtp-source ;;
+    --lmtp) DELIVERY=lmtp ;;
+    *) return 1 ;;
+  esac
+}
 bench_parse_args "$@"
 
 bench_require_build
 postfix_tools
 
 bench_workdir
+
+# --lmtp: one Dovecot LMTP server, started first, the same for both servers; the
+# messages land in its Maildir (DC_NEW), emptied between the two runs.
+LMTP_TRANSPORT=""
+if [ "$DELIVERY" = lmtp ]; then
+  LMTP_PORT="$(free_port)"
+  dovecot_lmtp_start "$WORK/dovecot" "$LMTP_PORT" || bench_die "Dovecot's LMTP server did not start on 127.0.0.1:$LMTP_PORT"
+  LMTP_TRANSPORT="lmtp:inet:127.0.0.1:$LMTP_PORT"
+  DC_NEW="$DOVECOT_LMTP_MAIL/${RECIPIENT#*@}/${RECIPIENT%@*}/Maildir/new"
+  bench_note "Dovecot LMTP on 127.0.0.1:$LMTP_PORT, delivering to $DC_NEW"
+fi
 
 # send LOG COUNT PORT: COUNT messages with the chosen load generator (mx-load.js's
 # JSON report in LOG.json); bounded by TIMEOUT.
@@ -117,8 +138,15 @@ fi
 # As a real MX sees it: the client is not in mynetworks (no relay, no bare-LF leniency).
 # Postfix's default does no reverse-DNS rejection and there is no DNS here: the same for Postern.
 "$POSTERN" -c "$PT/etc" config set "mynetworks=192.0.2.0/24" "smtpd_client_restrictions=" || bench_die "postern config set failed"
+if [ -n "$LMTP_TRANSPORT" ]; then
+  "$POSTERN" -c "$PT/etc" config set "virtual_transport=$LMTP_TRANSPORT" || bench_die "postern config set virtual_transport failed"
+fi
 postern_start "$PT" || bench_die "postern start failed; log: $(tail -n 5 "$PT/postern.log" 2>/dev/null)"
-PT_NEW="$(postern_maildir_new "$PT" "$RECIPIENT")" || bench_die "no Maildir for $RECIPIENT in the user table"
+if [ -n "$LMTP_TRANSPORT" ]; then
+  PT_NEW="$DC_NEW"
+else
+  PT_NEW="$(postern_maildir_new "$PT" "$RECIPIENT")" || bench_die "no Maildir for $RECIPIENT in the user table"
+fi
 PT_VERSION="$(postern_version)"
 bench_note "Postern: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PT_PORT"
 PT_MASTER="$(node -e 'console.log(JSON.parse(process.argv[1]).master.pid)' "$POSTERN_STATUS_JSON")"
@@ -133,9 +161,15 @@ postern_stop "$PT"
 PF_VERSION=""
 if postfix_can_run; then
   PF_PORT="$(free_port)"
+  PF_NEW="$PF/mail/${RECIPIENT#*@}/${RECIPIENT%@*}/Maildir/new"
+  if [ -n "$LMTP_TRANSPORT" ]; then
+    POSTFIX_EXTRA_MAIN_CF="virtual_transport = $LMTP_TRANSPORT"
+    PF_NEW="$DC_NEW"
+    [ -d "$DC_NEW" ] && find "$DC_NEW" -maxdepth 1 -type f -delete   # Postern's messages
+  fi
   if postfix_up "$PF_PORT" "$RECIPIENT"; then
     bench_note "Postfix $PF_VERSION: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PF_PORT"
-    if measure postfix "$PF_PORT" "$PF/mail/${RECIPIENT#*@}/${RECIPIENT%@*}/Maildir/new" "$(postfix_master_pid "$PF")"; then
+    if measure postfix "$PF_PORT" "$PF_NEW" "$(postfix_master_pid "$PF")"; then
       POSTFIX_JSON="$(result_json "" "$PF_VERSION")"
       PF_ACCEPTED="$M_ACCEPTED"; PF_E2E="$M_END_TO_END"; PF_SEND_S="$M_SEND_S"; PF_E2E_S="$M_E2E_S"
     else
@@ -149,21 +183,22 @@ R_ACCEPTED="$(ratio "$PT_ACCEPTED" "${PF_ACCEPTED:-}")"
 R_E2E="$(ratio "$PT_E2E" "${PF_E2E:-}")"
 
 # --- Report ------------------------------------------------------------------
-report_start throughput
+report_start "throughput$([ "$DELIVERY" = lmtp ] && echo -lmtp)"
 node -e '
-  const [date, messages, size, sessions, warmup, machine, postern, postfix, rAcc, rE2e, loader] = process.argv.slice(1);
+  const [date, messages, size, sessions, warmup, machine, postern, postfix, rAcc, rE2e, loader, delivery] = process.argv.slice(1);
   const num = (x) => (x === "null" ? null : +x);
   const report = {
     benchmark: "throughput", date,
     load: { tool: loader === "smtp-source" ? "smtp-source -d" : "bench/mx-load.js", messages: +messages, body_bytes: +size, sessions: +sessions,
-            connection_reuse: true, warmup_messages: +warmup, delivery: "Maildir" },
+            connection_reuse: true, warmup_messages: +warmup,
+            delivery: delivery === "lmtp" ? "Dovecot LMTP (lmtp:inet:127.0.0.1, Maildir)" : "Maildir" },
     machine: JSON.parse(machine),
     postern: JSON.parse(postern),
     postfix: JSON.parse(postfix),
     ratio_postern_to_postfix: { accepted: num(rAcc), end_to_end: num(rE2e) },
   };
   process.stdout.write(JSON.stringify(report, null, 2) + "\n");' \
-  "$DATE" "$MESSAGES" "$SIZE" "$SESSIONS" "$WARMUP" "$MACHINE_JSON" "$POSTERN_JSON" "$POSTFIX_JSON" "$R_ACCEPTED" "$R_E2E" "$LOADER" >"$OUT"
+  "$DATE" "$MESSAGES" "$SIZE" "$SESSIONS" "$WARMUP" "$MACHINE_JSON" "$POSTERN_JSON" "$POSTFIX_JSON" "$R_ACCEPTED" "$R_E2E" "$LOADER" "$DELIVERY" >"$OUT"
 
 node -e '
   const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
@@ -172,7 +207,7 @@ node -e '
   const pfName = "Postfix" + (pf.version ? " " + pf.version : "");
   const w = Math.max(9, pfName.length);
   console.log(`Postern throughput benchmark, ${r.date}`);
-  console.log(`load     ${r.load.messages} messages, ${r.load.body_bytes}-byte bodies, ${r.load.sessions} parallel SMTP sessions (${r.load.tool}, connections kept), after ${r.load.warmup_messages} warm-up messages; delivery to Maildir`);
+  console.log(`load     ${r.load.messages} messages, ${r.load.body_bytes}-byte bodies, ${r.load.sessions} parallel SMTP sessions (${r.load.tool}, connections kept), after ${r.load.warmup_messages} warm-up messages; delivery to ${r.load.delivery}`);
   console.log(`machine  ${m.nproc} CPUs (${m.cpu}), ${m.memory_mib} MiB, Node ${m.node}, Linux ${m.kernel}, spools on ${m.spool_filesystem}`);
   console.log("");
   console.log(`${"".padEnd(24)}${col("Postern", 10)}  ${col(pfName, w)}  ${col("Postern/Postfix", 15)}`);

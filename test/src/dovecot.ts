@@ -83,11 +83,11 @@ export class Dovecot {
   }
 }
 
-/** The fenced block of docs/dovecot.md opened with "```LANG NAME": the doc is what the tests run. */
-export function docBlock(name: string): string {
-  const doc = fs.readFileSync(path.join(ROOT, 'docs', 'dovecot.md'), 'utf8');
+/** The fenced block of docs/PAGE (dovecot.md unless named) opened with "```LANG NAME": the doc is what the tests run. */
+export function docBlock(name: string, page = 'dovecot.md'): string {
+  const doc = fs.readFileSync(path.join(ROOT, 'docs', page), 'utf8');
   const m = new RegExp('^```\\w+ ' + name.replace(/[.]/g, '\\.') + '\\n([\\s\\S]*?)^```$', 'm').exec(doc);
-  if (!m) throw new Error(`docs/dovecot.md has no block "${name}"`);
+  if (!m) throw new Error(`docs/${page} has no block "${name}"`);
   return m[1];
 }
 

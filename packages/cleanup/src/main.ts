@@ -11,13 +11,16 @@ import {
   newQueueId, rfc5322Date, headerSafe, NetworkList, AliasMaps, MainConfig, StatusRecord,
   validate, SchemaError, smtpdMessageRequest, localMessageRequest, afterBodyRequest, SenderLogins, TableUnavailable, localUserOwnsAddress,
   serveFrames, refuseInvalid, FrameConnection, CleanupReply, QmgrTrigger, RequestConnection, ConnectionClosed, Logger,
+  milterEditsRequest, MilterEditsRequest, AfterBodyRequest, milterSettings,
 } from '@postern/common';
+import { ScratchBody, rewriteForMilters } from './milter-edits.js';
 import { expandRecipients } from './aliases.js';
 import { HeaderSection, HeaderEdit, HeaderSummary } from './header-section.js';
 import { missingHeaders } from './header-fixup.js';
 import { forgedAuthResults, incomingVerdicts } from './headers.js';
 import { DkimKeyStore, signQueuedMessage } from './dkim.js';
 import { failureReply, drainMessage } from './write-error.js';
+import { CleanupMilters, MilterResult } from './milter.js';
 
 function receivedHeader(env: Envelope, hostname: string): string {
   const lines: string[] = [];
@@ -153,6 +156,14 @@ export class QmgrWaker {
   }
 }
 
+/** A milter said "try again later" to local mail: pickup keeps the maildrop file. */
+class MilterTempfail extends Error {
+  constructor(readonly result: MilterResult) {
+    const o = result.outcome;
+    super(o.action === 'tempfail' ? `milter: ${o.reply.code} ${o.reply.enhanced} ${o.reply.text}` : 'milter: 451 4.7.1 Service unavailable - try again later');
+  }
+}
+
 async function start(ctx: ServiceContext): Promise<RunningService> {
   const { log, spool } = ctx;
   const dkimKeys = new DkimKeyStore(log);
@@ -171,8 +182,10 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     const { reader } = conn;
     const reply = (r: CleanupReply) => conn.writer.json(r);
     let file: QueueFileWriter | null = null;
+    let milters: CleanupMilters | null = null;
     let ended = false; // the client sent the whole message (E) or gave up (A)
     let queueId: string | undefined;
+    let scratch: ScratchBody | null = null;
     try {
       const config = ctx.config;
       let env: Envelope;
@@ -188,6 +201,9 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         return;
       }
       queueId = env.id;
+      // smtpd with milters asks for the id at once: its milters get it as the i macro
+      if (clients === 'smtpd' && (first.json as { want_id?: unknown }).want_id === true) await conn.writer.json({ type: 'queue-id', queue_id: env.id });
+      const given = env.recipients;
       const hostname = config.get('myhostname');
       // Received: names the recipient as the client gave it, not where its aliases lead
       const received = receivedHeader(env, hostname);
@@ -196,6 +212,9 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       file = await QueueFileWriter.create(spool, env);
       file.addStatus(expanded.statuses);
       await file.write(Buffer.from(received));
+      // non_smtpd_milters: sendmail's mail (pickup) only, never our own bounces and notices (Postfix's rule)
+      const milterList = env.origin === 'pickup' ? milterSettings(config, 'non_smtpd_milters') : [];
+      if (milterList.length) milters = await CleanupMilters.open(milterList, env, config, log, spool.root);
       const submission = isSubmission(env, mynetworks());
       const edits: HeaderEdit[] = [];
       if (env.origin === 'smtpd' || env.origin === 'pickup') {
@@ -208,11 +227,37 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       }
       // held always: the hop count and the From: check need the header section
       const header = new HeaderSection(edits, config.int('header_size_limit'));
-      const put = async (bufs: Buffer[]) => { for (const b of bufs) await file!.write(b); };
+      const put = async (bufs: Buffer[]) => { for (const b of bufs) { await file!.write(b); await milters?.push(b); } };
+      // smtpd's milters (docs/milter.md): a replacement body, then their edits, after the message
+      let milter: MilterEditsRequest | null = null;
+      let headerEnded = false;
+      const endHeader = async () => { if (!headerEnded) { headerEnded = true; await put(header.end()); } };
+      const afterBody: AfterBodyRequest[] = [];
+      const refuse = async (e: SchemaError) => {
+        await file!.abort();
+        file = null;
+        await scratch?.remove();
+        await refuseInvalid(conn, log, e, { queue_id: env.id, socket: clients });
+      };
       for (;;) {
         const f = await reader.next();
         if (!f) throw new Error('sender went away before the end of the message');
-        if (f.type === 'D') await put(header.push(f.data));
+        if (f.type === 'D' && scratch) await scratch.write(f.data);
+        else if (f.type === 'D' && !milter) await put(header.push(f.data));
+        else if (f.type === 'J' && clients === 'smtpd' && (f.json?.type === 'milter-body' || f.json?.type === 'milter') && !milter) {
+          await endHeader();
+          if (f.json.type === 'milter-body') {
+            if (Object.keys(f.json).length !== 1) { await refuse(new SchemaError('milter-body', 'no fields allowed')); return; }
+            scratch ??= new ScratchBody(`${spool.tempPathOf(env.id)}.body`);
+            await scratch.start();
+          } else {
+            try { milter = validate(milterEditsRequest(config.int('smtpd_recipient_limit')), f.json, 'milter'); } catch (e) {
+              if (!(e instanceof SchemaError)) throw e;
+              await refuse(e);
+              return;
+            }
+          }
+        }
         else if (f.type === 'J' && f.json?.type === 'after-body' && clients === 'smtpd') {
           // what smtpd learnt from the whole message: its own header fields (Authentication-Results:, X-Spam-*) and envelope notes
           let after;
@@ -223,25 +268,85 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
             await refuseInvalid(conn, log, e, { queue_id: env.id, socket: clients });
             return;
           }
-          if (after.headers) file.addPrependedHeaders(Buffer.from(after.headers));
-          if (after.notes && Object.keys(after.notes).length) file.addEnvelopeNotes(after.notes);
+          // applied to the file as committed (a milter's edits make a new one)
+          afterBody.push(after);
         } else if (f.type === 'E') { ended = true; break; }
         else if (f.type === 'A') {
           ended = true;
           await file.abort();
           file = null;
+          await scratch?.remove();
           return;
         } else throw new Error('unexpected frame inside a message');
       }
-      await put(header.end());
+      await endHeader();
+      let milterRefusal: Refusal | null = null;
+      if (milters) {
+        // local mail's milters: their verdict now, their edits applied below exactly as smtpd's are
+        scratch = new ScratchBody(`${spool.tempPathOf(env.id)}.body`);
+        const r = await milters.end(scratch);
+        if (!r.bodyReplaced) { await scratch.remove(); scratch = null; }
+        const o = r.outcome;
+        if (o.action === 'tempfail') {
+          // pickup keeps the maildrop file and tries again, as Postfix's does
+          log.info({ queue_id: env.id, from: `<${env.sender}>`, milter: o.milter, status: 'tempfail' }, `milter-reject: ${o.reply.code} ${o.reply.enhanced} ${o.reply.text}`);
+          throw new MilterTempfail(r);
+        }
+        if (o.action === 'discard') {
+          await file.abort();
+          file = null;
+          await scratch?.remove();
+          log.info({ queue_id: env.id, from: `<${env.sender}>`, milter: o.milter, status: 'discard' }, 'milter-discard: message discarded');
+          await reply({ ok: true, queue_id: env.id });
+          return;
+        }
+        if (o.action === 'reject') {
+          // local mail cannot be refused to a client: it is bounced with the milter's reply (Postfix)
+          await scratch?.remove();
+          scratch = null;
+          milterRefusal = { code: o.reply.code, dsn: o.reply.enhanced, text: o.reply.text, log: `milter-reject by ${o.milter}: ${o.reply.code} ${o.reply.enhanced} ${o.reply.text}` };
+        } else if (r.edits) {
+          try { milter = validate(milterEditsRequest(config.int('smtpd_recipient_limit')), r.edits, 'milter'); } catch (e) {
+            if (!(e instanceof SchemaError)) throw e;
+            // what a milter asked for does not fit a queue file: not applied half, tried again later
+            log.warn({ queue_id: env.id, err: e.message }, 'milter edits refused');
+            throw new MilterTempfail(r);
+          }
+        }
+        await milters.close(false);
+        milters = null;
+      }
+      let hold: string | undefined;
+      if (milter || scratch) {
+        const done = await rewriteForMilters({ spool, old: file, env, given, receivedLength: Buffer.byteLength(received), edits: milter, body: scratch, config, log })
+          .finally(() => scratch?.remove());
+        if (!done) {
+          // every recipient deleted: nothing to deliver, as a discard (Postfix has nothing to queue either)
+          await file.abort();
+          file = null;
+          log.info({ queue_id: env.id, status: 'discard' }, 'milter deleted every recipient; message discarded');
+          await reply({ ok: true, queue_id: env.id });
+          return;
+        }
+        file = done.file;
+        env = done.env;
+        log.info({ queue_id: env.id, from: `<${env.sender}>`, added: done.added.length ? done.added.map((a) => `<${a}>`).join(',') : undefined,
+          deleted: done.deleted.length ? done.deleted.map((a) => `<${a}>`).join(',') : undefined, headers: milter?.headers?.length || undefined,
+          body_replaced: scratch ? true : undefined }, 'milter changes applied');
+        hold = milter?.hold;
+      }
+      for (const after of afterBody) {
+        if (after.headers) file.addPrependedHeaders(Buffer.from(after.headers));
+        if (after.notes && Object.keys(after.notes).length) file.addEnvelopeNotes(after.notes);
+      }
       if (header.removed.length) log.info({ queue_id: env.id, removed: header.removed.map((h) => h.slice(0, 200)) }, 'removed Authentication-Results: claiming our host name, or X-Spam-*, X-Postern-Quarantine: from outside');
       if (header.added.length) log.info({ queue_id: env.id, added: header.added.map((h) => h.slice(0, h.indexOf(':'))).join(',') }, 'added missing headers');
       const summary = header.summary;
       if (summary?.truncated) log.warn({ queue_id: env.id, header_size_limit: config.int('header_size_limit') }, 'header section longer than header_size_limit; the rest is treated as body');
-      let refusal: Refusal | null = null;
+      let refusal: Refusal | null = milterRefusal;
       // Postfix's hopcount_limit: this many hops is a mail loop
       const hops = summary?.received ?? 0;
-      if (hops >= config.int('hopcount_limit')) {
+      if (!refusal && hops >= config.int('hopcount_limit')) {
         refusal = { code: 554, dsn: '5.4.6', text: 'Error: too many hops', log: `too many hops (${hops} Received: header fields)` };
       }
       // only mail whose From: the submitter owns is signed
@@ -274,16 +379,19 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       // only submitted mail is signed, and only its Message-ID is known for the log
       const fixed = submission ? header : null;
       if (sign) await signQueuedMessage(file, env, fixed!.summary, config.get('dkim_signing_table'), dkimKeys, log, config.get('dkim_key_directory'));
-      await file.commit();
+      await file.commit(hold !== undefined ? 'hold' : 'incoming');
+      if (hold !== undefined) log.info({ queue_id: env.id, reason: hold, status: 'hold' }, `milter-hold: ${hold}`);
       log.info({ queue_id: env.id, from: `<${env.sender}>`, size: file.messageSize, nrcpt: env.recipients.length,
         client: env.client ? `${env.client.name}[${env.client.address}]` : undefined,
         message_id: fixed?.summary?.messageId ?? fixed?.added.find((h) => /^(Resent-)?Message-ID:/.test(h))?.replace(/^[^:]*:\s*/, '') }, 'queued');
       file = null;
       await reply({ ok: true, queue_id: env.id });
-      wakeQmgr(env.id);
+      if (hold === undefined) wakeQmgr(env.id);
     } catch (e) {
-      log.error({ queue_id: queueId ?? 'NOQUEUE', err: (e as Error).message }, 'message not queued');
+      if (!(e instanceof MilterTempfail)) log.error({ queue_id: queueId ?? 'NOQUEUE', err: (e as Error).message }, 'message not queued');
+      await milters?.close(true).catch(() => undefined);
       if (file) await file.abort();
+      await scratch?.remove();
       // a write error midway: let the client finish sending so it reads this reply
       if (!ended) await drainMessage(reader);
       // a table that cannot answer (aliases, sender logins, DKIM keys in a database): Postfix's

@@ -29,3 +29,4 @@ export * from './ipc/index.js';
 export * from './sender-login.js';
 export * from './domains.js';
 export * from './log-events.js';
+export * from './milter/index.js';

@@ -5,6 +5,7 @@
  */
 
 import { checkSaslPath, checkTransport } from './transport.js';
+import { checkMilterList } from './milter/spec.js';
 
 export type ParamType = 'string' | 'list' | 'int' | 'time' | 'size' | 'bool' | 'enum';
 
@@ -167,6 +168,25 @@ export const PARAMETERS: readonly ParamSpec[] = [
   P('spamd_max_size', 'size', '512000', 'Larger messages are not sent to spamd (they pass unchecked, as with spamc).'),
   P('spamd_timeout', 'time', '30s', 'How long to wait for spamd\'s verdict; a slower or absent spamd means the message passes unchecked.'),
   P('backscatter_protection', 'bool', 'yes', 'Send a non-delivery notification for mail from outside only when its sender passed SPF or an aligned DKIM check; otherwise log and drop it.'),
+
+  // Milters (Sendmail milter protocol 6, as Postfix speaks it; docs/milter.md)
+  { ...P('smtpd_milters', 'string', '', 'Milters smtpd runs on mail from the network: unix:/path or inet:host:port, comma or space separated; { inet:host:port, default_action=accept } sets one milter\'s own options.'), check: checkMilterList },
+  { ...P('non_smtpd_milters', 'string', '', 'Milters for mail not from smtpd (sendmail, pickup), in the same syntax as smtpd_milters.'), check: checkMilterList },
+  P('milter_default_action', 'enum', 'tempfail', 'What happens when a milter is unreachable, times out or breaks the protocol: accept (go on without it), tempfail (451 4.7.1) or reject (550 5.7.1).', ['accept', 'tempfail', 'reject', 'quarantine']),
+  P('milter_connect_timeout', 'time', '30s', 'How long to wait for a milter connection and its option negotiation.'),
+  P('milter_command_timeout', 'time', '30s', 'How long to wait for a milter\'s reply to a command (connect, HELO, MAIL, RCPT, DATA, header, end of header).'),
+  P('milter_content_timeout', 'time', '300s', 'How long to wait for a milter\'s reply to a body chunk or to the end of the message.'),
+  P('milter_protocol', 'enum', '6', 'The milter protocol version offered to milters.', ['2', '3', '4', '6']),
+  P('milter_macro_daemon_name', 'string', '$myhostname', 'The {daemon_name} macro sent to milters.'),
+  P('milter_macro_v', 'string', 'Postern', 'The v macro (MTA name and version) sent to milters.'),
+  P('milter_connect_macros', 'string', 'j {daemon_name} {daemon_addr} v _', 'Macros sent to milters with the connect event.'),
+  P('milter_helo_macros', 'string', '{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}', 'Macros sent to milters with HELO.'),
+  P('milter_mail_macros', 'string', 'i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}', 'Macros sent to milters with MAIL FROM.'),
+  P('milter_rcpt_macros', 'string', 'i {rcpt_addr} {rcpt_host} {rcpt_mailer}', 'Macros sent to milters with each RCPT TO.'),
+  P('milter_data_macros', 'string', 'i', 'Macros sent to milters with DATA.'),
+  P('milter_end_of_header_macros', 'string', 'i', 'Macros sent to milters at the end of the header section.'),
+  P('milter_end_of_data_macros', 'string', 'i', 'Macros sent to milters at the end of the message.'),
+  P('milter_unknown_command_macros', 'string', '', 'Macros sent to milters with an unknown SMTP command.'),
 
   // Operations (the metrics service, docs/metrics.md)
   P('metrics_listen', 'string', '', 'host:port (loopback by example: 127.0.0.1:9154) where the metrics service serves Prometheus metrics (/metrics) and the read-only status page (/); empty (the default) turns it off and the metrics service is not started.'),

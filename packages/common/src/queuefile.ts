@@ -98,6 +98,8 @@ export class QueueFileWriter {
   private prepend: Buffer[] = [];
   private notes: Record<string, unknown>[] = [];
   private statuses: StatusRecord[] = [];
+  /** Where the streamed message went when moved aside (moveAside), else null. */
+  private aside: string | null = null;
 
   private constructor(readonly spool: Spool, readonly id: string, private readonly envelopeJson: Buffer,
     private readonly bufferLimit: number, private readonly syncDir: (dir: string) => Promise<void>) {}
@@ -188,13 +190,28 @@ export class QueueFileWriter {
       return Readable.from(parts);
     }
     const body = this.written > 0
-      ? createReadStream(this.spool.tempPathOf(this.id), { start: this.messageStart, end: this.messageStart + this.written - 1, highWaterMark: 256 * 1024 })
+      ? createReadStream(this.aside ?? this.spool.tempPathOf(this.id), { start: this.messageStart, end: this.messageStart + this.written - 1, highWaterMark: 256 * 1024 })
       : Readable.from([]);
     if (!prepend.length) return body;
     return Readable.from((async function* () {
       yield prepend;
       for await (const chunk of body) yield chunk as Buffer;
     })());
+  }
+
+  /**
+   * cleanup rewrites a message a milter changed into a new file of the same id:
+   * the temporary file written so far (if any) moves to a side name, where
+   * openMessage() still reads it and abort() removes it.
+   */
+  async moveAside(): Promise<void> {
+    if (!this.created || this.aside) return;
+    const fh = this.fh;
+    this.fh = null;
+    await fh?.close();
+    const aside = `${this.spool.tempPathOf(this.id)}.orig`;
+    await fsp.rename(this.spool.tempPathOf(this.id), aside);
+    this.aside = aside;
   }
 
   /** Envelope facts known only after the body (e.g. authentication results). */
@@ -227,7 +244,7 @@ export class QueueFileWriter {
    * may say 250. Write, fsync the file, rename it into place, fsync incoming/
    * (group-committed with the other messages being committed at the same time).
    */
-  async commit(): Promise<string> {
+  async commit(queue: 'incoming' | 'hold' = 'incoming'): Promise<string> {
     if (this.buffer) {
       await this.createFile();
       await this.putAll([this.head(this.written), this.buffer.subarray(0, this.written), this.tail()]);
@@ -241,11 +258,12 @@ export class QueueFileWriter {
     const fh = this.fh!;
     this.fh = null;
     await fh.close();
-    const final = this.spool.pathOf('incoming', this.id);
+    // hold/: a milter quarantined the message; it waits there for `postern queue release`
+    const final = this.spool.pathOf(queue, this.id);
     await fsp.rename(this.spool.tempPathOf(this.id), final);
     this.created = false;
     try {
-      await this.syncDir(this.spool.dir('incoming'));
+      await this.syncDir(this.spool.dir(queue));
     } catch (e) {
       // The entry's durability is unknown, and the sender will be told 4xx and
       // retry: withdraw the file so the retry is not a second copy
@@ -258,7 +276,7 @@ export class QueueFileWriter {
         if ((u as NodeJS.ErrnoException).code === 'ENOENT') return final;
         throw e;
       }
-      await this.syncDir(this.spool.dir('incoming')).catch(() => undefined);
+      await this.syncDir(this.spool.dir(queue)).catch(() => undefined);
       throw e;
     }
     return final;
@@ -269,7 +287,7 @@ export class QueueFileWriter {
     const fh = this.fh;
     this.fh = null;
     if (fh) await fh.close().catch(() => undefined);
-    if (this.created) await fsp.unlink(this.spool.tempPathOf(this.id)).catch(() => undefined);
+    if (this.created) await fsp.unlink(this.aside ?? this.spool.tempPathOf(this.id)).catch(() => undefined);
     this.created = false;
   }
 }

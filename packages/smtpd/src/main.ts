@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import { SMTPServer, SMTPServerDataStream, SMTPServerSession, SMTPServerOptions } from 'smtp-server';
 import {
   runService, ServiceContext, RunningService, MainConfig,
-  installEnhancedCodeShim, smtpError, CleanupSubmission, headerSafe,
+  installEnhancedCodeShim, smtpError, CleanupSubmission, headerSafe, MilterEditsRequest,
 } from '@postern/common';
 
 import { LineEndingCheck } from './line-endings.js';
@@ -22,6 +22,7 @@ import { dovecotSaslFor } from './dovecot-sasl.js';
 import { buildPolicy } from './policy.js';
 import { SessionContext, clients, clientName, sessionHandlers, onPipeliningViolation } from './session.js';
 import { dsnOfMessage, dsnOfRecipient } from './dsn.js';
+import { milterSessions, MessageMilters, MilterOutcome } from './milters.js';
 
 installEnhancedCodeShim();
 
@@ -105,8 +106,12 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     });
     const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
     let observers: MessageObserver[] = [];
+    const milters = milterSessions.get(session);
+    let filter: MessageMilters | null = null;
+    let queueId: string | undefined;
+    let eomSent = false;
     try {
-      await sub.envelope({
+      const envelope = {
         sender: from,
         recipients: session.envelope.rcptTo.map((r) => ({ address: r.address, ...dsnOfRecipient(r) })),
         // cleanup takes one line of at most 255 characters: a client's odd HELO is cut, not a reason to fail
@@ -115,12 +120,20 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         tls: session.secure ? describeTls(session) : null,
         sasl: session.user ? String(session.user) : undefined,
         ...dsnOfMessage(session),
-      });
+      };
+      if (milters) {
+        // the milters know the message by its queue id (the i macro) from DATA on
+        queueId = await sub.envelopeForId(envelope);
+        filter = milters.message(queueId);
+        await filter.data();
+      } else await sub.envelope(envelope);
       observers = createMessageObservers({ session, config: ctx.config, log, trusted: trusted || !!session.user });
       let aborted = false;
       const forward = async (out: Buffer) => {
         for (const o of observers) o.write(out);
+        // cleanup first: the milters' replies then hold up the client, not the queue file
         await sub.data(out);
+        if (filter) await filter.write(out);
       };
       for await (const chunk of stream as AsyncIterable<Buffer>) {
         if (aborted) continue; // drain the rest so smtp-server can reply
@@ -152,6 +165,27 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       const headers = verdicts.map((v) => v.headers ?? '').join('');
       const notes = Object.assign({}, ...verdicts.map((v) => v.notes ?? {}));
       if (headers || Object.keys(notes).length) await sub.afterBody({ headers, notes });
+      if (filter) {
+        // end of message: a replacement body streams on to cleanup as the milter sends it
+        eomSent = true;
+        const outcome = await filter.finish(() => sub.replaceBody(), (chunk) => sub.data(chunk));
+        if (outcome.refuse) {
+          await sub.abort();
+          throw outcome.refuse;
+        }
+        if (outcome.discard) {
+          await sub.abort();
+          log.info({ queue_id: queueId, client: clientName(session), from, milter: outcome.discard.milter, status: 'discard' },
+            `milter-discard: END-OF-MESSAGE from ${clientName(session)}: milter triggers DISCARD action`);
+          return queueId!;
+        }
+        const edits = milterEdits(outcome);
+        if (edits) await sub.edits(edits);
+        if (outcome.quarantine) {
+          log.info({ queue_id: queueId, milter: outcome.quarantine.milter, reason: outcome.quarantine.reason },
+            `milter-hold: END-OF-MESSAGE from ${clientName(session)}: ${outcome.quarantine.reason || 'milter triggers HOLD action'}`);
+        }
+      }
       const reply = await sub.finish();
       if (!reply.ok && typeof reply.code === 'number' && Number.isInteger(reply.code) && reply.code >= 400 && reply.code < 600
         && typeof reply.dsn === 'string' && /^[45]\.\d{1,3}\.\d{1,3}$/.test(reply.dsn)) {
@@ -173,6 +207,8 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     } finally {
       for (const o of observers) o.abort();
       sub.close();
+      // a message the milters did not see end (too big, smuggling, cleanup failed) is aborted at them
+      if (milters) await milters.endMessage(!eomSent).catch(() => undefined);
     }
   }
 
@@ -197,6 +233,27 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       return Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())))).then(() => { anvil.close(); dovecot?.close(); });
     },
   };
+}
+
+/** The milters' changes as cleanup takes them, or null when there are none (docs/milter.md). */
+function milterEdits(o: MilterOutcome): Omit<MilterEditsRequest, 'type'> | null {
+  const bare = (a: string) => a.trim().replace(/^<(.*)>$/, '$1');
+  const r: Omit<MilterEditsRequest, 'type'> = {};
+  const headers: NonNullable<MilterEditsRequest['headers']> = [];
+  for (const e of o.edits) {
+    switch (e.type) {
+      case 'add-header': headers.push({ op: 'add', name: e.name, value: e.value }); break;
+      case 'insert-header': headers.push({ op: 'insert', index: e.index, name: e.name, value: e.value }); break;
+      case 'change-header': headers.push({ op: 'change', index: e.index, name: e.name, value: e.value }); break;
+      case 'add-rcpt': (r.add_recipients ??= []).push(bare(e.address)); break;
+      case 'delete-rcpt': (r.delete_recipients ??= []).push(bare(e.address)); break;
+      case 'change-from': r.sender = bare(e.address); break;
+      default: break;
+    }
+  }
+  if (headers.length) r.headers = headers;
+  if (o.quarantine) r.hold = (o.quarantine.reason || `milter ${o.quarantine.milter}`).replace(/[\x00-\x1f\x7f]/g, ' ').slice(0, 255);
+  return Object.keys(r).length || o.bodyReplaced ? r : null;
 }
 
 function describeTls(session: SMTPServerSession): string {

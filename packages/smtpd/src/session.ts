@@ -17,6 +17,7 @@ import { queueSpaceShort, NO_STORAGE } from './queue-space.js';
 import { DovecotSaslClient, dovecotCheck } from './dovecot-sasl.js';
 import { Policy, knownRecipient } from './policy.js';
 import { mailParamError, rcptParamError } from './dsn.js';
+import { SessionMilters, milterSessions } from './milters.js';
 
 type Reply = (err?: Error | null) => void;
 
@@ -81,13 +82,18 @@ export function onConnect(c: SessionContext, session: SMTPServerSession, cb: Rep
     lookup.catch((e) => log.error({ err: (e as Error).message }, 'client name lookup failed')).then(() => {
       if (client.identity?.dnsError) log.warn({ client: clientName(session), err: client.identity.dnsError }, `${clientName(session)}: client name lookup failed temporarily`);
       log.info({ client: clientName(session) }, `connect from ${clientName(session)}`);
-      cb();
+      // smtpd_milters: one milter session per milter for this connection; what they say about it is answered at MAIL
+      return SessionMilters.start(c.config(), log, session, c.spoolRoot, () => ({ name: client.identity?.name ?? 'unknown', label: clientName(session) }))
+        .then((m) => { if (m) milterSessions.set(session, m); }, (e) => log.error({ err: (e as Error).stack ?? String(e) }, 'milter start failed'))
+        .then(() => cb());
     });
   });
 }
 
 export function onClose(c: SessionContext, session: SMTPServerSession): void {
   c.limits.disconnect(session);
+  milterSessions.get(session)?.close();
+  milterSessions.delete(session);
   c.log.info({ client: clientName(session), tls: session.secure || undefined }, 'disconnect');
 }
 
@@ -114,6 +120,7 @@ export function onAuth(c: SessionContext, auth: SMTPServerAuthentication, sessio
       });
       if (!verdict) return cb(smtpError(454, '4.7.0', 'Temporary authentication failure'));
       // Dovecot's login name, not what the client typed, is the session's user (sender check, logs)
+      if (verdict.ok) milterSessions.get(session)?.extra.set('{auth_type}', auth.method);
       return verdict.ok ? cb(null, { user: verdict.user }) : fail();
     }
     let entry;
@@ -122,6 +129,7 @@ export function onAuth(c: SessionContext, auth: SMTPServerAuthentication, sessio
       return cb(smtpError(454, '4.7.0', 'Temporary authentication failure'));
     }
     if (!entry || !verifyPassword(auth.password ?? '', entry.password)) return fail();
+    milterSessions.get(session)?.extra.set('{auth_type}', auth.method);
     cb(null, { user: entry.user });
   };
   check().catch((e) => {
@@ -157,7 +165,17 @@ export function onMailFrom(c: SessionContext, listener: ListenerRules, address: 
   function mailAccepted(): void {
     const size = Number((address as any).args?.SIZE) || 0;
     queueSpaceShort(c.spoolRoot, size, c.config(), log).then((short) => {
-      if (!short) return c.limits.mail(session).then((tooMuch) => cb(tooMuch), () => cb());
+      if (!short) {
+        return c.limits.mail(session).then((tooMuch) => tooMuch, () => null).then((tooMuch) => {
+          if (tooMuch) return cb(tooMuch);
+          const milters = milterSessions.get(session);
+          if (!milters) return cb();
+          return milters.mailFrom(address).then((refused) => cb(refused), (e) => {
+            log.error({ err: (e as Error).stack ?? String(e) }, 'milter MAIL event failed');
+            cb(smtpError(451, '4.3.0', 'Error: internal error, try again later'));
+          });
+        });
+      }
       log.info({ queue_id: 'NOQUEUE', client: clientName(session), from: address.address, status: 'reject' },
         `reject: MAIL from ${clientName(session)}: ${NO_STORAGE.code} ${NO_STORAGE.enhanced} ${NO_STORAGE.text}`);
       cb(smtpError(NO_STORAGE.code, NO_STORAGE.enhanced, NO_STORAGE.text));
@@ -192,7 +210,13 @@ export function onRcptTo(c: SessionContext, address: SMTPServerAddress, session:
     sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
     recipient: address.address,
     authenticated: !!session.user,
-  }).then((r) => (r ? reject(r.rejection.code, r.rejection.enhanced, r.rejection.text, r.restriction) : cb()), (e) => {
+  }).then((r) => {
+    if (r) return reject(r.rejection.code, r.rejection.enhanced, r.rejection.text, r.restriction);
+    const milters = milterSessions.get(session);
+    if (!milters) return cb();
+    // the milters see only recipients the restrictions let through (no SMFIP_RCPT_REJ)
+    return milters.rcptTo(address).then((refused) => cb(refused));
+  }).then(undefined, (e) => {
     log.error({ err: (e as Error).stack ?? String(e) }, 'restriction check failed');
     reject(451, '4.3.0', 'Error: internal error, try again later');
   });

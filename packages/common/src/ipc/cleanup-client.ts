@@ -8,6 +8,7 @@
 import * as net from 'node:net';
 import { connectUnix, FrameReader, FrameWriter } from '../framing.js';
 import type { AfterBodyRequest, CleanupReply, LocalEnvelope, SmtpdEnvelope } from './protocol.js';
+import type { MilterEditsRequest } from './schema.js';
 
 /** cleanup's socket could not be reached: nothing was sent (pickup waits, smtpd answers 451). */
 export class CleanupUnreachable extends Error {}
@@ -47,6 +48,26 @@ export class CleanupSubmission {
   envelope(envelope: SmtpdEnvelope | LocalEnvelope): Promise<void> {
     return this.writer.json({ type: 'message', envelope });
   }
+
+  /**
+   * smtpd with milters: the envelope, and the queue id cleanup gives the message,
+   * read at once (milters get it as the `i` macro before the body). Throws with
+   * cleanup's error when it refuses the envelope.
+   */
+  async envelopeForId(envelope: SmtpdEnvelope): Promise<string> {
+    await this.writer.json({ type: 'message', envelope, want_id: true });
+    const r = await this.reader.json() as { type?: string; queue_id?: string; error?: string };
+    if (r?.type !== 'queue-id' || typeof r.queue_id !== 'string') throw new Error(`cleanup refused the envelope: ${r?.error ?? 'no queue id'}`);
+    return r.queue_id;
+  }
+
+  /**
+   * Milter modifications (smtpd, after the body and any after-body frame):
+   * replaceBody() starts a replacement body (the D frames that follow, from
+   * data()), edits() the envelope and header changes; then finish().
+   */
+  replaceBody(): Promise<void> { return this.writer.json({ type: 'milter-body' }); }
+  edits(edits: Omit<MilterEditsRequest, 'type'>): Promise<void> { return this.writer.json({ type: 'milter', ...edits }); }
 
   /** Message bytes, in order, as many calls as needed. */
   data(chunk: Buffer): Promise<void> { return this.writer.data(chunk); }

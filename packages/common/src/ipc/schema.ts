@@ -132,9 +132,13 @@ export function validate<S extends Schema, T = Infer<S>>(schema: S, value: unkno
 const opt = <const S extends Schema>(s: S): S & { optional: true } => ({ ...s, optional: true });
 
 /** A cleanup submission's first frame: `{type: "message", envelope}`, the envelope as the socket allows it. */
-function messageRequest<const F extends { readonly [name: string]: Field }>(envelope: F) {
+function messageRequest<
+  const F extends { readonly [name: string]: Field },
+  const X extends { readonly [name: string]: Field } = {},
+>(envelope: F, extra?: X) {
   return {
     type: 'object', fields: {
+      ...(extra ?? {} as X),
       type: { type: 'string', max: 16, values: ['message'] },
       envelope: { type: 'object', fields: envelope },
     },
@@ -186,6 +190,9 @@ export function smtpdMessageRequest(recipientLimit: number) {
     dsn: opt(dsn),
     // RFC 8689: only smtpd's socket may ask for it (the client said REQUIRETLS over TLS)
     requireTls: opt({ type: 'boolean' }),
+  } as const, {
+    // smtpd with milters: reply with the queue id at once (the milters' `i` macro)
+    want_id: opt({ type: 'boolean' }),
   } as const);
 }
 
@@ -328,6 +335,39 @@ export const proxymapRequest = {
     key: { type: 'string', max: 4096 },
   },
 } as const satisfies Schema;
+
+/** A header field name (RFC 5322 ftext) and a value: one line or folded (CRLF then a space or tab), no NUL. */
+const headerName = { type: 'string', max: 255, min: 1, pattern: /^[!-9;-~]+$/ } as const;
+const headerValue = { type: 'string', max: 64 * 1024, multiline: true, pattern: /^(?:[^\r\n\x00]|\r\n[ \t])*$/ } as const;
+
+/**
+ * smtpd -> cleanup after the body: what its milters changed (docs/milter.md,
+ * "How Postern applies milter actions"). Recipients are deleted by the address
+ * the client gave; header edits are applied in order to the client's header
+ * section; hold puts the queue file in hold/ with that reason.
+ */
+export function milterEditsRequest(recipientLimit: number) {
+  return {
+    type: 'object', fields: {
+      type: { type: 'string', max: 16, values: ['milter'] },
+      sender: opt(address),
+      add_recipients: opt({ type: 'array', max: recipientLimit, items: recipientAddress }),
+      delete_recipients: opt({ type: 'array', max: recipientLimit, items: recipientAddress }),
+      headers: opt({
+        type: 'array', max: 1000, items: {
+          type: 'object', fields: {
+            op: { type: 'string', max: 8, values: ['add', 'insert', 'change'] },
+            index: opt({ type: 'integer', min: 0, max: 1_000_000 }),
+            name: headerName,
+            value: headerValue,
+          },
+        },
+      }),
+      hold: opt({ type: 'string', max: 255 }),
+    },
+  } as const satisfies Schema;
+}
+export type MilterEditsRequest = Infer<ReturnType<typeof milterEditsRequest>>;
 
 export type SmtpdMessageRequest = Infer<ReturnType<typeof smtpdMessageRequest>>;
 export type LocalMessageRequest = Infer<ReturnType<typeof localMessageRequest>>;
