@@ -1,4 +1,4 @@
-// Group commit of directory fsyncs (common/group-commit.ts): a request is only
+// Group commit of directory fsyncs (common/util/group-commit.ts): a request is only
 // ever satisfied by a flush that started after it was made.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

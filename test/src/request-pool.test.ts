@@ -1,4 +1,4 @@
-// Kept-open request connections (common/request-pool.ts), as qmgr uses them to
+// Kept-open request connections (common/ipc/request-pool.ts), as qmgr uses them to
 // talk to its delivery agents.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

@@ -138,3 +138,22 @@ test('docs/README.md links every other page in docs/ exactly once', () => {
   ];
   assert.deepEqual(problems, []);
 });
+
+test('packages/common/src is grouped by area: only area folders and the package index, each area with its own index', () => {
+  const src = path.join(PACKAGES, 'common', 'src');
+  const problems: string[] = [];
+  const areas: string[] = [];
+  for (const e of fs.readdirSync(src, { withFileTypes: true })) {
+    if (e.isDirectory()) {
+      areas.push(e.name);
+      if (!fs.existsSync(path.join(src, e.name, 'index.ts'))) problems.push(`common/src/${e.name}/ has no index.ts`);
+    } else if (e.name !== 'index.ts') {
+      problems.push(`common/src/${e.name} is outside an area folder`);
+    }
+  }
+  // the package index re-exports each area and nothing else
+  const index = specifiers(fs.readFileSync(path.join(src, 'index.ts'), 'utf8')).sort();
+  assert.deepEqual(index, areas.map((a) => `./${a}/index.js`).sort());
+  assert.ok(areas.length >= 5, `only ${areas.length} areas`);
+  assert.deepEqual(problems, []);
+});

@@ -5,7 +5,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { sha512Crypt, sha256Crypt, hashPassword, verifyPassword } from '../../packages/common/dist/password.js';
+import { sha512Crypt, sha256Crypt, hashPassword, verifyPassword } from '../../packages/common/dist/tables/password.js';
 import {
   parsePasswdFile,
   formatPasswdLine,
@@ -15,7 +15,7 @@ import {
   deleteUser,
   UserTable,
   type UserEntry,
-} from '../../packages/common/dist/users.js';
+} from '../../packages/common/dist/tables/users.js';
 import { waitFor, postern } from './harness.js';
 
 function tmpDir(): string {

@@ -5,7 +5,7 @@
  * While the mail system runs, qmgr owns the queue: every change is a request on
  * its socket (private/qmgr, reachable by root and the queue owner), and qmgr
  * applies it between deliveries. When the system is down the command changes
- * the spool itself with the same code (common/queue-ops.ts). Only `show` and
+ * the spool itself with the same code (common/queue/queue-ops.ts). Only `show` and
  * `check` read the spool directly in both cases.
  */
 import * as fs from 'node:fs';

@@ -205,7 +205,7 @@ export class LogSink {
           try { entry = JSON.parse(text); } catch { entry = undefined; }
           if (entry && typeof entry === 'object' && !Array.isArray(entry)) {
             const e = entry as Record<string, unknown>;
-            // What our services write (common/log.ts) already carries both fields: forward
+            // What our services write (common/util/log.ts) already carries both fields: forward
             // it as written. Only when each key occurs once in the text, so that no reader,
             // whichever duplicate it believes, sees another name; a key spelled with a
             // \u escape, or written twice, takes the re-serialising path below.

@@ -192,7 +192,7 @@ export class Master {
     slot.child = child;
     slot.startedAt = Date.now();
     slot.listening = false;
-    // the name the service logs under (common/service.ts), now vouched for by master
+    // the name the service logs under (common/config/service.ts), now vouched for by master
     this.sink.attach(child, entry.command === entry.service ? entry.command : `${entry.command}[${entry.service}]`);
     child.once('spawn', () => {
       child.send({ type: 'listen' }, slot.handle);

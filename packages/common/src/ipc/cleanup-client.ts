@@ -6,7 +6,7 @@
  * it away), and cleanup's one reply once the file is on stable storage.
  */
 import * as net from 'node:net';
-import { connectUnix, FrameReader, FrameWriter } from '../framing.js';
+import { connectUnix, FrameReader, FrameWriter } from './framing.js';
 import type { AfterBodyRequest, CleanupReply, LocalEnvelope, SmtpdEnvelope } from './protocol.js';
 import type { MilterEditsRequest } from './schema.js';
 

@@ -8,7 +8,7 @@
  * framing.ts's one parser and limits.
  */
 import * as net from 'node:net';
-import { connectUnix, FrameWriter, FrameLimits, parseFrame } from '../framing.js';
+import { connectUnix, FrameWriter, FrameLimits, parseFrame } from './framing.js';
 
 /** The connection closed before the reply came: the request may be sent again on a new one. */
 export class ConnectionClosed extends Error {}

@@ -5,9 +5,9 @@
  * types. Every request is derived from the schema its server checks it
  * against (schema.ts); replies are declared here.
  */
-import type { RecipientStatus } from '../queuefile.js';
-import type { QueueEntry } from '../queue-list.js';
-import type { QueueOpOutcome } from '../queue-ops.js';
+import type { RecipientStatus } from '../queue/queuefile.js';
+import type { QueueEntry } from '../queue/queue-list.js';
+import type { QueueOpOutcome } from '../queue/queue-ops.js';
 import type {
   LocalMessageRequest, SmtpdMessageRequest, AfterBodyRequest, QmgrRequest, PickupTrigger, ShowqRequest, AnvilRequest,
   DeliveryRequest, ProxymapRequest,

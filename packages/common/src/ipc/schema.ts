@@ -11,8 +11,8 @@
  * it (`Infer<typeof schema>`): what the validator lets through and what the
  * code receiving it believes it has are one declaration, and cannot drift.
  */
-import { QUEUES } from '../spool.js';
-import type { QueueOp } from '../queue-ops.js';
+import { QUEUES } from '../queue/spool.js';
+import type { QueueOp } from '../queue/queue-ops.js';
 
 export type Schema =
   | { readonly type: 'string'; readonly max: number; readonly min?: number; readonly pattern?: RegExp; readonly values?: readonly string[]; readonly multiline?: boolean }

@@ -6,9 +6,9 @@
  * request (they hold no work) and wait for the ones that are working.
  */
 import * as net from 'node:net';
-import { Frame, FrameReader, FrameWriter, FrameLimits } from '../framing.js';
+import { Frame, FrameReader, FrameWriter, FrameLimits } from './framing.js';
 import { SchemaError } from './schema.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../util/log.js';
 
 export interface FrameConnection {
   readonly socket: net.Socket;

@@ -27,7 +27,7 @@
  * - `applyHeaderEdits(fields, edits)`: how header edits change a list of header
  *   fields (shared by whoever applies them to the message).
  */
-import type { MainConfig } from '../config.js';
+import type { MainConfig } from '../config/config.js';
 import { parseMilterList, MilterSpec, MilterAction } from './spec.js';
 import type { MacroLists, MilterTimeouts, MilterEdit } from './session.js';
 

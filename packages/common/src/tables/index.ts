@@ -5,3 +5,6 @@ export { parseTexthash } from './texthash.js';
 export { WatchedFile } from './watched-file.js';
 export { closeSqlTables, parseSqlCf, expandQuery } from './sql-cf.js';
 export type { ProxyOp } from './proxy-client.js';
+export * from './users.js';
+export * from './password.js';
+export * from './aliases.js';

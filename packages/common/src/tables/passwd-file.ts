@@ -6,7 +6,7 @@
  * value is the mailbox, `format:path`, as Postfix's virtual_mailbox_maps
  * values are mailbox paths; the password hash is never a table value.
  */
-import { UserTable, UserEntry, addUser, deleteUser, setUserPassword, mailboxOf } from '../users.js';
+import { UserTable, UserEntry, addUser, deleteUser, setUserPassword, mailboxOf } from './users.js';
 import {
   Credentials, NewUser, Table, TableBackend, TableUnavailable, UserDb, UserDbWriter, UserInfo, WriterOptions,
 } from './types.js';

@@ -8,7 +8,7 @@
  */
 import * as path from 'node:path';
 import { requestJson } from '../ipc/connection.js';
-import { MainConfig } from '../config.js';
+import { MainConfig } from '../config/config.js';
 import { Credentials, Table, TableUnavailable, UserDb, UserInfo } from './types.js';
 
 export type ProxyOp = 'lookup' | 'exists' | 'credentials' | 'userInfo';

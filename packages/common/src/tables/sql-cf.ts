@@ -15,8 +15,8 @@
  * read the file and connect themselves.
  */
 import * as path from 'node:path';
-import { mailboxOf } from '../users.js';
-import { validateMailboxAddress } from '../users.js';
+import { mailboxOf } from './users.js';
+import { validateMailboxAddress } from './users.js';
 import {
   Credentials, NewUser, Table, TableBackend, TableUnavailable, UserDb, UserDbWriter, UserInfo,
 } from './types.js';

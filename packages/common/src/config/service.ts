@@ -6,8 +6,8 @@
  */
 import * as net from 'node:net';
 import { MainConfig } from './config.js';
-import { Spool } from './spool.js';
-import { createLogger, Logger } from './log.js';
+import { Spool } from '../queue/spool.js';
+import { createLogger, Logger } from '../util/log.js';
 
 export interface ServiceContext {
   /** master.cf service name (e.g. `2525`, `cleanup`). */

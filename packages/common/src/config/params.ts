@@ -4,8 +4,8 @@
  * one table, so a parameter exists exactly when it is listed here.
  */
 
-import { checkSaslPath, checkTransport } from './transport.js';
-import { checkMilterList } from './milter/spec.js';
+import { checkSaslPath, checkTransport } from '../mail/transport.js';
+import { checkMilterList } from '../milter/spec.js';
 
 export type ParamType = 'string' | 'list' | 'int' | 'time' | 'size' | 'bool' | 'enum';
 

@@ -11,7 +11,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { replaceFileDurably } from './files.js';
+import { replaceFileDurably } from '../util/files.js';
 
 export const DKIM_ALGORITHMS = ['rsa-sha256', 'ed25519-sha256'] as const;
 export type DkimAlgorithm = typeof DKIM_ALGORITHMS[number];

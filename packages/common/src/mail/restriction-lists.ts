@@ -6,7 +6,7 @@
  * service runs. smtpd does the evaluation (packages/smtpd/src/restrictions.ts).
  */
 import * as path from 'node:path';
-import { ConfigError, MainConfig } from './config.js';
+import { ConfigError, MainConfig } from '../config/config.js';
 
 /** The lists in the order smtpd evaluates them at RCPT time (smtpd_delay_reject, as Postfix's default). */
 export const RESTRICTION_LISTS = [

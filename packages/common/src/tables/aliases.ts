@@ -13,10 +13,11 @@
  * postmaster@ and abuse@ of every local domain go to $postmaster_address unless
  * a table has an entry for them (RFC 5321 4.5.1 requires postmaster).
  */
-import { MainConfig } from './config.js';
-import { splitAddress } from './address.js';
-import { openTable, Table } from './tables/index.js';
-import { LocalDomains } from './domains.js';
+import { MainConfig } from '../config/config.js';
+import { splitAddress } from '../mail/address.js';
+import { openTable } from './registry.js';
+import type { Table } from './types.js';
+import { LocalDomains } from '../mail/domains.js';
 
 /** One matching entry: which table, which key form, and its targets as written. */
 export interface AliasEntry {

@@ -9,7 +9,7 @@
  * still works (the pool notices the close and opens a new connection).
  * Each connection is an ipc/connection.ts RequestConnection, as smtpd's anvil link is.
  */
-import { RequestConnection, ConnectionClosed } from './ipc/connection.js';
+import { RequestConnection, ConnectionClosed } from './connection.js';
 
 interface Kept { conn: RequestConnection; idleTimer: NodeJS.Timeout | null }
 

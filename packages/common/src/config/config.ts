@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PARAMETERS, ParamSpec, paramSpec } from './params.js';
-import { replaceFileDurably } from './files.js';
+import { replaceFileDurably } from '../util/files.js';
 
 export class ConfigError extends Error {
   constructor(readonly file: string, readonly line: number, problem: string) {

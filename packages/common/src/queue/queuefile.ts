@@ -21,7 +21,7 @@ import * as fsp from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { createReadStream } from 'node:fs';
 import { Spool } from './spool.js';
-import { syncDirectory } from './group-commit.js';
+import { syncDirectory } from '../util/group-commit.js';
 
 export const QUEUE_FILE_VERSION = 1;
 const MAGIC = Buffer.from(`POSTERN-QUEUE ${QUEUE_FILE_VERSION}\n`);

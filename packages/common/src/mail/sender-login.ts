@@ -3,8 +3,8 @@
  * in one place. smtpd applies it to MAIL FROM; cleanup applies it to the
  * From: header of submitted mail before DKIM-signing it.
  */
-import { openTable } from './tables/registry.js';
-import { Table } from './tables/types.js';
+import { openTable } from '../tables/registry.js';
+import { Table } from '../tables/types.js';
 
 /** An authenticated (SASL) login owns exactly its own address, compared case-blind. */
 export function loginOwnsAddress(login: string, address: string): boolean {

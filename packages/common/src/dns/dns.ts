@@ -10,7 +10,7 @@ import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { randomInt } from 'node:crypto';
-import { ConfigError, MainConfig } from './config.js';
+import { ConfigError, MainConfig } from '../config/config.js';
 import {
   DnsMessage, DnsRecord, DnsRecordOf, MxData, DNS_RCODE, DnsRecordType, DNS_TYPES, DNS_CLASS_IN,
   decodeDnsMessage, encodeDnsQuery, ipToBytes,

@@ -9,8 +9,8 @@
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { replaceFileDurably } from './files.js';
-import { WatchedFile } from './tables/watched-file.js';
+import { replaceFileDurably } from '../util/files.js';
+import { WatchedFile } from './watched-file.js';
 
 export interface UserEntry {
   user: string;

@@ -7,9 +7,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { MainConfig, MasterEntry } from './config.js';
-import { Spool } from './spool.js';
-import { isRoot, lookupSystemUser, lookupGroupName, SystemUser } from './system.js';
-import { openDirNoFollow } from './files.js';
+import { Spool } from '../queue/spool.js';
+import { isRoot, lookupSystemUser, lookupGroupName, SystemUser } from '../util/system.js';
+import { openDirNoFollow } from '../util/files.js';
 
 export interface ServiceAccounts {
   /** Queue owner: cleanup, qmgr, pickup. */
@@ -403,6 +403,6 @@ export function serviceAccessProblems(configDir: string, config: MainConfig, ent
  * another's code.
  */
 export function programPath(program: string, config: MainConfig): string {
-  const dir = config.get('daemon_directory') || path.resolve(__dirname, '..', '..');
+  const dir = config.get('daemon_directory') || path.resolve(__dirname, '..', '..', '..');
   return path.join(dir, program, 'dist', 'main.js');
 }

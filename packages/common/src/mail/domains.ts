@@ -7,8 +7,8 @@
  * that cannot answer rejects with TableUnavailable: smtpd answers 451 4.3.0,
  * qmgr defers, never a 5xx.
  */
-import { openTable } from './tables/registry.js';
-import { Table } from './tables/types.js';
+import { openTable } from '../tables/registry.js';
+import { Table } from '../tables/types.js';
 
 const TABLE_ENTRY = /^[a-z][a-z0-9-]*:/;
 
