@@ -9,29 +9,9 @@
 import { describe, it, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { SMTPServer } from 'smtp-server';
+import { EnvelopeSink } from './smtp-sink.js';
 import { Instance, RawSmtp, waitFor } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
-
-/** A receiving SMTP server (plaintext) that records each transaction's envelope, DSN parameters included. */
-class EnvelopeSink {
-  readonly messages: { envelope: any; text: string }[] = [];
-  private server: SMTPServer;
-  constructor(readonly host: string, readonly port: number, opts: { dsn: boolean }) {
-    this.server = new SMTPServer({
-      authOptional: true, disabledCommands: ['AUTH', 'STARTTLS'], logger: false, hideDSN: !opts.dsn,
-      onData: (stream: any, session: any, cb: () => void) => {
-        const chunks: Buffer[] = [];
-        stream.on('data', (c: Buffer) => chunks.push(c));
-        stream.on('end', () => { this.messages.push({ envelope: JSON.parse(JSON.stringify(session.envelope)), text: Buffer.concat(chunks).toString('utf8') }); cb(); });
-      },
-    } as any);
-    this.server.on('error', () => undefined);
-  }
-  async start(): Promise<this> { await new Promise<void>((r) => this.server.listen(this.port, this.host, () => r())); return this; }
-  got(subject: string) { return this.messages.find((m) => m.text.includes(`Subject: ${subject}`)); }
-  async stop(): Promise<void> { await new Promise<void>((r) => this.server.close(() => r())); }
-}
 
 /** One message over SMTP to `port` from loopback (A's mynetworks); returns the queue id. */
 export async function sendRaw(port: number, mail: string, rcpts: string[], subject: string): Promise<string> {

@@ -14,30 +14,10 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import * as path from 'node:path';
 import * as https from 'node:https';
-import { SMTPServer } from 'smtp-server';
+import { EnvelopeSink } from './smtp-sink.js';
 import { Instance, RawSmtp, waitFor, freePort, tempDir } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
-import { TestCa, KeyPair, selfSigned } from './tls-fixtures.js';
-
-/** A STARTTLS receiver recording envelopes; `requireTls: false` hides REQUIRETLS from its EHLO. */
-class TlsEnvelopeSink {
-  readonly messages: { envelope: any; text: string }[] = [];
-  private server: SMTPServer;
-  constructor(readonly host: string, readonly port: number, pair: KeyPair, opts: { requireTls: boolean }) {
-    this.server = new SMTPServer({
-      key: pair.key, cert: pair.cert, authOptional: true, disabledCommands: ['AUTH'], logger: false, hideREQUIRETLS: !opts.requireTls,
-      onData: (stream: any, session: any, cb: () => void) => {
-        const chunks: Buffer[] = [];
-        stream.on('data', (c: Buffer) => chunks.push(c));
-        stream.on('end', () => { this.messages.push({ envelope: JSON.parse(JSON.stringify(session.envelope)), text: Buffer.concat(chunks).toString('utf8') }); cb(); });
-      },
-    } as any);
-    this.server.on('error', () => undefined);
-  }
-  async start(): Promise<this> { await new Promise<void>((r) => this.server.listen(this.port, this.host, () => r())); return this; }
-  got(subject: string) { return this.messages.find((m) => m.text.includes(`Subject: ${subject}`)); }
-  async stop(): Promise<void> { await new Promise<void>((r) => this.server.close(() => r())); }
-}
+import { TestCa, selfSigned } from './tls-fixtures.js';
 
 /** A line-at-a-time SMTP client that can STARTTLS (RawSmtp cannot). */
 class TlsClient {
@@ -101,10 +81,10 @@ describe('REQUIRETLS (RFC 8689): two instances', () => {
   let a: Instance;
   let b: Instance;
   let policyServer: https.Server;
-  let noRequireTls: TlsEnvelopeSink;
-  let unverified: TlsEnvelopeSink;
+  let noRequireTls: EnvelopeSink;
+  let unverified: EnvelopeSink;
   /** The same host on A's port, for B's deliveries (smtp_port is one per instance). */
-  let unverifiedForB: TlsEnvelopeSink;
+  let unverifiedForB: EnvelopeSink;
 
   before(async () => {
     const ca = new TestCa();
@@ -125,10 +105,10 @@ describe('REQUIRETLS (RFC 8689): two instances', () => {
     b = await Instance.create({ domain: 'b.test', users: [{ address: 'bob@b.test' }],
       main: { smtpd_tls_cert_file: bCert.certFile, smtpd_tls_key_file: bCert.keyFile, virtual_alias_maps: `texthash:${aliases}` } });
     const port = b.ports.smtp;
-    noRequireTls = await new TlsEnvelopeSink('127.0.0.71', port, ca.issue(['mx.nort.test']), { requireTls: false }).start();
+    noRequireTls = await new EnvelopeSink('127.0.0.71', port, { tls: ca.issue(['mx.nort.test']), requireTls: false }).start();
     const selfPair = selfSigned('mx.self.test');
-    unverified = await new TlsEnvelopeSink('127.0.0.72', port, selfPair, { requireTls: true }).start();
-    unverifiedForB = await new TlsEnvelopeSink('127.0.0.72', a.ports.smtp, selfPair, { requireTls: true }).start();
+    unverified = await new EnvelopeSink('127.0.0.72', port, { tls: selfPair, requireTls: true }).start();
+    unverifiedForB = await new EnvelopeSink('127.0.0.72', a.ports.smtp, { tls: selfPair, requireTls: true }).start();
     const records: any[] = [
       { name: 'a.test', type: 'MX', value: { priority: 10, exchange: 'mx.a.test' } },
       { name: 'mx.a.test', type: 'A', value: '127.0.0.1' },

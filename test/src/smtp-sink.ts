@@ -7,7 +7,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn, ChildProcess } from 'node:child_process';
+import { SMTPServer } from 'smtp-server';
 import { run, waitFor, tempDir, ROOT } from './harness.js';
+import type { KeyPair } from './tls-fixtures.js';
 
 /** The directory holding the unpacked smtp-sink and smtp-source. */
 export function postfixTools(): string {
@@ -38,4 +40,29 @@ export class SmtpSink {
       await new Promise((r) => this.proc.once('exit', r));
     }
   }
+}
+
+/**
+ * A receiving SMTP server (smtp-server) that records each transaction's
+ * envelope, DSN and REQUIRETLS parameters included: plaintext, or with
+ * STARTTLS when given a key pair. `dsn`/`requireTls` false hide the keyword.
+ */
+export class EnvelopeSink {
+  readonly messages: { envelope: any; text: string }[] = [];
+  private server: SMTPServer;
+  constructor(readonly host: string, readonly port: number, opts: { dsn?: boolean; tls?: KeyPair; requireTls?: boolean }) {
+    this.server = new SMTPServer({
+      ...(opts.tls ? { key: opts.tls.key, cert: opts.tls.cert, disabledCommands: ['AUTH'] } : { disabledCommands: ['AUTH', 'STARTTLS'] }),
+      authOptional: true, logger: false, hideDSN: !opts.dsn, hideREQUIRETLS: !opts.requireTls,
+      onData: (stream: any, session: any, cb: () => void) => {
+        const chunks: Buffer[] = [];
+        stream.on('data', (c: Buffer) => chunks.push(c));
+        stream.on('end', () => { this.messages.push({ envelope: JSON.parse(JSON.stringify(session.envelope)), text: Buffer.concat(chunks).toString('utf8') }); cb(); });
+      },
+    } as any);
+    this.server.on('error', () => undefined);
+  }
+  async start(): Promise<this> { await new Promise<void>((r) => this.server.listen(this.port, this.host, () => r())); return this; }
+  got(subject: string) { return this.messages.find((m) => m.text.includes(`Subject: ${subject}`)); }
+  async stop(): Promise<void> { await new Promise<void>((r) => this.server.close(() => r())); }
 }
