@@ -10,12 +10,14 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { randomUUID } from 'node:crypto';
+import { randomUUID, generateKeyPairSync } from 'node:crypto';
 import { Instance, IS_ROOT, run, runAsync, requireTool, tempDir, waitFor, RunResult, headerFields } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
 import { dkimpyVerify, mailDkimVerify, python3 } from './verifiers.js';
 import { HeaderSection, HEADER_SCAN_LIMIT } from '../../packages/cleanup/dist/header-section.js';
 import { missingHeaders } from '../../packages/cleanup/dist/header-fixup.js';
+import { DkimKeyStore } from '../../packages/cleanup/dist/dkim.js';
+import type { Logger } from '../../packages/common/dist/index.js';
 
 const PASSWORD = 'correct horse battery staple';
 const OUTSIDER = '127.0.0.2'; // a loopback address outside this instance's mynetworks: "another server"
@@ -330,6 +332,42 @@ describe('DKIM signing and fix-up of submitted mail', () => {
     publishKeys(inst, dns);
     const { file } = await deliver(inst, { from: alice, to: bob, message: message([`From: ${alice}`, `To: ${bob}`, 'Subject: new key']) });
     assert.deepEqual(await dkimpyVerify(file, dns), [true, true], 'signed with the new s1 key');
+  });
+});
+
+describe('the signing table is checked at most once per interval, not per message', () => {
+  // cleanup's own DkimKeyStore over real files; the log lines it writes are collected
+  const lines: { level: string; obj: any; msg: string }[] = [];
+  const at = (level: string) => (obj: any, msg: string) => { lines.push({ level, obj, msg }); };
+  const log = { warn: at('warn'), info: at('info'), error: at('error') } as unknown as Logger;
+  let dir: string;
+  before(() => {
+    dir = tempDir('dkim-store');
+    const { privateKey } = generateKeyPairSync('ed25519');
+    fs.writeFileSync(path.join(dir, 'a.key'), privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+  });
+  after(() => { fs.rmSync(dir, { recursive: true, force: true }); });
+  const selectors = async (store: DkimKeyStore, table: string) =>
+    (await store.keysFor(table, 'example.test', 'Q1')).map((k) => `${k.selector}(${k.algorithm})`);
+
+  it('within the interval the table file is not looked at again; after it, a new table is used', async () => {
+    const table = path.join(dir, 'signing.table');
+    const slow = new DkimKeyStore(log, 3_600_000); // an hour: no second check during this test
+    assert.deepEqual(await selectors(slow, table), [], 'no table yet: nothing to sign with');
+    fs.writeFileSync(table, 'example.test s1 a.key\n');
+    assert.deepEqual(await selectors(slow, table), [], 'the absent table is remembered until the next check, not stat()ed per message');
+
+    const store = new DkimKeyStore(log); // the default, one second
+    assert.deepEqual(await selectors(store, table), ['s1(ed25519-sha256)']);
+    fs.writeFileSync(table, 'example.test s1 a.key\nexample.test s2 a.key\nbad line\n');
+    const seen = await waitFor('the rewritten table in use', async () => {
+      const s = await selectors(store, table);
+      return s.length === 2 ? s : undefined;
+    }, 10000, 200);
+    assert.deepEqual(seen, ['s1(ed25519-sha256)', 's2(ed25519-sha256)']);
+    assert.equal(lines.filter((l) => l.msg === 'DKIM signing table: line ignored').length, 1, 'a bad line is logged once per version of the table');
+    fs.rmSync(table);
+    await waitFor('the removed table no longer used', async () => (await selectors(store, table)).length === 0, 10000, 200);
   });
 });
 

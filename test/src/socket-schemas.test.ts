@@ -12,7 +12,9 @@ import { describe, it, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { Instance, waitFor } from './harness.js';
-import { connectUnix, FrameReader, FrameWriter, requestJson } from '../../packages/common/dist/index.js';
+import {
+  connectUnix, FrameReader, FrameWriter, requestJson, smtpdMessageRequest, localMessageRequest, milterEditsRequest, validate, SchemaError,
+} from '../../packages/common/dist/index.js';
 
 const REFUSED = 'request refused: not what this socket\'s clients may send';
 
@@ -135,5 +137,24 @@ describe('socket schemas', () => {
       [{ op: 'lookup', spec: 'sqlite:/etc/postern/x.cf', key: "a' OR 1=1\n--" }, 'request.key: contains a control character (CR, LF, NUL, ...)'],
     ], { op: 'lookup', spec: 'sqlite:/etc/postern/x.cf', key: 'a@example.test' },
     (r) => assert.deepEqual(r, { ok: false, unavailable: false, error: 'table sqlite:/etc/postern/x.cf is not named in main.cf or master.cf' }));
+  });
+});
+
+describe('cleanup\'s request schemas are built once, not per message', () => {
+  it('one schema object per recipient limit; the limit it was built with is still enforced', () => {
+    assert.equal(smtpdMessageRequest(3), smtpdMessageRequest(3), 'smtpd\'s request: the same object for the same limit');
+    assert.equal(milterEditsRequest(3), milterEditsRequest(3), 'milter edits: the same object for the same limit');
+    assert.equal(localMessageRequest(), localMessageRequest(), 'the local socket\'s request: one object');
+    assert.notEqual(smtpdMessageRequest(3), smtpdMessageRequest(4), 'a new smtpd_recipient_limit (reload) gets its own');
+    const request = (n: number) => ({
+      type: 'message', envelope: {
+        sender: 'a@example.test', recipients: Array.from({ length: n }, (_, i) => ({ address: `r${i}@example.test` })),
+        client: { address: '192.0.2.1', name: 'client.example.test', helo: 'client.example.test' }, protocol: 'ESMTP', tls: null,
+      },
+    });
+    assert.equal(validate(smtpdMessageRequest(3), request(3)).envelope.recipients.length, 3);
+    assert.throws(() => validate(smtpdMessageRequest(3), request(4)),
+      (e: unknown) => e instanceof SchemaError && /request\.envelope\.recipients: more than 3 entries/.test((e as Error).message));
+    assert.equal(validate(smtpdMessageRequest(4), request(4)).envelope.recipients.length, 4);
   });
 });

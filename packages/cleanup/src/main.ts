@@ -173,6 +173,12 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     if (spec !== networks.spec) networks = { spec, list: new NetworkList(ctx.config.list('mynetworks')) };
     return networks.list;
   };
+  // built once per configuration (ctx.config is a new object after a reload), not per message
+  let aliases: { config: MainConfig; maps: AliasMaps } | null = null;
+  const aliasMaps = (config: MainConfig): AliasMaps => {
+    if (aliases?.config !== config) aliases = { config, maps: new AliasMaps(config) };
+    return aliases.maps;
+  };
   const waker = new QmgrWaker(spool.privateSocket('qmgr'), log);
   const wakeQmgr = (id: string) => waker.wake(id);
 
@@ -207,7 +213,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       const hostname = config.get('myhostname');
       // Received: names the recipient as the client gave it, not where its aliases lead
       const received = receivedHeader(env, hostname);
-      const expanded = await expandRecipients(env.recipients, new AliasMaps(config), log, env.id);
+      const expanded = await expandRecipients(env.recipients, aliasMaps(config), log, env.id);
       env.recipients = expanded.recipients;
       file = await QueueFileWriter.create(spool, env);
       file.addStatus(expanded.statuses);

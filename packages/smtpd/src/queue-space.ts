@@ -4,7 +4,7 @@
  * room, instead of taking a whole message that cleanup cannot write. smtpd
  * only asks the file system for its free space (statfs), never opens the queue.
  */
-import * as fsp from 'node:fs/promises';
+import * as fs from 'node:fs';
 import { MainConfig, Logger } from '@postern/common';
 
 export const NO_STORAGE = { code: 452, enhanced: '4.3.1', text: 'Insufficient system storage' } as const;
@@ -18,7 +18,10 @@ export const NO_STORAGE = { code: 452, enhanced: '4.3.1', text: 'Insufficient sy
 export async function queueSpaceShort(spoolRoot: string, size: number, config: MainConfig, log: Logger): Promise<boolean> {
   let free: number;
   try {
-    const st = await fsp.statfs(spoolRoot);
+    // In line, not through the thread pool: statfs reads the superblock's counters (no disk
+    // I/O on a local spool), ≈ 3 µs of CPU here against ≈ 38 µs for the pool's round trip,
+    // at every MAIL (bench/README.md, "Per-message costs in cleanup and smtpd").
+    const st = fs.statfsSync(spoolRoot);
     free = Number(st.bavail) * Number(st.bsize);
   } catch (e) {
     log.warn({ err: (e as Error).message }, 'cannot read the free space of the queue file system');

@@ -79,6 +79,7 @@ export class MainConfig {
     }
     const cfg = MainConfig.parse(text, file, problems);
     if (!cfg.raw.has('config_directory')) cfg.raw.set('config_directory', { value: configDir, line: 0 });
+    cfg.expanded.clear(); // nothing read through get() may predate that
     return cfg;
   }
 
@@ -128,7 +129,14 @@ export class MainConfig {
     });
   }
 
-  get(name: string): string { return this.expand(this.rawValue(name), name, 0); }
+  get(name: string): string {
+    // Expanded once per name: a MainConfig never changes once loaded (a reload makes a new
+    // one), and services ask for the same parameters for every message and session.
+    let value = this.expanded.get(name);
+    if (value === undefined) this.expanded.set(name, value = this.expand(this.rawValue(name), name, 0));
+    return value;
+  }
+  private readonly expanded = new Map<string, string>();
   int(name: string): number { return parseInt(this.get(name), 10); }
   bool(name: string): boolean { return /^yes$/i.test(this.get(name)); }
   /** Time parameter in seconds. */

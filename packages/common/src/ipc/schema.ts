@@ -168,7 +168,17 @@ const dsn = {
  * the envelope may carry DSN RET/ENVID and REQUIRETLS; uid and user do not
  * exist for it.
  */
-export function smtpdMessageRequest(recipientLimit: number) {
+export function smtpdMessageRequest(recipientLimit: number): SmtpdMessageSchema {
+  let schema = smtpdMessageSchemas.get(recipientLimit);
+  if (!schema) smtpdMessageSchemas.set(recipientLimit, schema = buildSmtpdMessageRequest(recipientLimit));
+  return schema;
+}
+// Built once per recipient limit, not per message (its object tree and regexes were ≈ 6 % of
+// cleanup's time, bench/README.md); validate() only reads a schema, so one copy serves all.
+const smtpdMessageSchemas = new Map<number, SmtpdMessageSchema>();
+type SmtpdMessageSchema = ReturnType<typeof buildSmtpdMessageRequest>;
+
+function buildSmtpdMessageRequest(recipientLimit: number) {
   return messageRequest({
     sender: address,
     recipients: {
@@ -210,7 +220,13 @@ const LOCAL_RECIPIENT_LIMIT = 1_000_000;
  * and pickup passes on the maildrop file owner's uid and login, the identity it
  * alone can see.
  */
-export function localMessageRequest() {
+export function localMessageRequest(): LocalMessageSchema {
+  return localMessageSchema ??= buildLocalMessageRequest();
+}
+let localMessageSchema: LocalMessageSchema | undefined; // built once, as smtpd's above
+type LocalMessageSchema = ReturnType<typeof buildLocalMessageRequest>;
+
+function buildLocalMessageRequest() {
   return messageRequest({
     sender: localAddress,
     recipients: {
@@ -346,7 +362,15 @@ const headerValue = { type: 'string', max: 64 * 1024, multiline: true, pattern: 
  * the client gave; header edits are applied in order to the client's header
  * section; hold puts the queue file in hold/ with that reason.
  */
-export function milterEditsRequest(recipientLimit: number) {
+export function milterEditsRequest(recipientLimit: number): MilterEditsSchema {
+  let schema = milterEditsSchemas.get(recipientLimit);
+  if (!schema) milterEditsSchemas.set(recipientLimit, schema = buildMilterEditsRequest(recipientLimit));
+  return schema;
+}
+const milterEditsSchemas = new Map<number, MilterEditsSchema>(); // once per recipient limit, as smtpd's request
+type MilterEditsSchema = ReturnType<typeof buildMilterEditsRequest>;
+
+function buildMilterEditsRequest(recipientLimit: number) {
   return {
     type: 'object', fields: {
       type: { type: 'string', max: 16, values: ['milter'] },
