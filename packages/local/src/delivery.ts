@@ -20,13 +20,16 @@ export interface RecipientDelivery {
   open(): NodeJS.ReadableStream;
   lockTimeoutMs: number;
   log: Logger;
+  /** The queue id, when qmgr asked directly (local.qmgr): on every log line of the delivery. */
+  queueId?: string;
 }
 
 const myUid = process.getuid!();
 
 /** Delivers to one recipient; resolves to its 250 reply text, rejects with its SMTP error. */
 export async function deliverToRecipient(d: RecipientDelivery): Promise<string> {
-  const { rcpt, entry, sender, log } = d;
+  const { rcpt, entry, sender } = d;
+  const log = d.queueId ? d.log.child({ queue_id: d.queueId }) : d.log;
   if (myUid !== 0 && entry.uid !== null && entry.uid !== myUid) {
     throw smtpError(451, '4.3.0', `<${rcpt}>: mailbox belongs to uid ${entry.uid} but local runs as uid ${myUid}`);
   }

@@ -42,13 +42,25 @@ export class RequestConnection {
    * Send one request; resolves to its reply. No reply within `timeoutMs` ends
    * the connection (a reply that comes later would answer the wrong request).
    */
-  request<Reply = any>(request: unknown, timeoutMs: number): Promise<Reply> {
+  request<Reply = any>(request: unknown, timeoutMs: number, body?: AsyncIterable<Buffer>): Promise<Reply> {
     if (this.dead) return Promise.reject(this.dead);
     return new Promise<Reply>((resolve, reject) => {
       const timer = setTimeout(() => this.socket.destroy(new Error(`${this.label}: no reply within ${timeoutMs} ms`)), timeoutMs);
       this.pending.push({ resolve: resolve as (r: unknown) => void, reject, timer });
-      this.writer.json(request).catch((e) => this.fail(e));
+      this.send(request, body).catch((e) => this.fail(e));
     });
+  }
+
+  /** `body`: message bytes after the J frame, as D frames with the socket's backpressure, then E (qmgr -> local). */
+  private async send(request: unknown, body?: AsyncIterable<Buffer>): Promise<void> {
+    await this.writer.json(request);
+    if (!body) return;
+    for await (const chunk of body) {
+      // a connection that ended meanwhile takes no more writes (one would wait for a drain that never comes)
+      if (this.dead) throw this.dead;
+      await this.writer.data(chunk);
+    }
+    await this.writer.end();
   }
 
   close(): void { this.socket.destroy(); }
