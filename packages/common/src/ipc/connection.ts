@@ -53,14 +53,20 @@ export class RequestConnection {
 
   /** `body`: message bytes after the J frame, as D frames with the socket's backpressure, then E (qmgr -> local). */
   private async send(request: unknown, body?: AsyncIterable<Buffer>): Promise<void> {
-    await this.writer.json(request);
-    if (!body) return;
+    if (!body) return this.writer.json(request);
+    // frames go out gathered up to 64 KiB a write: a small message is one write, request and all
+    let frames: { type: 'J' | 'D' | 'E'; payload: Buffer }[] = [{ type: 'J', payload: Buffer.from(JSON.stringify(request)) }];
+    let size = frames[0]!.payload.length;
     for await (const chunk of body) {
       // a connection that ended meanwhile takes no more writes (one would wait for a drain that never comes)
       if (this.dead) throw this.dead;
-      await this.writer.data(chunk);
+      frames.push({ type: 'D', payload: chunk });
+      size += chunk.length;
+      if (size >= 64 * 1024) { await this.writer.batch(frames); frames = []; size = 0; }
     }
-    await this.writer.end();
+    if (this.dead) throw this.dead;
+    frames.push({ type: 'E', payload: Buffer.alloc(0) });
+    await this.writer.batch(frames);
   }
 
   close(): void { this.socket.destroy(); }
