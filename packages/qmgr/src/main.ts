@@ -35,6 +35,9 @@ class Limits {
   }
 }
 
+/** Messages in hand up to which qmgr keeps a small message's bytes from its first read. */
+const KEEP_MESSAGES = 256;
+
 /** The message of a queue file, chunk by chunk; the file is closed when the reading stops, finished or not. */
 async function* messageChunks(info: QueueFileInfo): AsyncIterable<Buffer> {
   const stream = openMessage(info);
@@ -221,7 +224,9 @@ class QueueManager {
     const file = this.spool.pathOf('active', id);
     let info: QueueFileInfo;
     try {
-      info = await readQueueFile(file);
+      // the message bytes of a small file come with the one read (local gets them from qmgr, issue 10), but only while
+      // few messages are in hand: a flush of thousands must not hold each one's bytes (at most KEEP_MESSAGES x 64 KiB)
+      info = await readQueueFile(file, { keepMessage: this.busy.size <= KEEP_MESSAGES });
     } catch (e) {
       if (e instanceof CorruptQueueFile || (e as NodeJS.ErrnoException).code !== 'ENOENT') {
         await this.spool.move(id, 'active', 'corrupt').catch(() => undefined);
