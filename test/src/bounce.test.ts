@@ -124,7 +124,7 @@ test('a permanent failure sends the sender one non-delivery report and removes t
     assert.match(dsn.status, /^Status: 5\.2\.0$/m);
     assert.match(dsn.status, /^Diagnostic-Code: smtp; 554 5\.2\.0 /m);
     assert.match(dsn.parts[0].body, /could not\s+be delivered to one or more recipients/);
-    assert.match(dsn.parts[0].body.replace(/\n +/g, ' '), /<bob@example\.test>: host local\[private\/local\] said: 554 5\.2\.0/);
+    assert.match(dsn.parts[0].body.replace(/\n +/g, ' '), /<bob@example\.test>: host local\[private\/local\.qmgr\] said: 554 5\.2\.0/);
     assert.match(dsn.original, /^Subject: Lunch on Friday$/m);
     assert.doesNotMatch(dsn.original, /This is the body/, 'headers only');
     const attachment = dsn.parsed.attachments.find((a) => a.contentType === 'text/rfc822-headers');

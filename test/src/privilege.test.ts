@@ -226,6 +226,7 @@ test('as root: the spool, its sockets and the secrets have the owners and modes 
   check('private/smtp', relay.uid, posternGroup, 0o660, 'smtp socket: postern-relay:postern 0660');
   check('private/lmtp', relay.uid, posternGroup, 0o660, 'lmtp socket: postern-relay:postern 0660');
   check('private/local', vmail.uid, relayGroup, 0o660, 'local socket: vmail:postern-relay 0660');
+  check('private/local.qmgr', vmail.uid, posternGroup, 0o660, 'local socket for qmgr\'s requests: vmail:postern 0660');
   check('private/proxymap', postern.uid, smtpdGroup, 0o660, 'proxymap socket: postern:postern-smtpd 0660 (+ ACL entries for vmail and postern-relay)');
   assert.ok(fs.statSync(path.join(inst.spool, 'private', 'cleanup')).isSocket(), 'private/cleanup is a socket');
 

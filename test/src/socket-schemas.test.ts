@@ -128,6 +128,36 @@ describe('socket schemas', () => {
     }
   });
 
+  it('private/local.qmgr: delivery requests with the message in the frames', async () => {
+    const request = { type: 'deliver', queue_id: '0123456789ABCDEF0123', sender: 'a@remote.test', arrival: Date.now(),
+      recipients: [{ index: 0, address: 'nobody@example.test' }] };
+    for (const [bad, problem] of [
+      [{ ...request, file: '/etc/shadow' }, 'request.file: field not allowed here'],
+      [{ ...request, arrival: 'now' }, 'request.arrival: expected an integer, got string'],
+      [{ ...request, recipients: [{ index: 0, address: 'a@example.test\r\nBcc: b@example.test' }] },
+        'request.recipients[0].address: contains a control character (CR, LF, NUL, ...)'],
+    ] as [unknown, string][]) {
+      const reply = await ask(sock('private', 'local.qmgr'), bad);
+      assert.deepEqual(reply, { ok: false, error: `invalid request: ${problem}` });
+      await refusalLogged('private/local.qmgr', problem);
+    }
+    // a good one: its message frames follow, then E; an unknown user is answered 5.1.1 as over LMTP
+    const s = await connectUnix(sock('private', 'local.qmgr'));
+    try {
+      const w = new FrameWriter(s);
+      await w.json(request);
+      await w.data(Buffer.from('Subject: x\r\n\r\nbody\r\n'));
+      await w.end();
+      const reply = await new FrameReader(s).json();
+      assert.equal(reply.results.length, 1);
+      assert.equal(reply.results[0].status, 'bounced');
+      assert.equal(reply.results[0].dsn, '5.1.1');
+      assert.match(reply.results[0].reason, /^550 5\.1\.1 <nobody@example\.test>: no such user/);
+    } finally {
+      s.destroy();
+    }
+  });
+
   it('private/proxymap: table lookups', async () => {
     await refusesThenServes('private/proxymap', sock('private', 'proxymap'), [
       [{ op: 'lookup', spec: 'sqlite:/etc/postern/x.cf', key: 'a@example.test', service: 'smtpd' }, 'request.service: field not allowed here'],

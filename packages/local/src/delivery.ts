@@ -20,13 +20,18 @@ export interface RecipientDelivery {
   open(): NodeJS.ReadableStream;
   lockTimeoutMs: number;
   log: Logger;
+  /** The queue id, when qmgr asked directly (local.qmgr): on every log line of the delivery. */
+  queueId?: string;
 }
 
 const myUid = process.getuid!();
 
 /** Delivers to one recipient; resolves to its 250 reply text, rejects with its SMTP error. */
 export async function deliverToRecipient(d: RecipientDelivery): Promise<string> {
-  const { rcpt, entry, sender, log } = d;
+  const { rcpt, entry, sender } = d;
+  const { log } = d;
+  // a field, not a child logger: no logger made per delivery
+  const qid = d.queueId ? { queue_id: d.queueId } : {};
   if (myUid !== 0 && entry.uid !== null && entry.uid !== myUid) {
     throw smtpError(451, '4.3.0', `<${rcpt}>: mailbox belongs to uid ${entry.uid} but local runs as uid ${myUid}`);
   }
@@ -38,15 +43,15 @@ export async function deliverToRecipient(d: RecipientDelivery): Promise<string> 
   try {
     if (box.format === 'mbox') {
       const r = await deliverToMbox(box.path, input, { lockTimeoutMs: d.lockTimeoutMs });
-      log.info({ to: `<${rcpt}>`, mailbox: box.path, size: r.size, locks: r.locks.join('+') }, 'delivered to mbox');
+      log.info({ ...qid, to: `<${rcpt}>`, mailbox: box.path, size: r.size, locks: r.locks.join('+') }, 'delivered to mbox');
       return `2.0.0 <${rcpt}> delivered to mbox`;
     }
     const r = await deliverToMaildir(box.path, input);
-    log.info({ to: `<${rcpt}>`, mailbox: r.path, size: r.size }, 'delivered to maildir');
+    log.info({ ...qid, to: `<${rcpt}>`, mailbox: r.path, size: r.size }, 'delivered to maildir');
     return `2.0.0 <${rcpt}> delivered to maildir`;
   } catch (e) {
     const temporary = !(e instanceof MailboxError) || e.temporary;
-    log.warn({ to: `<${rcpt}>`, mailbox: box.path, err: (e as Error).message }, 'mailbox delivery failed');
+    log.warn({ ...qid, to: `<${rcpt}>`, mailbox: box.path, err: (e as Error).message }, 'mailbox delivery failed');
     throw temporary ? smtpError(451, '4.2.0', `<${rcpt}>: cannot write mailbox: ${(e as Error).message}`)
       : smtpError(554, '5.2.0', `<${rcpt}>: cannot write mailbox: ${(e as Error).message}`);
   }

@@ -1,5 +1,7 @@
 /**
- * local: the LMTP server that writes mailboxes (entry point). Looks each
+ * local: the mailbox writer (entry point). qmgr's delivery requests come on
+ * private/local.qmgr with the message in the frames (qmgr-requests.ts); the
+ * LMTP server on private/local stays for lmtp: transports that name it. Looks each
  * recipient up in the user table at RCPT, and after DATA answers once per
  * recipient, writing Maildir (default) or mbox with Return-Path: and
  * Delivered-To: added. Touches the mailbox tree and its own spool directory
@@ -13,11 +15,12 @@
 import * as path from 'node:path';
 import { SMTPServer, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import {
-  runService, ServiceContext, RunningService, MainConfig, userDbOf, installEnhancedCodeShim,
+  runService, ServiceContext, RunningService, MainConfig, userDbOf, installEnhancedCodeShim, LOCAL_QMGR,
 } from '@postern/common';
 import { deliverToRecipient } from './delivery.js';
 import { COPY_DIRECTORY, MessageCopies, MessageCopy } from './message-copy.js';
 import { findUser } from './recipients.js';
+import { serveQmgrRequests } from './qmgr-requests.js';
 
 installEnhancedCodeShim();
 
@@ -85,8 +88,14 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     return server;
   };
 
+  const qmgrServer = serveQmgrRequests({
+    log, users: () => users, copies, relay: `local[private/${LOCAL_QMGR}]`,
+    lockTimeoutMs: () => ctx.config.seconds('mailbox_lock_timeout') * 1000,
+  });
+
   return {
-    listen(h) {
+    listen(h, info) {
+      if (info?.clients === 'qmgr') { qmgrServer.listen(h); return; }
       const s = makeServer(ctx.config);
       s.listen(h as any);
       servers.push(s);
@@ -95,7 +104,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       users = userDbOf(config);
     },
     stop() {
-      return Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r())))).then(() => undefined);
+      return Promise.all([qmgrServer.stop(), ...servers.map((s) => new Promise<void>((r) => s.close(() => r())))]).then(() => undefined);
     },
   };
 }

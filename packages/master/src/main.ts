@@ -12,7 +12,7 @@ import { fork, ChildProcess } from 'node:child_process';
 import {
   MainConfig, ConfigError, MasterEntry, loadMasterCf, parseListenAddress, Spool, SERVICE_PROGRAMS,
   serviceAccounts, ServiceAccounts, defaultAccount, socketAccess, prepareSpool, prepareMailRoot, lookupSystemUser, SystemUser,
-  checkRestrictionLists, masterCfLocation, secureUsersFile, userTableFile, programPath, CLEANUP_LOCAL, metricsListenAddress,
+  checkRestrictionLists, masterCfLocation, secureUsersFile, userTableFile, programPath, CLEANUP_LOCAL, LOCAL_QMGR, metricsListenAddress,
 } from '@postern/common';
 import { LogSink } from './log-sink.js';
 import { acquirePidFile, releasePidFile } from './pidfile.js';
@@ -23,8 +23,10 @@ interface Slot {
   index: number;
   user: SystemUser;
   handle: any;
-  /** cleanup's second socket, for the queue owner's clients (docs/security.md). */
+  /** The second socket: cleanup's for the queue owner's clients (docs/security.md), local's for qmgr. */
   localHandle?: any;
+  /** Who reaches the second socket, as the service is told with its handle. */
+  localClients?: string;
   child?: ChildProcess;
   startedAt: number;
   failures: number;
@@ -71,9 +73,15 @@ function bindHandle(entry: MasterEntry, spool: Spool, accounts: ServiceAccounts,
   return h;
 }
 
-/** cleanup's socket for the queue owner's clients: the identity of a request comes from the socket it used. */
-function localCleanupPath(entry: MasterEntry, spool: Spool): string | null {
-  return entry.command === 'cleanup' && entry.type === 'unix' ? spool.privateSocket(`${entry.service}.local`) : null;
+/**
+ * A service's second socket: cleanup's for the queue owner's clients (the identity of a
+ * request comes from the socket it used), local's for qmgr's delivery requests.
+ */
+function secondSocket(entry: MasterEntry, spool: Spool): { path: string; access: string; clients: string } | null {
+  if (entry.type !== 'unix') return null;
+  if (entry.command === 'cleanup') return { path: spool.privateSocket(`${entry.service}.local`), access: CLEANUP_LOCAL, clients: 'local' };
+  if (entry.command === 'local') return { path: spool.privateSocket(`${entry.service}.qmgr`), access: LOCAL_QMGR, clients: 'qmgr' };
+  return null;
 }
 
 /** Public services (showq) take requests from any local user; the rest sit in private/. */
@@ -138,9 +146,10 @@ export class Master {
         : this.accounts.privileged ? lookupSystemUser(entry.user) : defaultAccount(entry.command, this.accounts);
       if (!user) throw new ConfigError(path.join(this.configDir, 'master.cf'), entry.line, `user "${entry.user}" does not exist`);
       const handle = bindHandle(entry, this.spool, this.accounts);
-      const local = localCleanupPath(entry, this.spool);
-      const localHandle = local ? bindHandle(entry, this.spool, this.accounts, local, CLEANUP_LOCAL) : undefined;
-      for (let i = 0; i < entry.maxproc; i++) this.slots.push({ entry, index: i, user, handle, localHandle, startedAt: 0, failures: 0 });
+      const second = secondSocket(entry, this.spool);
+      const localHandle = second ? bindHandle(entry, this.spool, this.accounts, second.path, second.access) : undefined;
+      const localClients = second?.clients;
+      for (let i = 0; i < entry.maxproc; i++) this.slots.push({ entry, index: i, user, handle, localHandle, localClients, startedAt: 0, failures: 0 });
     }
     if (this.feed) { const feed = this.feed; this.sink.tap = (line) => feed.push(line); feed.start(); }
     for (const slot of this.slots) this.spawn(slot);
@@ -196,7 +205,7 @@ export class Master {
     this.sink.attach(child, entry.command === entry.service ? entry.command : `${entry.command}[${entry.service}]`);
     child.once('spawn', () => {
       child.send({ type: 'listen' }, slot.handle);
-      if (slot.localHandle) child.send({ type: 'listen', clients: 'local' }, slot.localHandle);
+      if (slot.localHandle) child.send({ type: 'listen', clients: slot.localClients }, slot.localHandle);
       this.writeStatus();
     });
     child.on('message', (msg: any) => {
@@ -274,8 +283,8 @@ export class Master {
     if (!this.ownsSpool) return;
     for (const e of this.entries) {
       if (e.type === 'unix') fs.rmSync(socketPathOf(e, this.spool), { force: true });
-      const local = localCleanupPath(e, this.spool);
-      if (local) fs.rmSync(local, { force: true });
+      const second = secondSocket(e, this.spool);
+      if (second) fs.rmSync(second.path, { force: true });
     }
     fs.rmSync(this.spool.statusFile(), { force: true });
     releasePidFile(this.spool.pidFile());

@@ -23,9 +23,9 @@ export class Collector {
   readonly connections = this.registry.add(new Counter('postern_smtpd_connections_total', 'SMTP connections smtpd accepted, by master.cf listener.'));
   readonly received = this.registry.add(new Counter('postern_messages_received_total', 'Messages queued by cleanup (network, sendmail and notifications Postern wrote).'));
   readonly rejected = this.registry.add(new Counter('postern_messages_rejected_total', 'SMTP rejections (one per rejected command), by the restriction or check that rejected.'));
-  readonly delivered = this.registry.add(new Counter('postern_recipients_delivered_total', 'Recipients delivered, by transport (smtp, lmtp).'));
-  readonly deferred = this.registry.add(new Counter('postern_recipients_deferred_total', 'Delivery attempts deferred, per recipient, by transport (smtp, lmtp; qmgr when the agent failed).'));
-  readonly bounced = this.registry.add(new Counter('postern_recipients_bounced_total', 'Recipients returned to the sender, by transport (smtp, lmtp; cleanup for aliases; qmgr for expired in the queue).'));
+  readonly delivered = this.registry.add(new Counter('postern_recipients_delivered_total', 'Recipients delivered, by transport (smtp, lmtp, local).'));
+  readonly deferred = this.registry.add(new Counter('postern_recipients_deferred_total', 'Delivery attempts deferred, per recipient, by transport (smtp, lmtp, local; qmgr when the agent failed).'));
+  readonly bounced = this.registry.add(new Counter('postern_recipients_bounced_total', 'Recipients returned to the sender, by transport (smtp, lmtp, local; cleanup for aliases; qmgr for expired in the queue).'));
   readonly tls = this.registry.add(new Counter('postern_tls_total', 'TLS used: direction="in" smtpd sessions that ended encrypted, direction="out" smtp results received over TLS.',
     [{ direction: 'in' }, { direction: 'out' }]));
   readonly dkimSigned = this.registry.add(new Counter('postern_dkim_signed_total', 'Messages cleanup DKIM-signed.'));

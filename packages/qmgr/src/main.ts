@@ -3,16 +3,17 @@
  * delivery agents (smtp, lmtp) to deliver each recipient group, records each
  * recipient's result in the queue file, and then removes the file, or parks
  * it in deferred/ until its next retry (its mtime is the retry time, as in
- * Postfix). Reads a message's content only to build a notification for its
+ * Postfix). Reads a message's content to build a notification for its
  * sender (bounce.ts): the header section, or for DSN RET=FULL the whole
- * message when it is within bounce_size_limit. Talks to the network never.
+ * message when it is within bounce_size_limit; and to stream it to local
+ * (which cannot read the queue) in a delivery request. Talks to the network never.
  */
 import * as fsp from 'node:fs/promises';
 import {
   runService, ServiceContext, RunningService, MainConfig, Spool, readQueueFile, appendStatus, recipientStates,
   attemptCount, CorruptQueueFile, QueueFileInfo, StatusRecord, RequestPool,
   delaySince, Logger, QueueName, serveRequests, DeliveryResult, DeliveryRequest, DeliveryReply,
-  QmgrRequest, QueueAdminReply, TriggerReply, validate, qmgrRequest,
+  QmgrRequest, QueueAdminReply, TriggerReply, validate, qmgrRequest, LocalDeliveryRequest, LOCAL_QMGR, openMessage,
 } from '@postern/common';
 import { planDeliveries, DeliveryGroup } from './route.js';
 import { notifySenderOfBounces, warnSenderOfDelay, notifySenderOfSuccess, successRecipients, DsnRecipient } from './bounce.js';
@@ -31,6 +32,19 @@ class Limits {
   release(key: string): void {
     this.busy.set(key, (this.busy.get(key) ?? 1) - 1);
     this.waiters.get(key)?.shift()?.();
+  }
+}
+
+/** Messages in hand up to which qmgr keeps a small message's bytes from its first read. */
+const KEEP_MESSAGES = 256;
+
+/** The message of a queue file, chunk by chunk; the file is closed when the reading stops, finished or not. */
+async function* messageChunks(info: QueueFileInfo): AsyncIterable<Buffer> {
+  const stream = openMessage(info);
+  try {
+    for await (const chunk of stream) yield chunk as Buffer;
+  } finally {
+    stream.destroy();
   }
 }
 
@@ -210,7 +224,9 @@ class QueueManager {
     const file = this.spool.pathOf('active', id);
     let info: QueueFileInfo;
     try {
-      info = await readQueueFile(file);
+      // the message bytes of a small file come with the one read (local gets them from qmgr, issue 10), but only while
+      // few messages are in hand: a flush of thousands must not hold each one's bytes (at most KEEP_MESSAGES x 64 KiB)
+      info = await readQueueFile(file, { keepMessage: this.busy.size <= KEEP_MESSAGES });
     } catch (e) {
       if (e instanceof CorruptQueueFile || (e as NodeJS.ErrnoException).code !== 'ENOENT') {
         await this.spool.move(id, 'active', 'corrupt').catch(() => undefined);
@@ -321,6 +337,15 @@ class QueueManager {
     const timeoutMs = this.config.seconds('delivery_timeout') * 1000;
     let agent = this.agents.get(socketPath);
     if (!agent) this.agents.set(socketPath, agent = new RequestPool(socketPath));
+    if (group.transport === LOCAL_QMGR) {
+      // local cannot read the queue: the message goes along in the frames (docs/local.md)
+      const request: LocalDeliveryRequest = {
+        type: 'deliver', queue_id: info.envelope.id, sender: info.envelope.sender, arrival: info.envelope.arrival, recipients: group.recipients,
+      };
+      const reply: DeliveryReply = await agent.request(request, timeoutMs, () => messageChunks(info));
+      if (!Array.isArray(reply.results)) throw new Error(reply.error || 'malformed reply from delivery agent');
+      return reply.results;
+    }
     const request: DeliveryRequest = {
       type: 'deliver',
       queue_id: info.envelope.id,

@@ -10,10 +10,10 @@
  * transport_maps may be database tables: a lookup that fails defers the
  * recipient (4.3.0), it never bounces.
  */
-import { MainConfig, splitAddress, transportNexthop, parseLmtpNexthop, LocalDomains, openTable, Table } from '@postern/common';
+import { MainConfig, splitAddress, transportNexthop, parseLmtpNexthop, LocalDomains, openTable, Table, LOCAL_QMGR } from '@postern/common';
 
 export interface DeliveryGroup {
-  /** Socket name under private/ of the delivery agent. */
+  /** Socket name under private/ of the delivery agent (smtp, lmtp, or local.qmgr for Postern's own mailboxes). */
   transport: string;
   /** For lmtp: `local`, `unix:PATH` or `inet:HOST:PORT`; for smtp: the destination domain, or `[host]:port` / `host` from transport_maps. */
   nexthop: string;
@@ -27,7 +27,13 @@ export interface DeliveryPlan {
   deferred: { index: number; address: string; dsn: string; reason: string }[];
 }
 
-type Route = { transport: 'lmtp' | 'smtp'; nexthop: string; limit: string };
+type Route = { transport: 'lmtp' | 'smtp' | typeof LOCAL_QMGR; nexthop: string; limit: string };
+
+/** An LMTP next hop: `local` is Postern's mailbox service, asked directly (no LMTP client in between). */
+function lmtpRoute(nexthop: string): Route {
+  return nexthop === 'local' ? { transport: LOCAL_QMGR, nexthop, limit: 'local_destination_concurrency_limit' }
+    : { transport: 'lmtp', nexthop, limit: 'lmtp_destination_concurrency_limit' };
+}
 
 /** A transport_maps value as a route, or a string saying what is wrong with it. */
 export function parseTransportValue(value: string, domain: string): Route | string {
@@ -35,10 +41,10 @@ export function parseTransportValue(value: string, domain: string): Route | stri
   const i = v.indexOf(':');
   const name = i < 0 ? v : v.slice(0, i);
   const nexthop = i < 0 ? '' : v.slice(i + 1);
-  if (name === 'local') return { transport: 'lmtp', nexthop: 'local', limit: 'local_destination_concurrency_limit' };
+  if (name === 'local') return lmtpRoute('local');
   if (name === 'lmtp') {
     try { parseLmtpNexthop(nexthop); } catch (e) { return (e as Error).message; }
-    return { transport: 'lmtp', nexthop, limit: nexthop === 'local' ? 'local_destination_concurrency_limit' : 'lmtp_destination_concurrency_limit' };
+    return lmtpRoute(nexthop);
   }
   if (name === 'smtp' || name === 'relay' || name === '') {
     if (nexthop && !/^(?:\[[^\]\s]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?$/.test(nexthop)) return `"${v}": "${nexthop}" is not host, [host] or [host]:port`;
@@ -75,7 +81,7 @@ export async function planDeliveries(recipients: { index: number; address: strin
         const cls = await domains.classOf(domain);
         if (!cls) return { transport: 'smtp', nexthop: domain, limit: 'default_destination_concurrency_limit' };
         const nexthop = transportNexthop(config.get(cls === 'mydestination' ? 'mailbox_transport' : 'virtual_transport'));
-        return { transport: 'lmtp', nexthop, limit: nexthop === 'local' ? 'local_destination_concurrency_limit' : 'lmtp_destination_concurrency_limit' };
+        return lmtpRoute(nexthop);
       };
       const entry = transports.length ? await transportEntry(transports, r.address, domain) : undefined;
       // no entry, or an empty one (":"), keeps the domain's own transport

@@ -54,6 +54,14 @@ export function defaultAccount(command: string, a: ServiceAccounts): SystemUser 
  */
 export const CLEANUP_LOCAL = 'cleanup.local';
 
+/**
+ * local's second socket, `private/local.qmgr`: qmgr's delivery requests with the
+ * message in the frames (docs/local.md). `private/local` stays local's LMTP
+ * server (group: the lmtp client); this one's group is the queue owner's, so
+ * only qmgr (and root) can ask local to deliver.
+ */
+export const LOCAL_QMGR = 'local.qmgr';
+
 /** Owner, group and mode of a service's Unix socket: the group is exactly its allowed clients. */
 export function socketAccess(command: string, a: ServiceAccounts): { uid: number; gid: number; mode: number } {
   switch (command) {
@@ -62,6 +70,7 @@ export function socketAccess(command: string, a: ServiceAccounts): { uid: number
     case CLEANUP_LOCAL: return { uid: a.owner.uid, gid: a.owner.gid, mode: 0o600 };
     case 'smtp': case 'lmtp': return { uid: a.relay.uid, gid: a.owner.gid, mode: 0o660 }; // qmgr asks for deliveries
     case 'local': return { uid: a.mailbox.uid, gid: a.relay.gid, mode: 0o660 }; // the lmtp client delivers
+    case LOCAL_QMGR: return { uid: a.mailbox.uid, gid: a.owner.gid, mode: 0o660 }; // qmgr delivers, the message in the frames
     case 'anvil': return { uid: a.smtpd.uid, gid: a.smtpd.gid, mode: 0o600 }; // smtpd's client counters
     case 'showq': return { uid: a.owner.uid, gid: a.owner.gid, mode: 0o666 }; // mailq for every local user
     case 'metrics': return { uid: 0, gid: 0, mode: 0o600 }; // only master (root) feeds it the log events

@@ -42,13 +42,31 @@ export class RequestConnection {
    * Send one request; resolves to its reply. No reply within `timeoutMs` ends
    * the connection (a reply that comes later would answer the wrong request).
    */
-  request<Reply = any>(request: unknown, timeoutMs: number): Promise<Reply> {
+  request<Reply = any>(request: unknown, timeoutMs: number, body?: AsyncIterable<Buffer>): Promise<Reply> {
     if (this.dead) return Promise.reject(this.dead);
     return new Promise<Reply>((resolve, reject) => {
       const timer = setTimeout(() => this.socket.destroy(new Error(`${this.label}: no reply within ${timeoutMs} ms`)), timeoutMs);
       this.pending.push({ resolve: resolve as (r: unknown) => void, reject, timer });
-      this.writer.json(request).catch((e) => this.fail(e));
+      this.send(request, body).catch((e) => this.fail(e));
     });
+  }
+
+  /** `body`: message bytes after the J frame, as D frames with the socket's backpressure, then E (qmgr -> local). */
+  private async send(request: unknown, body?: AsyncIterable<Buffer>): Promise<void> {
+    if (!body) return this.writer.json(request);
+    // frames go out gathered up to 64 KiB a write: a small message is one write, request and all
+    let frames: { type: 'J' | 'D' | 'E'; payload: Buffer }[] = [{ type: 'J', payload: Buffer.from(JSON.stringify(request)) }];
+    let size = frames[0]!.payload.length;
+    for await (const chunk of body) {
+      // a connection that ended meanwhile takes no more writes (one would wait for a drain that never comes)
+      if (this.dead) throw this.dead;
+      frames.push({ type: 'D', payload: chunk });
+      size += chunk.length;
+      if (size >= 64 * 1024) { await this.writer.batch(frames); frames = []; size = 0; }
+    }
+    if (this.dead) throw this.dead;
+    frames.push({ type: 'E', payload: Buffer.alloc(0) });
+    await this.writer.batch(frames);
   }
 
   close(): void { this.socket.destroy(); }

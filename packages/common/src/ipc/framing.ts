@@ -108,6 +108,38 @@ export class FrameWriter {
   }
 
   json(obj: unknown): Promise<void> { return this.frame('J', Buffer.from(JSON.stringify(obj))); }
+
+  /**
+   * Several frames in one socket write (one system call, one wake-up of the reader):
+   * qmgr's request to local with a small message is J, D and E at once.
+   */
+  async batch(frames: { type: 'J' | 'D' | 'E'; payload: Buffer }[]): Promise<void> {
+    const parts: Buffer[] = [];
+    const put = (type: string, payload: Buffer) => {
+      const head = Buffer.alloc(5);
+      head.write(type, 0, 'latin1');
+      head.writeUInt32BE(payload.length, 1);
+      parts.push(head, payload);
+    };
+    for (const f of frames) {
+      // only message bytes are cut to MAX_DATA, as data() does
+      if (f.type !== 'D') put(f.type, f.payload);
+      else for (let off = 0; off < f.payload.length; off += MAX_DATA) put('D', f.payload.subarray(off, off + MAX_DATA));
+    }
+    await this.raw(Buffer.concat(parts));
+  }
+
+  private raw(buf: Buffer): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const ok = this.socket.write(buf, (err) => err && reject(err));
+      if (ok) resolve();
+      else {
+        const onClose = () => reject(new Error('connection closed while writing'));
+        this.socket.once('close', onClose);
+        this.socket.once('drain', () => { this.socket.off('close', onClose); resolve(); });
+      }
+    });
+  }
   async data(chunk: Buffer): Promise<void> {
     for (let off = 0; off < chunk.length; off += MAX_DATA) await this.frame('D', chunk.subarray(off, off + MAX_DATA));
   }

@@ -10,12 +10,12 @@ import type { QueueEntry } from '../queue/queue-list.js';
 import type { QueueOpOutcome } from '../queue/queue-ops.js';
 import type {
   LocalMessageRequest, SmtpdMessageRequest, AfterBodyRequest, QmgrRequest, PickupTrigger, ShowqRequest, AnvilRequest,
-  DeliveryRequest, ProxymapRequest,
+  DeliveryRequest, LocalDeliveryRequest, ProxymapRequest,
 } from './schema.js';
 
 export type {
   LocalMessageRequest, SmtpdMessageRequest, AfterBodyRequest, QmgrRequest, PickupTrigger, ShowqRequest, AnvilRequest,
-  DeliveryRequest, ProxymapRequest,
+  DeliveryRequest, LocalDeliveryRequest, ProxymapRequest,
 };
 
 /** The answer of a service that could not do what it was asked. */

@@ -3,7 +3,8 @@
  * qmgr asks a delivery agent once per message, and a new Unix-socket
  * connection for each request costs more than the request itself.
  *
- * The wire is framing.ts's: a J frame out, a J frame back. One request at a
+ * The wire is framing.ts's: a J frame out (for local, the message after it as
+ * D frames and E), a J frame back. One request at a
  * time per connection. A server that goes on reading after its reply serves
  * the next request on the same connection; one that closes after the first
  * still works (the pool notices the close and opens a new connection).
@@ -20,12 +21,13 @@ export class RequestPool {
   constructor(readonly socketPath: string, private readonly idleMs = 5000) {}
 
   /** Send one request and wait for its reply, on a kept connection when there is one. */
-  async request(request: unknown, timeoutMs = 10000): Promise<any> {
+  async request(request: unknown, timeoutMs = 10000, body?: () => AsyncIterable<Buffer>): Promise<any> {
     for (let attempt = 0; ; attempt++) {
       const kept = attempt === 0 ? this.takeIdle() : null;
       const conn = kept ?? await RequestConnection.connect(this.socketPath, timeoutMs);
       try {
-        const reply = await conn.request(request, timeoutMs);
+        // a fresh body per attempt: a retry sends the message again from its start
+        const reply = await conn.request(request, timeoutMs, body?.());
         this.putIdle(conn);
         return reply;
       } catch (e) {

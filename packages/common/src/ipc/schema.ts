@@ -340,6 +340,26 @@ export const deliveryRequest = {
   },
 } as const satisfies Schema;
 
+/**
+ * qmgr -> local (private/local.qmgr): a recipient group for local's mailboxes.
+ * local cannot read the queue, so the J frame carries the envelope it needs
+ * and D frames after it the message itself (as LMTP's DATA did), then E.
+ */
+export const localDeliveryRequest = {
+  type: 'object', fields: {
+    type: typeIs('deliver'),
+    queue_id: queueId,
+    sender: localAddress,
+    // the message's arrival (ms since the epoch): the delay= of local's log line
+    arrival: { type: 'integer', min: 0, max: Number.MAX_SAFE_INTEGER },
+    recipients: {
+      type: 'array', min: 1, max: 1_000_000, items: {
+        type: 'object', fields: { index: { type: 'integer', min: 0, max: 0x7fffffff }, address: deliveryAddress },
+      },
+    },
+  },
+} as const satisfies Schema;
+
 // ---------------------------------------------------------------- proxymap (private/proxymap)
 
 export const proxymapRequest = {
@@ -401,4 +421,5 @@ export type PickupTrigger = Infer<typeof pickupTrigger>;
 export type ShowqRequest = Infer<typeof showqRequest>;
 export type AnvilRequest = Infer<typeof anvilRequest>;
 export type DeliveryRequest = Infer<typeof deliveryRequest>;
+export type LocalDeliveryRequest = Infer<typeof localDeliveryRequest>;
 export type ProxymapRequest = Infer<typeof proxymapRequest>;

@@ -16,7 +16,7 @@ export interface LogEvent {
   /** The master.cf service name inside `smtpd[...]`, or the program name. */
   listener: string;
   queue_id: string;
-  /** smtp or lmtp for agent results; the service that decided otherwise (cleanup, qmgr). */
+  /** smtp, lmtp or local for agent results; the service that decided otherwise (cleanup, qmgr). */
   transport: string;
   /** Delivery delay in seconds (delivered, deferred, bounced, expired). */
   delay?: number;
@@ -26,8 +26,8 @@ export interface LogEvent {
   restriction?: string;
 }
 
-/** Delivery agents: the services whose status= lines are per-recipient results. */
-const DELIVERY_AGENTS = new Set(['smtp', 'lmtp']);
+/** Delivery agents: the services whose status= lines are per-recipient results (local: qmgr's requests, issue 10). */
+const DELIVERY_AGENTS = new Set(['smtp', 'lmtp', 'local']);
 
 /**
  * Rejections whose log line does not name a restriction: named by their text.
