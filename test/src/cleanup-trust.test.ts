@@ -25,6 +25,8 @@ const ALICE = 'alice@example.test';
 const BOB = 'bob@example.test';
 const CAROL = 'carol@example.test';
 const BOSS = 'boss@second.example';
+/** The local user nobody's address (sendmail's sender as nobody): a mailbox, so the DSN it gets can be read. */
+const NOBODY = 'nobody@example.test';
 const PASSWORD = 'correct horse battery staple';
 
 // ------------------------------------------------------------------ helpers
@@ -117,7 +119,7 @@ before(async () => {
     { name: 'outside.test', type: 'TXT', value: 'v=spf1 ip4:127.0.0.1 -all' },
   ] }).start();
   inst = await Instance.create({
-    users: [{ address: ALICE, password: PASSWORD }, { address: BOB }, { address: CAROL }, { address: BOSS }],
+    users: [{ address: ALICE, password: PASSWORD }, { address: BOB }, { address: CAROL }, { address: BOSS }, { address: NOBODY }],
     main: { mynetworks: '192.0.2.0/24', dns_servers: dns.address },
   });
   inst.cli(['dkim', 'keygen', 'example.test', '--selector', 's1']);
@@ -355,7 +357,7 @@ describe('DKIM signing only for a From: the submitter owns (smtpd_reject_header_
     }
   });
 
-  it('sendmail as nobody: a hosted domain\'s From: that is not nobody\'s is delivered unsigned; nobody\'s own is signed', async () => {
+  it('sendmail as nobody: a From: that is not nobody\'s is refused (bounced 5.7.1), or with "no" delivered unsigned; nobody\'s own is signed', async () => {
     assert.ok(IS_ROOT, 'this test submits mail as the user nobody: run the tests as root (make test does)');
     const send = (input: string) => run(requireTool('setpriv'), ['--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath,
       path.join(ROOT, 'bin', 'sendmail'), '-C', inst.etc, BOB], { input, cwd: '/' });
@@ -363,10 +365,29 @@ describe('DKIM signing only for a From: the submitter owns (smtpd_reject_header_
     assert.equal(send(`From: ${BOSS}\nSubject: ${forged}\n\nx\n`).code, 0);
     const own = `nobody-own-${randomUUID()}`;
     assert.equal(send(`From: nobody@example.test\nSubject: ${own}\n\nx\n`).code, 0);
-    const [f] = await waitFor('the forged one', () => { const c = copiesWith(inst, forged); return c.length ? c : null; });
-    assert.deepEqual(all(f, 'dkim-signature'), [], 'never signed for second.example on nobody\'s word');
+    // a bare login is nobody@$myorigin (Postfix's append_at_myorigin): nobody's own
+    const bare = `nobody-bare-${randomUUID()}`;
+    assert.equal(send(`From: nobody (Cron Daemon)\nSubject: ${bare}\n\nx\n`).code, 0);
+    const refused = await inst.waitForLog('cleanup bouncing the forged From:', (e) => e.service === 'cleanup' && e.status === 'bounced' &&
+      /message bounced: From: <boss@second\.example> not owned by local user nobody/.test(e.msg));
+    assert.equal(refused.dsn, '5.7.1');
+    const dsn = await waitFor('the DSN to nobody', () => copiesWith(inst, forged, [NOBODY]).find((t) => /^Subject: Undelivered Mail Returned to Sender$/m.test(t)));
+    assert.match(dsn, /^Status: 5\.7\.1$/m);
+    assert.match(dsn.replace(/\s+/g, ' '), /550 5\.7\.1 <boss@second\.example>: From: address rejected: not owned by local user nobody/, 'the reason, unfolded');
     const [o] = await waitFor('nobody\'s own', () => { const c = copiesWith(inst, own); return c.length ? c : null; });
     assert.deepEqual(sigDomains(o), ['example.test']);
+    await waitFor('the bare From:', () => copiesWith(inst, bare).length === 1);
+    assert.deepEqual(copiesWith(inst, forged, [BOB]), [], 'bob never got the forged one');
+
+    await reload(inst, ['smtpd_reject_header_from_mismatch=no']);
+    try {
+      const unsigned = `nobody-boss-no-${randomUUID()}`;
+      assert.equal(send(`From: ${BOSS}\nSubject: ${unsigned}\n\nx\n`).code, 0);
+      const [f] = await waitFor('the unsigned one', () => { const c = copiesWith(inst, unsigned); return c.length ? c : null; });
+      assert.deepEqual(all(f, 'dkim-signature'), [], 'never signed for second.example on nobody\'s word');
+    } finally {
+      await reload(inst, ['smtpd_reject_header_from_mismatch=yes']);
+    }
   });
 });
 

@@ -87,7 +87,9 @@ async function unownedFrom(env: Envelope, summary: HeaderSummary | null, config:
   else if (env.origin === 'pickup' && Number.isInteger(env.uid)) {
     // as pickup decides who may set any sender: root and the queue owner (this process's uid)
     const who = { uid: env.uid!, user: env.user ?? String(env.uid), trusted: env.uid === 0 || env.uid === process.getuid!() };
-    owns = (a) => localUserOwnsAddress(who, a, { myorigin: config.get('myorigin'), myhostname: config.get('myhostname') });
+    const myorigin = config.get('myorigin');
+    // a bare login is login@$myorigin, as Postfix's append_at_myorigin makes it (cron writes "From: user")
+    owns = (a) => localUserOwnsAddress(who, a.includes('@') ? a : `${a}@${myorigin}`, { myorigin, myhostname: config.get('myhostname') });
   }
   if (!owns) return null; // mynetworks and our own notifications: signed as configured
   for (const value of summary?.from ?? []) {
@@ -361,7 +363,8 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       if (notOwned) {
         sign = false;
         const owner = env.sasl ? `user ${env.sasl}` : `local user ${env.user ?? env.uid}`;
-        if (env.origin === 'smtpd' && config.bool('smtpd_reject_header_from_mismatch')) {
+        // refused for a login and for a local uid alike (issue 8 item 3); local mail is bounced to its sender below
+        if (config.bool('smtpd_reject_header_from_mismatch')) {
           refusal = { code: 550, dsn: '5.7.1', text: `<${notOwned}>: From: address rejected: not owned by ${owner}`, log: `From: <${notOwned}> not owned by ${owner}` };
         } else log.warn({ queue_id: env.id, header_from: `<${notOwned}>`, sasl_username: env.sasl, uid: env.uid }, `From: address not owned by ${owner}; not DKIM signing`);
       }

@@ -155,7 +155,7 @@ export const PARAMETERS: readonly ParamSpec[] = [
   // DKIM signing (cleanup)
   P('dkim_signing_table', 'string', '$config_directory/dkim/signing.table', 'Lines "domain selector keyfile [algorithm]": which key signs mail from which sender domain; or a type:source table (pgsql:, sqlite:) whose value for the domain is "selector keyfile [algorithm]", several separated by commas (docs/dkim.md).'),
   P('smtpd_sender_login_maps', 'list', '', 'Tables of "address-or-@domain login, login...": the logins that may send as an address besides its own (reject_sender_login_mismatch at MAIL FROM and for the From: header), as Postfix; a table that cannot answer gives 451 4.3.0.'),
-  P('smtpd_reject_header_from_mismatch', 'bool', 'yes', 'Refuse (550 5.7.1) an authenticated submission whose From: header names an address the login does not own (the reject_sender_login_mismatch rule); "no" queues it without a DKIM signature.'),
+  P('smtpd_reject_header_from_mismatch', 'bool', 'yes', 'Refuse (550 5.7.1) a submission whose From: header names an address the sender does not own: the login of an authenticated SMTP submission (the reject_sender_login_mismatch rule), or the local user of sendmail (LOGIN@$myorigin, LOGIN@$myhostname; the message is bounced to its sender). "no" queues it without a DKIM signature.'),
   P('dkim_key_directory', 'string', '$config_directory/dkim', 'Where "postern dkim keygen" writes private keys (readable by the queue owner only).'),
 
   // Message checks on mail from outside (smtpd; clients in mynetworks and authenticated clients skip them)
