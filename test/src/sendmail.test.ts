@@ -89,13 +89,21 @@ test('an ordinary user: the sender and Received: come from the file owner, unqua
 });
 
 test('an ordinary user setting another sender with -f gets X-Authentication-Warning:', async () => {
-  submitted(sendmail(['-f', 'other@example.test', '-F', 'Other Person', 'alice@example.test'],
-    'Subject: nobody-forged\n\nwho am I\n', true));
+  submitted(sendmail(['-f', 'other@example.test', 'alice@example.test'],
+    'From: nobody@example.test\nSubject: nobody-forged\n\nwho am I\n', true));
   const head = headerOf(await deliveredWith('alice@example.test', 'Subject: nobody-forged'));
   assert.match(head, /^X-Authentication-Warning: mx\.example\.test: nobody set sender to other@example\.test using -f$/m);
   assert.match(head, /^Return-Path: <other@example\.test>$/m, 'the envelope sender is the one given');
-  assert.match(head, /^From: Other Person <other@example\.test>$/m);
+  assert.match(head, /^From: nobody@example\.test$/m);
   assert.match(head, new RegExp(`from userid ${NOBODY_UID}\\)`));
+
+  // the From: that -f and -F make is not nobody's: refused (bounced 5.7.1, smtpd_reject_header_from_mismatch)
+  submitted(sendmail(['-f', 'other@example.test', '-F', 'Other Person', 'alice@example.test'],
+    'Subject: nobody-other-from\n\nwho am I\n', true));
+  const refused = await inst.waitForLog('the refusal', (e) => e.service === 'cleanup' && e.status === 'bounced' &&
+    /From: <other@example\.test> not owned by local user nobody/.test(e.msg));
+  assert.equal(refused.dsn, '5.7.1');
+  assert.ok(!inst.delivered('alice@example.test').some((f) => fs.readFileSync(f, 'utf8').includes('nobody-other-from')), 'not delivered');
 
   // -f with one's own address is no forgery
   submitted(sendmail(['-f', 'nobody@example.test', 'alice@example.test'], 'Subject: nobody-own-f\n\nme\n', true));
