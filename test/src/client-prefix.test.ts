@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Instance, RawSmtp, freePort, waitFor } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
-import { paramSpec } from '../../packages/common/dist/index.js';
+import { paramSpec, requestJson } from '../../packages/common/dist/index.js';
 import * as limits from '../../packages/smtpd/dist/limits.js';
 
 const clientKey = (limits as any).clientKey as (address: string, v4: number, v6: number) => string;
@@ -71,6 +71,11 @@ describe('a connection count limit for a client on ::1', () => {
       await waitFor('the refused connection closed', () => second.closed, 5000);
       const warn = await inst.waitForLog('the limit logged', (e) => /Connection concurrency limit exceeded: 2 from unknown\[::1\]/.test(e.msg));
       assert.equal(warn.status, 'reject');
+      // what smtpd told anvil: the open connection is counted under the client's /64, not its address
+      const anvil = path.join(inst.spool, 'private', 'anvil');
+      const lookup = (client: string) => requestJson(anvil, { type: 'lookup', service: warn.listener, client });
+      assert.equal((await lookup('::/64')).count, 1, 'the open connection from ::1 counts for ::/64');
+      assert.equal((await lookup('::1')).count, 0, 'nothing is counted under the bare address');
     } finally { first.close(); }
   });
 });
