@@ -1,7 +1,8 @@
 /**
  * Root never follows a link in the spool (issue 8, item 1). The queue owner can
  * write incoming/, active/, deferred/ (and its hash directories), hold/ and
- * corrupt/, and anyone can write maildrop/: links planted there must not make
+ * corrupt/, anyone maildrop/, local (vmail) local/, smtp (postern-relay)
+ * mta-sts/ and tlsrpt/: links planted there must not make
  * master's start, `postern setup` or `postern queue check` (all root) change
  * the owner or mode of what they point at. Needs root, as privilege.test does.
  */
@@ -48,7 +49,8 @@ test('as root: links planted in the spool leave their targets alone through star
     link(file, 'deferred/8');
     hard(file, 'deferred/9');
     fs.mkdirSync(at('deferred/A'), { recursive: true });
-    for (const q of ['incoming', 'active', 'deferred', 'deferred/A', 'hold', 'corrupt', 'maildrop']) {
+    // every directory a service account can write: the queue owner's, anyone's maildrop/, local's local/, smtp's mta-sts/ and tlsrpt/
+    for (const q of ['incoming', 'active', 'deferred', 'deferred/A', 'hold', 'corrupt', 'maildrop', 'local', 'mta-sts', 'tlsrpt']) {
       link(file, `${q}/link-to-file`);
       link(dir, `${q}/link-to-dir`);
       hard(file, `${q}/hard-link`);
