@@ -2,7 +2,8 @@
  * Full disk, for real (issue 8, items 11 and 12): the spool and the mail root
  * are small tmpfs mounts (root only; CI runs as root). A full spool makes smtpd
  * answer 452 4.3.1 and leaves nothing partial in incoming/; mail flows again
- * once space is freed. A full mail file system defers local delivery and never
+ * once space is freed; every message acknowledged while the spool filled up is
+ * delivered. A full mail file system defers local delivery and never
  * truncates or half-writes a mailbox. And qmgr picks up a message left in
  * active/ by a failed attempt without a restart.
  */
@@ -113,6 +114,41 @@ describe('full disk: a small tmpfs as the spool and another as the mail root', (
     assert.match(ok.end ?? '', /^250 /);
     await waitFor('delivered after space was freed', () => inst.delivered(MAILDIR_USER).some((f) => fs.readFileSync(f, 'latin1').includes('Subject: after the disk was freed')), 30000);
     await waitFor('queue empty', () => inst.queueEmpty(), 20000);
+  });
+
+  it('mail acknowledged while the spool fills up is all delivered once space is freed; qmgr works on through the full disk', async () => {
+    // qmgr held still, so the acknowledged messages stay in incoming/ and the spool fills up for certain
+    const qmgr = inst.status().services.find((s: any) => s.command === 'qmgr')?.pid;
+    assert.ok(qmgr, 'qmgr runs');
+    const token = `acked-${Date.now()}`;
+    const acked: string[] = [];
+    let refused = '';
+    let filler = '';
+    try {
+      // room for two 20 KiB messages and part of a third: cleanup runs out of space midway (tmpfs counts 4 KiB pages)
+      filler = fill(inst.spool, 64 * 1024);
+      process.kill(qmgr, 'SIGSTOP');
+      for (let i = 0; i < 64 && !refused; i++) {
+        const subject = `${token}-${i}`;
+        const r = await send(inst.ports.smtp, MAILDIR_USER, subject, 20 * 1024);
+        if (r.end?.startsWith('250 ')) acked.push(subject);
+        else if (/^452 4\.3\.1 /.test(r.end ?? r.mail)) refused = r.end ?? r.mail;
+        else assert.fail(`neither 250 nor 452 4.3.1: ${JSON.stringify(r)}`);
+      }
+    } finally {
+      process.kill(qmgr, 'SIGCONT');
+    }
+    try {
+      assert.ok(refused, `the spool filled up: a 452 4.3.1 within 64 messages (${acked.length} acknowledged)`);
+      assert.ok(acked.length >= 1, 'some mail was acknowledged before the spool was full');
+      // qmgr takes them on while the disk is still full: its status writes may fail and leave them in active/
+      await waitFor('qmgr to take the acknowledged mail out of incoming/', () => fs.readdirSync(path.join(inst.spool, 'incoming')).length === 0, 30000);
+    } finally {
+      fs.rmSync(filler, { force: true });
+    }
+    const delivered = () => inst.delivered(MAILDIR_USER).map((f) => fs.readFileSync(f, 'latin1'));
+    await waitFor('every acknowledged message delivered', () => acked.every((s) => delivered().some((t) => t.includes(`Subject: ${s}\r\n`) || t.includes(`Subject: ${s}\n`))), 60000);
+    await waitFor('queue empty', () => inst.queueEmpty(), 30000);
   });
 
   it('a full mail file system defers local delivery: the mbox is byte-identical, no partial file in the Maildir', async () => {
