@@ -14,6 +14,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { Instance, RawSmtp, run, waitFor, ROOT } from './harness.js';
 import { TestDnsServer } from './dns-server.js';
 import * as messageAuth from '../../packages/smtpd/dist/message-auth.js';
@@ -33,6 +34,23 @@ describe('one version of nodemailer', () => {
     };
     walk(tree.dependencies);
     assert.deepEqual([...versions], ['10.6.1'], `nodemailer versions in the tree: ${[...versions].join(', ')}`);
+  });
+});
+
+describe('the dependencies', () => {
+  it('every runtime dependency is imported by a program; mailparser (tests only) is not one', () => {
+    const deps = Object.keys(JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).dependencies ?? {});
+    const sources: string[] = [];
+    for (const p of fs.readdirSync(path.join(ROOT, 'packages'))) {
+      const src = path.join(ROOT, 'packages', p, 'src');
+      const walk = (d: string) => { for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+        if (e.isDirectory()) walk(path.join(d, e.name)); else if (e.name.endsWith('.ts')) sources.push(fs.readFileSync(path.join(d, e.name), 'utf8'));
+      } };
+      if (fs.existsSync(src)) walk(src);
+    }
+    const imported = (dep: string) => sources.some((t) => new RegExp(`(from|import|require\\()\\s*['"]${dep.replace(/[/.]/g, '\\$&')}(/[^'"]*)?['"]`).test(t));
+    assert.deepEqual(deps.filter((d) => !imported(d)), [], 'dependencies no program imports');
+    assert.ok(!deps.includes('mailparser'), 'mailparser is a devDependency only');
   });
 });
 
