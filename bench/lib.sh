@@ -603,12 +603,12 @@ json_field() {
 
 # print_cpu_latency REPORT UNIT: the lines every benchmark prints after its figures:
 # CPU ms per UNIT (message or session) of each program of both servers
-# ({postern,postfix}.cpu), and p50/p99 from the end of DATA to the 250
-# ({postern,postfix}.data_to_250).
+# ({postern,postfix}.cpu, and throughput.sh's postern_message_auth), and p50/p99
+# from the end of DATA to the 250 ({postern,postfix}.data_to_250).
 print_cpu_latency() {
   node -e '
     const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")), unit = process.argv[2];
-    const sides = [["Postern", r.postern], ["Postfix", r.postfix]].filter(([, s]) => s && !s.error);
+    const sides = [["Postern", r.postern], ["Postern, checks on", r.postern_message_auth], ["Postfix", r.postfix]].filter(([, s]) => s && !s.error);
     const lat = (s) => s.data_to_250 ? `p50 ${s.data_to_250.p50_ms.toFixed(2)} ms, p99 ${s.data_to_250.p99_ms.toFixed(2)} ms (${s.data_to_250.count} messages)` : "-";
     console.log("");
     for (const [name, s] of sides) console.log(`${(name + " end of DATA to 250").padEnd(32)}${lat(s)}`);

@@ -7,10 +7,13 @@
 # Postfix instance (run from the unpacked Debian package) delivering to Maildir with
 # virtual(8). Reports accepted and end-to-end messages per second for each and
 # Postern/Postfix, CPU ms per message of each program, and p50/p99 end of DATA to 250.
+# Postern runs twice: like for like (smtpd_message_auth = no: Postfix checks no SPF,
+# DKIM or DMARC here), then with its default checks on, reported as a row of its own.
 #
-#   bench/throughput.sh [--postern-only] [--keep] [--smtp-source] [--lmtp] [--messages N]
-#                       [--size BYTES] [--sessions N] [--warmup N] [--timeout SECONDS]
+#   bench/throughput.sh [--postern-only] [--keep] [--smtp-source] [--lmtp] [--no-checks-row]
+#                       [--messages N] [--size BYTES] [--sessions N] [--warmup N] [--timeout SECONDS]
 #
+# --no-checks-row: skip Postern's second run with the message checks on.
 # --lmtp: both deliver to one Dovecot LMTP server on loopback (virtual_transport =
 # lmtp:inet:127.0.0.1:PORT on each side) instead of their own Maildir writers.
 #
@@ -30,10 +33,12 @@ DELIVERY=maildir  # or lmtp (--lmtp): both servers hand the mail to one Dovecot 
 RECIPIENT=bench@example.test
 SENDER=sender@remote.test
 
-usage() { sed -n '11,12p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 2; }
+CHECKS_ROW=yes
+usage() { sed -n '13,14p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 2; }
 bench_extra_arg() {
   case "$1" in
     --smtp-source) LOADER=smtp-source ;;
+    --no-checks-row) CHECKS_ROW=no ;;
     --lmtp) DELIVERY=lmtp ;;
     *) return 1 ;;
   esac
@@ -137,7 +142,9 @@ else
 fi
 # As a real MX sees it: the client is not in mynetworks (no relay, no bare-LF leniency).
 # Postfix's default does no reverse-DNS rejection and there is no DNS here: the same for Postern.
-"$POSTERN" -c "$PT/etc" config set "mynetworks=192.0.2.0/24" "smtpd_client_restrictions=" || bench_die "postern config set failed"
+# Like for like first: Postfix checks no SPF, DKIM or DMARC (the second run below does).
+"$POSTERN" -c "$PT/etc" config set "mynetworks=192.0.2.0/24" "smtpd_client_restrictions=" "smtpd_message_auth=no" ||
+  bench_die "postern config set failed"
 if [ -n "$LMTP_TRANSPORT" ]; then
   "$POSTERN" -c "$PT/etc" config set "virtual_transport=$LMTP_TRANSPORT" || bench_die "postern config set virtual_transport failed"
 fi
@@ -156,6 +163,22 @@ fi
 POSTERN_JSON="$(result_json "" "$PT_VERSION")"
 PT_ACCEPTED="$M_ACCEPTED"; PT_E2E="$M_END_TO_END"; PT_SEND_S="$M_SEND_S"; PT_E2E_S="$M_E2E_S"
 postern_stop "$PT"
+
+# --- Postern with its message checks on (SPF, DKIM, DMARC, ARC: the default) --
+POSTERN_AUTH_JSON=null
+if [ "$CHECKS_ROW" = yes ]; then
+  "$POSTERN" -c "$PT/etc" config set "smtpd_message_auth=yes" || bench_die "postern config set smtpd_message_auth failed"
+  [ -d "$PT_NEW" ] && find "$PT_NEW" -maxdepth 1 -type f -delete   # the first run's messages
+  postern_start "$PT" || bench_die "postern start (checks on) failed; log: $(tail -n 5 "$PT/postern.log" 2>/dev/null)"
+  bench_note "Postern, message checks on: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PT_PORT"
+  PT_MASTER="$(node -e 'console.log(JSON.parse(process.argv[1]).master.pid)' "$POSTERN_STATUS_JSON")"
+  if ! measure postern-checks "$PT_PORT" "$PT_NEW" "$PT_MASTER"; then
+    bench_die "Postern (checks on): $MEASURE_ERROR (log: $PT/postern.log)"
+  fi
+  POSTERN_AUTH_JSON="$(result_json "" "$PT_VERSION")"
+  PTA_ACCEPTED="$M_ACCEPTED"; PTA_E2E="$M_END_TO_END"
+  postern_stop "$PT"
+fi
 
 # --- Postfix -----------------------------------------------------------------
 PF_VERSION=""
@@ -181,11 +204,13 @@ fi
 [ -n "$PF_ERROR" ] && POSTFIX_JSON="$(result_json "$PF_ERROR" "$PF_VERSION")"
 R_ACCEPTED="$(ratio "$PT_ACCEPTED" "${PF_ACCEPTED:-}")"
 R_E2E="$(ratio "$PT_E2E" "${PF_E2E:-}")"
+RA_ACCEPTED="$(ratio "${PTA_ACCEPTED:-}" "${PF_ACCEPTED:-}")"
+RA_E2E="$(ratio "${PTA_E2E:-}" "${PF_E2E:-}")"
 
 # --- Report ------------------------------------------------------------------
 report_start "throughput$([ "$DELIVERY" = lmtp ] && echo -lmtp)"
 node -e '
-  const [date, messages, size, sessions, warmup, machine, postern, postfix, rAcc, rE2e, loader, delivery] = process.argv.slice(1);
+  const [date, messages, size, sessions, warmup, machine, postern, postfix, rAcc, rE2e, loader, delivery, posternAuth, raAcc, raE2e] = process.argv.slice(1);
   const num = (x) => (x === "null" ? null : +x);
   const report = {
     benchmark: "throughput", date,
@@ -193,12 +218,15 @@ node -e '
             connection_reuse: true, warmup_messages: +warmup,
             delivery: delivery === "lmtp" ? "Dovecot LMTP (lmtp:inet:127.0.0.1, Maildir)" : "Maildir" },
     machine: JSON.parse(machine),
-    postern: JSON.parse(postern),
+    postern: { ...JSON.parse(postern), smtpd_message_auth: "no" },
+    postern_message_auth: posternAuth === "null" ? null : { ...JSON.parse(posternAuth), smtpd_message_auth: "yes" },
     postfix: JSON.parse(postfix),
     ratio_postern_to_postfix: { accepted: num(rAcc), end_to_end: num(rE2e) },
+    ratio_postern_message_auth_to_postfix: { accepted: num(raAcc), end_to_end: num(raE2e) },
   };
   process.stdout.write(JSON.stringify(report, null, 2) + "\n");' \
-  "$DATE" "$MESSAGES" "$SIZE" "$SESSIONS" "$WARMUP" "$MACHINE_JSON" "$POSTERN_JSON" "$POSTFIX_JSON" "$R_ACCEPTED" "$R_E2E" "$LOADER" "$DELIVERY" >"$OUT"
+  "$DATE" "$MESSAGES" "$SIZE" "$SESSIONS" "$WARMUP" "$MACHINE_JSON" "$POSTERN_JSON" "$POSTFIX_JSON" "$R_ACCEPTED" "$R_E2E" "$LOADER" "$DELIVERY" \
+  "$POSTERN_AUTH_JSON" "$RA_ACCEPTED" "$RA_E2E" >"$OUT"
 
 node -e '
   const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
@@ -218,6 +246,12 @@ node -e '
   row("end-to-end msg/s", 1, pt.end_to_end_per_s, pf.end_to_end_per_s, q.end_to_end);
   row("sending took s", 2, pt.send_seconds, pf.send_seconds, null);
   row("last delivery after s", 2, pt.end_to_end_seconds, pf.end_to_end_seconds, null);
+  const pa = r.postern_message_auth, qa = r.ratio_postern_message_auth_to_postfix;
+  if (pa) {
+    console.log("Postern with SPF/DKIM/DMARC checks on (Postfix checks none):");
+    row("  accepted msg/s", 1, pa.accepted_per_s, pf.accepted_per_s, qa.accepted);
+    row("  end-to-end msg/s", 1, pa.end_to_end_per_s, pf.end_to_end_per_s, qa.end_to_end);
+  }
   if (pf.error) console.log(`\nPostfix: ${pf.error}`);' "$OUT"
 print_cpu_latency "$OUT" message
 echo ""

@@ -4,19 +4,22 @@
 # the throughput benchmark's load. On a shared or small machine this is steadier than
 # messages per second: other work slows the clock, not the CPU a message costs.
 #
-#   bench/tools/service-cpu.sh [--messages N] [--size BYTES] [--sessions N]
+#   bench/tools/service-cpu.sh [--messages N] [--size BYTES] [--sessions N] [--message-auth yes|no]
+#
+# --message-auth: smtpd_message_auth for the run (default: the instance's default, yes).
 #
 # Needs `make build`; prints one JSON line. The instance lives under $TMPDIR (see
 # bench/README.md, "Performance", on why that choice matters).
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
-MESSAGES=2000 SIZE=4096 SESSIONS=20 WARMUP=200
+MESSAGES=2000 SIZE=4096 SESSIONS=20 WARMUP=200 MESSAGE_AUTH=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --messages) MESSAGES="$2"; shift ;;
     --size) SIZE="$2"; shift ;;
     --sessions) SESSIONS="$2"; shift ;;
-    *) echo "usage: $0 [--messages N] [--size BYTES] [--sessions N]" >&2; exit 2 ;;
+    --message-auth) MESSAGE_AUTH="$2"; shift ;;
+    *) echo "usage: $0 [--messages N] [--size BYTES] [--sessions N] [--message-auth yes|no]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -29,6 +32,7 @@ PORT="$(free_port)"
 postern_create "$PT" "$PORT" postern.bench.test || bench_die "postern init failed"
 "$POSTERN" -c "$PT/etc" user add "$RCPT" --password-stdin <<<"bench-password" >/dev/null
 "$POSTERN" -c "$PT/etc" config set "mynetworks=192.0.2.0/24" "smtpd_client_restrictions=" >/dev/null
+[ -z "$MESSAGE_AUTH" ] || "$POSTERN" -c "$PT/etc" config set "smtpd_message_auth=$MESSAGE_AUTH" >/dev/null
 postern_start "$PT" || bench_die "postern start failed"
 NEW="$(postern_maildir_new "$PT" "$RCPT")"
 load=(-s "$SESSIONS" -l "$SIZE" -d -M client.remote.test -f sender@remote.test -t "$RCPT" "127.0.0.1:$PORT")

@@ -184,7 +184,8 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
   const waker = new QmgrWaker(spool.privateSocket('qmgr'), log);
   const wakeQmgr = (id: string) => waker.wake(id);
 
-  async function handle(conn: FrameConnection): Promise<void> {
+  /** One message; true when it was queued and the client may send the next one on the same connection (smtpd keeps it). */
+  async function handle(conn: FrameConnection): Promise<boolean> {
     // master names the queue owner's socket; the other one is smtpd's
     const clients: Clients = conn.clients === 'local' ? 'local' : 'smtpd';
     const { reader } = conn;
@@ -198,7 +199,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       const config = ctx.config;
       let env: Envelope;
       const first = await conn.next();
-      if (!first) return; // connected and went away, or we are stopping: nothing was asked
+      if (!first) return false; // connected and went away, or we are stopping: nothing was asked
       try {
         if (first.type !== 'J') throw new Error(`expected a JSON frame, got ${first.type}`);
         env = envelopeFrom(first.json, clients, config);
@@ -206,7 +207,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         if (!(e instanceof SchemaError)) throw e;
         // a client that sends what it may not is refused whole: nothing of it is queued
         await refuseInvalid(conn, log, e, { queue_id: 'NOQUEUE', socket: clients });
-        return;
+        return false;
       }
       queueId = env.id;
       // smtpd with milters asks for the id at once: its milters get it as the i macro
@@ -255,14 +256,14 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         else if (f.type === 'J' && clients === 'smtpd' && (f.json?.type === 'milter-body' || f.json?.type === 'milter') && !milter) {
           await endHeader();
           if (f.json.type === 'milter-body') {
-            if (Object.keys(f.json).length !== 1) { await refuse(new SchemaError('milter-body', 'no fields allowed')); return; }
+            if (Object.keys(f.json).length !== 1) { await refuse(new SchemaError('milter-body', 'no fields allowed')); return false; }
             scratch ??= new ScratchBody(`${spool.tempPathOf(env.id)}.body`);
             await scratch.start();
           } else {
             try { milter = validate(milterEditsRequest(config.int('smtpd_recipient_limit')), f.json, 'milter'); } catch (e) {
               if (!(e instanceof SchemaError)) throw e;
               await refuse(e);
-              return;
+              return false;
             }
           }
         }
@@ -274,7 +275,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
             await file.abort();
             file = null;
             await refuseInvalid(conn, log, e, { queue_id: env.id, socket: clients });
-            return;
+            return false;
           }
           // applied to the file as committed (a milter's edits make a new one)
           afterBody.push(after);
@@ -284,7 +285,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
           await file.abort();
           file = null;
           await scratch?.remove();
-          return;
+          return false;
         } else throw new Error('unexpected frame inside a message');
       }
       await endHeader();
@@ -306,7 +307,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
           await scratch?.remove();
           log.info({ queue_id: env.id, from: `<${env.sender}>`, milter: o.milter, status: 'discard' }, 'milter-discard: message discarded');
           await reply({ ok: true, queue_id: env.id });
-          return;
+          return true; // the message ended (E): the connection is ready for the next one
         }
         if (o.action === 'reject') {
           // local mail cannot be refused to a client: it is bounced with the milter's reply (Postfix)
@@ -334,7 +335,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
           file = null;
           log.info({ queue_id: env.id, status: 'discard' }, 'milter deleted every recipient; message discarded');
           await reply({ ok: true, queue_id: env.id });
-          return;
+          return true;
         }
         file = done.file;
         env = done.env;
@@ -374,7 +375,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         log.info({ queue_id: 'NOQUEUE', from: `<${env.sender}>`, client: env.client ? `${env.client.name}[${env.client.address}]` : undefined,
           sasl_username: env.sasl, dsn: refusal.dsn, status: 'reject' }, `reject: ${refusal.code} ${refusal.dsn} ${refusal.text}: ${refusal.log}`);
         await reply({ ok: false, error: refusal.text, code: refusal.code, dsn: refusal.dsn });
-        return;
+        return false;
       }
       if (refusal) {
         // pickup and qmgr cannot pass a refusal on: the message is queued already bounced, and qmgr returns it to the sender
@@ -396,6 +397,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       file = null;
       await reply({ ok: true, queue_id: env.id });
       if (hold === undefined) wakeQmgr(env.id);
+      return true;
     } catch (e) {
       if (!(e instanceof MilterTempfail)) log.error({ queue_id: queueId ?? 'NOQUEUE', err: (e as Error).message }, 'message not queued');
       await milters?.close(true).catch(() => undefined);
@@ -408,9 +410,10 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       const answer = e instanceof TableUnavailable ? { ok: false as const, error: 'Temporary lookup failure', code: 451, dsn: '4.3.0' } : failureReply(e);
       await reply(answer).catch(() => undefined);
     }
+    return false;
   }
 
-  const server = serveFrames({ serve: handle });
+  const server = serveFrames({ serve: async (conn) => { while (await handle(conn)); } });
   return {
     listen: (h, info) => server.listen(h, info),
     stop: async () => { await server.stop(); waker.close(); },

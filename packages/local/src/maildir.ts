@@ -5,14 +5,14 @@
  * moment). Creates the Maildir (0700, the user's owner) when it is missing.
  * Touches only the Maildir it is given: never its cur/ messages, never a lock.
  */
+import * as fs from 'node:fs';
 import { constants as fsConstants, promises as fsp } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { syncDirectory } from '@postern/common';
+import { fsyncDescriptor, syncDirectory, writeAllSync } from '@postern/common';
 import { errCode, toMailboxError } from './errors.js';
-import { chownPathIfRoot, ensureOwnedDirectory, fchownIfRoot, safeUnlink, writeAll } from './files.js';
+import { chownPathIfRoot, ensureOwnedDirectory, fchownDescriptorIfRoot, safeUnlink } from './files.js';
 import { CrlfToLf } from './line-endings.js';
 import { emptyStats, streamMessage, type DeliveryInput } from './message-stream.js';
 
@@ -108,13 +108,14 @@ export async function deliverToMaildir(maildir: string, input: DeliveryInput,
   // read (small) or outgrows memory (big).
   let base = '';
   let tmpPath = '';
-  let fh: FileHandle | undefined;
-  const createTmp = async (): Promise<FileHandle> => {
+  // the per-message calls are made in line, only the fsyncs go to the thread pool (common's fsyncDescriptor)
+  let fd: number | undefined;
+  const createTmp = async (): Promise<number> => {
     for (let attempt = 0; ; attempt++) {
       base = maildirBaseName();
       tmpPath = path.join(tmpDir, base);
       try {
-        fh = await fsp.open(tmpPath, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o600);
+        fd = fs.openSync(tmpPath, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o600);
         break;
       } catch (err) {
         const code = errCode(err);
@@ -124,8 +125,8 @@ export async function deliverToMaildir(maildir: string, input: DeliveryInput,
         throw toMailboxError(`cannot create ${tmpPath}`, err);
       }
     }
-    await fchownIfRoot(fh, input.uid, input.gid);
-    return fh;
+    fchownDescriptorIfRoot(fd, input.uid, input.gid);
+    return fd;
   };
 
   // 2. Collect (or stream), write, fsync, close.
@@ -142,20 +143,20 @@ export async function deliverToMaildir(maildir: string, input: DeliveryInput,
       // too big for memory: stream from here on
       const first = Buffer.concat(held);
       held = null;
-      await writeAll(fh ?? await createTmp(), first);
+      writeAllSync(fd ?? await createTmp(), first, null, tmpPath);
     }
-    await writeAll(fh!, b);
+    writeAllSync(fd!, b, null, tmpPath);
   };
   try {
     try {
       await streamMessage(write, input, [new CrlfToLf()], stats);
-      if (held) await writeAll(fh ?? await createTmp(), Buffer.concat(held));
-      await fh!.sync();
+      if (held) writeAllSync(fd ?? await createTmp(), Buffer.concat(held), null, tmpPath);
+      await fsyncDescriptor(fd!);
     } finally {
-      await fh?.close();
+      if (fd !== undefined) fs.closeSync(fd);
     }
   } catch (err) {
-    if (fh) await safeUnlink(tmpPath);
+    if (fd !== undefined) safeUnlink(tmpPath);
     throw toMailboxError(`cannot write ${tmpPath || `a message into ${tmpDir}`}`, err);
   }
 
@@ -166,13 +167,13 @@ export async function deliverToMaildir(maildir: string, input: DeliveryInput,
   const finalPath = path.join(newDir, `${base},S=${stats.size},W=${vsize}`);
   const linkIntoNew = async (): Promise<void> => {
     try {
-      await fsp.link(tmpPath, finalPath);
+      fs.linkSync(tmpPath, finalPath);
     } catch (err) {
       if (errCode(err) !== 'EPERM' && errCode(err) !== 'ENOTSUP' && errCode(err) !== 'EOPNOTSUPP') throw err;
-      await fsp.rename(tmpPath, finalPath);
+      fs.renameSync(tmpPath, finalPath);
       return;
     }
-    await safeUnlink(tmpPath);
+    safeUnlink(tmpPath);
   };
   try {
     try {
@@ -184,7 +185,7 @@ export async function deliverToMaildir(maildir: string, input: DeliveryInput,
       await linkIntoNew();
     }
   } catch (err) {
-    await safeUnlink(tmpPath);
+    safeUnlink(tmpPath);
     throw toMailboxError(`cannot move message into ${newDir}`, err);
   }
 
@@ -193,7 +194,7 @@ export async function deliverToMaildir(maildir: string, input: DeliveryInput,
   try {
     await syncDirectory(newDir);
   } catch (err) {
-    await safeUnlink(finalPath);
+    safeUnlink(finalPath);
     throw toMailboxError(`cannot fsync ${newDir}`, err);
   }
   return { path: finalPath, size: stats.size };

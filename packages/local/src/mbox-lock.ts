@@ -71,7 +71,7 @@ export async function acquireDotlock(mboxPath: string, deadline: number, uid: nu
         timer.unref();
         return { path: lockPath, dev: st.dev, ino: st.ino, timer };
       } catch (err) {
-        await safeUnlink(lockPath);
+        safeUnlink(lockPath);
         throw toMailboxError(`cannot write dotlock ${lockPath}`, err);
       } finally {
         await fh.close().catch(() => undefined);

@@ -8,6 +8,7 @@
  * message when it is within bounce_size_limit; and to stream it to local
  * (which cannot read the queue) in a delivery request. Talks to the network never.
  */
+import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import {
   runService, ServiceContext, RunningService, MainConfig, Spool, readQueueFile, appendStatus, recipientStates,
@@ -204,7 +205,7 @@ class QueueManager {
       if (this.stopping || this.busy.has(id)) continue;
       const file = this.spool.pathOf('deferred', id);
       this.busy.add(id);
-      const st = await fsp.stat(file).catch(() => null);
+      const st = fs.statSync(file, { throwIfNoEntry: false });
       if (!st || (!all && st.mtimeMs > now)) { await this.admin.release(id); continue; }
       try { await this.spool.move(id, 'deferred', 'active'); } catch { await this.admin.release(id); continue; }
       this.launch(id);
@@ -275,7 +276,7 @@ class QueueManager {
       && pending.every((p) => records.some((r) => r.type === 'rcpt' && r.index === p.index && r.status === 'sent'));
     if (allSentNow) {
       // skip the status write: a crash before the unlink means one more delivery, never a loss
-      await fsp.unlink(file);
+      fs.unlinkSync(file); // in line, as the spool's other calls (common/queue)
       this.log.info({ queue_id: id }, 'removed');
       return;
     }
@@ -295,7 +296,7 @@ class QueueManager {
     if (states.every((s) => s.status === 'sent' || s.status === 'bounced')) {
       // the original goes only once cleanup holds the sender's notification; otherwise it waits for the next retry
       if (await notifySenderOfBounces(this.ctx, info)) {
-        await fsp.unlink(file);
+        fs.unlinkSync(file);
         this.log.info({ queue_id: id }, 'removed');
         return;
       }

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import { SMTPServer, SMTPServerDataStream, SMTPServerSession, SMTPServerOptions } from 'smtp-server';
 import {
   runService, ServiceContext, RunningService, MainConfig,
-  installEnhancedCodeShim, smtpError, CleanupSubmission, headerSafe, MilterEditsRequest,
+  installEnhancedCodeShim, smtpError, CleanupConnections, headerSafe, MilterEditsRequest,
 } from '@postern/common';
 
 import { LineEndingCheck } from './line-endings.js';
@@ -36,7 +36,8 @@ function tlsOptions(config: MainConfig): { key?: Buffer; cert?: Buffer } {
 async function start(ctx: ServiceContext): Promise<RunningService> {
   const { log } = ctx;
   let policy = buildPolicy(ctx.config);
-  const cleanupSocket = ctx.spool.privateSocket('cleanup');
+  // kept connections to cleanup, one per message in flight (bench/README.md: a connection per message was ~15 % of smtpd)
+  const cleanup = new CleanupConnections(ctx.spool.privateSocket('cleanup'));
   const anvil = new AnvilClient(ctx.spool.privateSocket('anvil'), log);
   let limitsPolicy = limitPolicy(ctx.config, ctx.name);
   const limits = new ClientLimits(anvil, log, () => limitsPolicy, clientName);
@@ -99,7 +100,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
   async function receiveMessage(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string> {
     const trusted = policy.mynetworks.contains(session.remoteAddress);
     const check = new LineEndingCheck(trusted);
-    const sub = await CleanupSubmission.open(cleanupSocket).catch((e) => {
+    const sub = await cleanup.open().catch((e) => {
       stream.resume();
       log.error({ err: e.message }, 'cleanup is not reachable');
       throw smtpError(451, '4.3.0', 'Error: queue file write error');
@@ -110,6 +111,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     let filter: MessageMilters | null = null;
     let queueId: string | undefined;
     let eomSent = false;
+    let reusable = false; // cleanup answered and waits for the next envelope
     try {
       const envelope = {
         sender: from,
@@ -187,6 +189,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
         }
       }
       const reply = await sub.finish();
+      reusable = reply.ok === true;
       if (!reply.ok && typeof reply.code === 'number' && Number.isInteger(reply.code) && reply.code >= 400 && reply.code < 600
         && typeof reply.dsn === 'string' && /^[45]\.\d{1,3}\.\d{1,3}$/.test(reply.dsn)) {
         // cleanup refused the content (hop count, a From: the login does not own): its answer is the client's
@@ -206,7 +209,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       throw smtpError(451, '4.3.0', 'Error: queue file write error');
     } finally {
       for (const o of observers) o.abort();
-      sub.close();
+      cleanup.release(sub, reusable);
       // a message the milters did not see end (too big, smuggling, cleanup failed) is aborted at them
       if (milters) await milters.endMessage(!eomSent).catch(() => undefined);
     }
@@ -230,6 +233,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       }
     },
     stop() {
+      cleanup.closeAll();
       return Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())))).then(() => { anvil.close(); dovecot?.close(); });
     },
   };

@@ -4,9 +4,11 @@
  * envelope, the message bytes as D frames written with the socket's
  * backpressure, optionally smtpd's after-body J frame, then E (or A to throw
  * it away), and cleanup's one reply once the file is on stable storage.
+ * cleanup then waits for the next envelope on the same connection: smtpd keeps
+ * its connections (CleanupConnections) instead of opening one per message.
  */
 import * as net from 'node:net';
-import { connectUnix, FrameReader, FrameWriter } from './framing.js';
+import { connectUnix, Frame, FrameReader, FrameWriter } from './framing.js';
 import type { AfterBodyRequest, CleanupReply, LocalEnvelope, SmtpdEnvelope } from './protocol.js';
 import type { MilterEditsRequest } from './schema.js';
 
@@ -24,6 +26,9 @@ export interface CleanupClientOptions {
 export class CleanupSubmission {
   private readonly writer: FrameWriter;
   private readonly reader: FrameReader;
+  /** While kept idle: the read that notices cleanup closing the connection (any frame then is a protocol error). */
+  private pending: Promise<Frame | null> | null = null;
+  private idling = false;
 
   private constructor(private readonly socket: net.Socket, readonly socketPath: string) {
     this.writer = new FrameWriter(socket);
@@ -56,7 +61,7 @@ export class CleanupSubmission {
    */
   async envelopeForId(envelope: SmtpdEnvelope): Promise<string> {
     await this.writer.json({ type: 'message', envelope, want_id: true });
-    const r = await this.reader.json() as { type?: string; queue_id?: string; error?: string };
+    const r = await this.readJson() as { type?: string; queue_id?: string; error?: string };
     if (r?.type !== 'queue-id' || typeof r.queue_id !== 'string') throw new Error(`cleanup refused the envelope: ${r?.error ?? 'no queue id'}`);
     return r.queue_id;
   }
@@ -83,10 +88,82 @@ export class CleanupSubmission {
   /** End of the message; resolves to cleanup's reply. */
   async finish(): Promise<CleanupReply> {
     await this.writer.end();
-    return await this.reader.json() as CleanupReply;
+    return await this.readJson() as CleanupReply;
   }
 
+  private async readJson(): Promise<any> {
+    const pending = this.pending;
+    this.pending = null;
+    if (!pending) return this.reader.json();
+    const f = await pending;
+    if (!f) throw new Error('connection closed before a reply');
+    if (f.type !== 'J') throw new Error(`expected a JSON frame, got ${f.type}`);
+    return f.json;
+  }
+
+  /** Between messages: watch for cleanup closing the connection; `gone` runs once it did, or sent something unasked. */
+  idle(gone: () => void): void {
+    this.socket.unref();
+    this.idling = true;
+    const pending = this.reader.next();
+    this.pending = pending;
+    // once taken again, what this read brings is the next reply (readJson)
+    pending.then(() => { if (this.idling) gone(); }, () => { if (this.idling) gone(); });
+  }
+
+  /** Back in use after idle(). */
+  resume(): void {
+    this.idling = false;
+    this.socket.ref();
+  }
+
+  get usable(): boolean { return !this.socket.destroyed && this.socket.writable; }
+
   close(): void { this.socket.destroy(); }
+}
+
+/**
+ * smtpd's kept connections to cleanup: one is taken per message and given back
+ * after an accepted one, so a busy listener does not connect and accept once per
+ * message. A kept connection that cleanup closes (a restart, its stop) is
+ * noticed while idle and dropped; one that dies in the instant it is taken
+ * fails that message with a 4xx, as a cleanup dying mid-message does.
+ */
+export class CleanupConnections {
+  private readonly idle: { sub: CleanupSubmission; timer: NodeJS.Timeout }[] = [];
+
+  constructor(private readonly socketPath: string, private readonly opts: CleanupClientOptions & { maxIdle?: number; keepMs?: number } = {}) {}
+
+  /** A kept connection, or a new one (throws CleanupUnreachable). */
+  async open(): Promise<CleanupSubmission> {
+    for (let e = this.idle.pop(); e; e = this.idle.pop()) {
+      clearTimeout(e.timer);
+      if (e.sub.usable) { e.sub.resume(); return e.sub; }
+      e.sub.close();
+    }
+    return CleanupSubmission.open(this.socketPath, this.opts);
+  }
+
+  /** After a message: keep the connection when cleanup answered and expects the next envelope, else close it. */
+  release(sub: CleanupSubmission, reusable: boolean): void {
+    if (!reusable || !sub.usable || this.idle.length >= (this.opts.maxIdle ?? 32)) { sub.close(); return; }
+    const entry = { sub, timer: setTimeout(() => this.drop(entry), this.opts.keepMs ?? 60_000) };
+    entry.timer.unref();
+    this.idle.push(entry);
+    sub.idle(() => this.drop(entry));
+  }
+
+  /** Close every kept connection (at stop). */
+  closeAll(): void {
+    for (const e of this.idle.splice(0)) { clearTimeout(e.timer); e.sub.close(); }
+  }
+
+  private drop(entry: { sub: CleanupSubmission; timer: NodeJS.Timeout }): void {
+    const i = this.idle.indexOf(entry);
+    if (i >= 0) this.idle.splice(i, 1);
+    clearTimeout(entry.timer);
+    entry.sub.close();
+  }
 }
 
 /**

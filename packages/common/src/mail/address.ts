@@ -26,9 +26,18 @@ export class NetworkList {
     }
   }
 
+  /** Answers for addresses asked about lately: smtpd asks for the same client at every RCPT and DATA, and BlockList.check builds a SocketAddress each time. */
+  private readonly answers = new Map<string, boolean>();
+
   contains(address: string): boolean {
+    const known = this.answers.get(address);
+    if (known !== undefined) return known;
     const a = address.replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/i, '$1');
     const type = net.isIPv6(a) ? 'ipv6' : net.isIPv4(a) ? 'ipv4' : null;
-    return type ? this.blocks.check(a, type) : false;
+    const inside = type ? this.blocks.check(a, type) : false;
+    // bounded: the list is immutable, so an answer never goes stale, only the memory matters
+    if (this.answers.size >= 4096) this.answers.clear();
+    this.answers.set(address, inside);
+    return inside;
   }
 }

@@ -16,12 +16,16 @@
  * queue-ops.ts), and a record torn by a crash is ignored, so a recipient is
  * at worst delivered once more; a failed append (full disk) is cut back to the
  * last whole record, so later records stay readable.
+ *
+ * Every call but fsync is made in line (util/files.ts, fsyncDescriptor): a
+ * spool on a local file system answers in microseconds.
  */
-import * as fsp from 'node:fs/promises';
+import * as fs from 'node:fs';
 import { Readable } from 'node:stream';
 import { createReadStream } from 'node:fs';
 import { Spool } from './spool.js';
 import { syncDirectory } from '../util/group-commit.js';
+import { fsyncDescriptor, writeAllSync } from '../util/files.js';
 
 export const QUEUE_FILE_VERSION = 1;
 const MAGIC = Buffer.from(`POSTERN-QUEUE ${QUEUE_FILE_VERSION}\n`);
@@ -91,8 +95,8 @@ export class QueueFileWriter {
   private written = 0;
   /** Message bytes while they fit in memory; null once streaming to the file. */
   private buffer: Buffer | null = Buffer.alloc(0);
-  /** The temporary file, once streaming (or committing). */
-  private fh: fsp.FileHandle | null = null;
+  /** The temporary file's descriptor, once streaming (or committing). */
+  private fd: number | null = null;
   private created = false;
   private position = 0;
   private prepend: Buffer[] = [];
@@ -121,25 +125,21 @@ export class QueueFileWriter {
     return MAGIC.length + `E ${this.envelopeJson.length}\n`.length + this.envelopeJson.length + `\nM \n`.length + LEN_WIDTH;
   }
 
-  private async put(buf: Buffer): Promise<void> {
-    let off = 0;
-    while (off < buf.length) {
-      const { bytesWritten } = await this.fh!.write(buf, off, buf.length - off, this.position);
-      off += bytesWritten;
-      this.position += bytesWritten;
-    }
+  private put(buf: Buffer): void {
+    writeAllSync(this.fd!, buf, this.position, this.spool.tempPathOf(this.id));
+    this.position += buf.length;
   }
 
   /** One writev at the current position, finishing a short write with plain writes. */
-  private async putAll(bufs: Buffer[]): Promise<void> {
+  private putAll(bufs: Buffer[]): void {
     const total = bufs.reduce((n, b) => n + b.length, 0);
-    const { bytesWritten } = await this.fh!.writev(bufs, this.position);
-    this.position += bytesWritten;
-    if (bytesWritten < total) await this.put(Buffer.concat(bufs).subarray(bytesWritten));
+    const written = fs.writevSync(this.fd!, bufs, this.position);
+    this.position += written;
+    if (written < total) this.put(Buffer.concat(bufs).subarray(written));
   }
 
-  private async createFile(): Promise<void> {
-    this.fh = await fsp.open(this.spool.tempPathOf(this.id), 'wx', 0o640);
+  private createFile(): void {
+    this.fd = fs.openSync(this.spool.tempPathOf(this.id), 'wx', 0o640);
     this.created = true;
   }
 
@@ -153,10 +153,10 @@ export class QueueFileWriter {
       // too big for memory: from here on the message streams to the file
       const held = this.buffer.subarray(0, this.written);
       this.buffer = null;
-      await this.createFile();
-      await this.putAll([this.head(0), held]);
+      this.createFile();
+      this.putAll([this.head(0), held]);
     }
-    await this.put(chunk);
+    this.put(chunk);
     this.written += chunk.length;
   }
 
@@ -206,11 +206,11 @@ export class QueueFileWriter {
    */
   async moveAside(): Promise<void> {
     if (!this.created || this.aside) return;
-    const fh = this.fh;
-    this.fh = null;
-    await fh?.close();
+    const fd = this.fd;
+    this.fd = null;
+    if (fd !== null) fs.closeSync(fd);
     const aside = `${this.spool.tempPathOf(this.id)}.orig`;
-    await fsp.rename(this.spool.tempPathOf(this.id), aside);
+    fs.renameSync(this.spool.tempPathOf(this.id), aside);
     this.aside = aside;
   }
 
@@ -246,21 +246,25 @@ export class QueueFileWriter {
    */
   async commit(queue: 'incoming' | 'hold' = 'incoming'): Promise<string> {
     if (this.buffer) {
-      await this.createFile();
-      await this.putAll([this.head(this.written), this.buffer.subarray(0, this.written), this.tail()]);
+      this.createFile();
+      this.putAll([this.head(this.written), this.buffer.subarray(0, this.written), this.tail()]);
       this.buffer = null;
     } else {
       const len = Buffer.from(String(this.written).padStart(LEN_WIDTH, '0'));
-      await this.fh!.write(len, 0, len.length, this.messageStart - LEN_WIDTH - 1);
-      await this.put(this.tail());
+      writeAllSync(this.fd!, len, this.messageStart - LEN_WIDTH - 1, this.spool.tempPathOf(this.id));
+      this.put(this.tail());
     }
-    await this.fh!.sync();
-    const fh = this.fh!;
-    this.fh = null;
-    await fh.close();
+    const fd = this.fd!;
+    try {
+      await fsyncDescriptor(fd);
+    } finally {
+      // abort() then only unlinks; the descriptor is never closed twice
+      this.fd = null;
+      fs.closeSync(fd);
+    }
     // hold/: a milter quarantined the message; it waits there for `postern queue release`
     const final = this.spool.pathOf(queue, this.id);
-    await fsp.rename(this.spool.tempPathOf(this.id), final);
+    fs.renameSync(this.spool.tempPathOf(this.id), final);
     this.created = false;
     try {
       await this.syncDir(this.spool.dir(queue));
@@ -269,7 +273,7 @@ export class QueueFileWriter {
       // retry: withdraw the file so the retry is not a second copy
       // (docs/security.md, "Directory fsync failing after the rename").
       try {
-        await fsp.unlink(final);
+        fs.unlinkSync(final);
       } catch (u) {
         // qmgr already took it (incoming/ -> active/): it is queued and will be
         // delivered, so a 4xx would make the retry a duplicate; report success
@@ -284,10 +288,10 @@ export class QueueFileWriter {
 
   async abort(): Promise<void> {
     this.buffer = null;
-    const fh = this.fh;
-    this.fh = null;
-    if (fh) await fh.close().catch(() => undefined);
-    if (this.created) await fsp.unlink(this.aside ?? this.spool.tempPathOf(this.id)).catch(() => undefined);
+    const fd = this.fd;
+    this.fd = null;
+    if (fd !== null) try { fs.closeSync(fd); } catch { /* already unusable */ }
+    if (this.created) try { fs.unlinkSync(this.aside ?? this.spool.tempPathOf(this.id)); } catch { /* already gone */ }
     this.created = false;
   }
 }
@@ -317,10 +321,10 @@ function recordHeader(buf: Buffer, pos: number, file: string): [string, number, 
 /** A file shorter than this is read in one read (no stat, no second read). */
 const FIRST_READ = 64 * 1024;
 
-async function readFully(fh: fsp.FileHandle, buf: Buffer, position: number): Promise<number> {
+function readFully(fd: number, buf: Buffer, position: number): number {
   let n = 0;
   while (n < buf.length) {
-    const { bytesRead } = await fh.read(buf, n, buf.length - n, position + n);
+    const bytesRead = fs.readSync(fd, buf, n, buf.length - n, position + n);
     if (bytesRead === 0) break;
     n += bytesRead;
   }
@@ -334,20 +338,20 @@ async function readFully(fh: fsp.FileHandle, buf: Buffer, position: number): Pro
  * delivery agents ask for this; qmgr, holding many files at once, does not).
  */
 export async function readQueueFile(file: string, options: { keepMessage?: boolean } = {}): Promise<QueueFileInfo> {
-  const fh = await fsp.open(file, 'r');
+  const fd = fs.openSync(file, 'r');
   try {
     const first = Buffer.allocUnsafe(FIRST_READ);
-    const got = await readFully(fh, first, 0);
+    const got = readFully(fd, first, 0);
     // a short read is the whole file: no stat needed
     const whole = got < FIRST_READ;
-    const size = whole ? got : (await fh.stat()).size;
+    const size = whole ? got : fs.fstatSync(fd).size;
     let head = first.subarray(0, whole ? got : Math.min(size, FIRST_READ));
     if (!head.subarray(0, MAGIC.length).equals(MAGIC)) throw new CorruptQueueFile(file, 'not a version 1 queue file');
     let [type, envLen, envStart] = recordHeader(head, MAGIC.length, file);
     if (type !== 'E') throw new CorruptQueueFile(file, 'envelope record missing');
     if (envStart + envLen + 40 > head.length && size > head.length) {
       head = Buffer.alloc(Math.min(size, envStart + envLen + 64));
-      await fh.read(head, 0, head.length, 0);
+      readFully(fd, head, 0);
     }
     if (envStart + envLen + 1 > head.length) throw new CorruptQueueFile(file, 'envelope truncated');
     let envelope: Envelope;
@@ -365,7 +369,7 @@ export async function readQueueFile(file: string, options: { keepMessage?: boole
     if (whole) tail = first.subarray(tailStart, size);
     else {
       tail = Buffer.alloc(size - tailStart);
-      await fh.read(tail, 0, tail.length, tailStart);
+      readFully(fd, tail, tailStart);
     }
     if (tail[0] !== 10) throw new CorruptQueueFile(file, 'message length does not match');
     const prepend: Buffer[] = [];
@@ -402,7 +406,7 @@ export async function readQueueFile(file: string, options: { keepMessage?: boole
     if (whole && options.keepMessage) info.message = Buffer.from(first.subarray(messageOffset, tailStart));
     return info;
   } finally {
-    await fh.close();
+    fs.closeSync(fd);
   }
 }
 
@@ -433,24 +437,19 @@ export async function appendStatus(file: string, records: StatusRecord[]): Promi
   }
   const buf = Buffer.concat(parts);
   // r+ and explicit positions, not O_APPEND: we know where the whole records end
-  const fh = await fsp.open(file, 'r+');
+  const fd = fs.openSync(file, 'r+');
   try {
-    const start = (await fh.stat()).size;
+    const start = fs.fstatSync(fd).size;
     try {
-      let off = 0;
-      while (off < buf.length) {
-        const { bytesWritten } = await fh.write(buf, off, buf.length - off, start + off);
-        if (bytesWritten <= 0) throw Object.assign(new Error(`${file}: short write appending a status record`), { code: 'EIO' });
-        off += bytesWritten;
-      }
-      await fh.sync();
+      writeAllSync(fd, buf, start, `${file} (appending a status record)`);
+      await fsyncDescriptor(fd);
     } catch (e) {
-      await fh.truncate(start).catch(() => undefined);
-      await fh.sync().catch(() => undefined);
+      try { fs.ftruncateSync(fd, start); } catch { /* the error below says enough */ }
+      await fsyncDescriptor(fd).catch(() => undefined);
       throw e;
     }
   } finally {
-    await fh.close();
+    fs.closeSync(fd);
   }
 }
 

@@ -2,6 +2,26 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { promisify } from 'node:util';
+
+/**
+ * fsync of an open descriptor, off the event loop (milliseconds on a real disk).
+ * The message path makes its other file calls (open, write, close, rename, link,
+ * unlink) in line: on a local file system they cost microseconds, a trip through
+ * libuv's thread pool several times that in CPU (bench/README.md, "File calls in
+ * line"); only the waits for the disk go to the pool.
+ */
+export const fsyncDescriptor: (fd: number) => Promise<void> = promisify(fs.fsync);
+
+/** Write all of buf at `position` (or the file position when null), or throw: a write of 0 bytes is EIO. */
+export function writeAllSync(fd: number, buf: Buffer, position: number | null = null, what = 'a file'): void {
+  let off = 0;
+  while (off < buf.length) {
+    const n = fs.writeSync(fd, buf, off, buf.length - off, position === null ? null : position + off);
+    if (n <= 0) throw Object.assign(new Error(`short write to ${what}`), { code: 'EIO' });
+    off += n;
+  }
+}
 
 /**
  * Replace `file` so a crash leaves the old or the new version, never a mix:

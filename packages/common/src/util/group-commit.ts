@@ -5,9 +5,9 @@
  * started, so callers that arrive while one runs share the next one instead of
  * each paying for their own.
  */
-import { constants as fsConstants } from 'node:fs';
-import * as fsp from 'node:fs/promises';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { fsyncDescriptor } from './files.js';
 
 interface Waiters { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void }
 
@@ -68,7 +68,7 @@ export interface DirectorySyncOptions {
 
 /** fsync of one directory, group-committed. */
 export class DirectorySync {
-  private fh: fsp.FileHandle | null = null;
+  private fd: number | null = null;
   private closeTimer: NodeJS.Timeout | null = null;
   private readonly commit: GroupCommit;
   private readonly keepOpenMs: number;
@@ -76,8 +76,8 @@ export class DirectorySync {
   constructor(readonly dir: string, options: DirectorySyncOptions = {}, onIdle?: () => void) {
     this.keepOpenMs = options.keepOpenMs ?? 0;
     this.commit = new GroupCommit(() => this.fsyncNow(), () => {
-      if (this.fh) {
-        this.closeTimer = setTimeout(() => { this.closeTimer = null; void this.closeNow().then(() => { if (this.idle) onIdle?.(); }); }, this.keepOpenMs);
+      if (this.fd !== null) {
+        this.closeTimer = setTimeout(() => { this.closeTimer = null; this.closeNow(); if (this.idle) onIdle?.(); }, this.keepOpenMs);
         this.closeTimer.unref();
       } else onIdle?.();
     });
@@ -89,34 +89,35 @@ export class DirectorySync {
     return this.commit.request();
   }
 
-  get idle(): boolean { return this.commit.idle && !this.fh; }
+  get idle(): boolean { return this.commit.idle && this.fd === null; }
 
   private async fsyncNow(): Promise<void> {
     try {
+      // open and close in line, only the fsync in the thread pool (files.ts, fsyncDescriptor)
       if (this.keepOpenMs <= 0) {
-        const fh = await openDirectory(this.dir);
-        try { await fh.sync(); } finally { await fh.close(); }
+        const fd = openDirectory(this.dir);
+        try { await fsyncDescriptor(fd); } finally { fs.closeSync(fd); }
         return;
       }
-      if (!this.fh) this.fh = await openDirectory(this.dir);
-      await this.fh.sync();
+      if (this.fd === null) this.fd = openDirectory(this.dir);
+      await fsyncDescriptor(this.fd);
     } catch (e) {
       // reopen for the next round: never go on with a descriptor whose fsync failed
-      await this.closeNow();
+      this.closeNow();
       const err = e as NodeJS.ErrnoException;
       throw Object.assign(new Error(`fsync of directory ${this.dir} failed: ${err.message}`), { code: err.code });
     }
   }
 
-  private async closeNow(): Promise<void> {
-    const fh = this.fh;
-    this.fh = null;
-    if (fh) await fh.close().catch(() => undefined);
+  private closeNow(): void {
+    const fd = this.fd;
+    this.fd = null;
+    if (fd !== null) try { fs.closeSync(fd); } catch { /* nothing to keep */ }
   }
 }
 
-function openDirectory(dir: string): Promise<fsp.FileHandle> {
-  return fsp.open(dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
+function openDirectory(dir: string): number {
+  return fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
 }
 
 const shared = new Map<string, DirectorySync>();
