@@ -3,12 +3,17 @@
  * (TestDnsServer, reached through the instance's dns_servers): each record
  * right and then wrong in turn (MX, PTR, SPF, DKIM, DMARC, MTA-STS, TLS-RPT),
  * asserting the finding and the exact record it tells the administrator to publish.
+ * The MTA-STS policy is served over HTTPS on loopback (a test CA, trusted
+ * through smtp_tls_CAfile, port smtp_mta_sts_https_port), so the check compares
+ * the policy's mx: lines with the domain's MX.
  */
 import { describe, it, before, after, beforeEach } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
-import { Instance, POSTERN, runAsync } from './harness.js';
+import * as https from 'node:https';
+import { Instance, POSTERN, freePort, runAsync } from './harness.js';
 import { TestDnsServer, TestRecord } from './dns-server.js';
+import { TestCa } from './tls-fixtures.js';
 
 const DOMAIN = 'example.test';
 const HOST = 'mx.example.test';
@@ -20,6 +25,10 @@ describe('postern dns check', () => {
   let inst: Instance;
   let dkimTxt: string;
   let loaded: TestRecord[] = [];
+  let policyServer: https.Server;
+  /** What https://mta-sts.DOMAIN/.well-known/mta-sts.txt serves; null: 404. */
+  let policy: string | null = null;
+  const GOOD_POLICY = `version: STSv1\nmode: enforce\nmx: ${HOST}\nmax_age: 604800\n`;
 
   /** Every record right: the zone an administrator following docs/install.md publishes. */
   const goodZone = (): Record<string, TestRecord[]> => ({
@@ -29,7 +38,7 @@ describe('postern dns check', () => {
     spf: [{ name: DOMAIN, type: 'TXT', value: 'v=spf1 ip4:127.0.0.1 -all' }],
     dkim: [{ name: `sel1._domainkey.${DOMAIN}`, type: 'TXT', value: dkimTxt }],
     dmarc: [{ name: `_dmarc.${DOMAIN}`, type: 'TXT', value: `v=DMARC1; p=reject; rua=mailto:postmaster@${DOMAIN}` }],
-    sts: [{ name: `_mta-sts.${DOMAIN}`, type: 'TXT', value: 'v=STSv1; id=20261203' }],
+    sts: [{ name: `_mta-sts.${DOMAIN}`, type: 'TXT', value: 'v=STSv1; id=20261203' }, { name: `mta-sts.${DOMAIN}`, type: 'A', value: '127.0.0.1' }],
     rpt: [{ name: `_smtp._tls.${DOMAIN}`, type: 'TXT', value: `v=TLSRPTv1; rua=mailto:tlsrpt@${DOMAIN}` }],
   });
 
@@ -50,12 +59,22 @@ describe('postern dns check', () => {
 
   before(async () => {
     dns = await new TestDnsServer().start();
-    inst = await Instance.create({ domain: DOMAIN, hostname: HOST, main: { dns_servers: dns.address, dns_timeout: '3s' } });
+    const ca = new TestCa();
+    const web = ca.issue([`mta-sts.${DOMAIN}`]);
+    policyServer = https.createServer({ key: web.key, cert: web.cert }, (req, res) => {
+      if (req.url !== '/.well-known/mta-sts.txt' || policy === null) { res.writeHead(404); res.end(); return; }
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end(policy);
+    });
+    const httpsPort = await freePort();
+    await new Promise<void>((r) => policyServer.listen(httpsPort, '127.0.0.1', r));
+    inst = await Instance.create({ domain: DOMAIN, hostname: HOST, main: { dns_servers: dns.address, dns_timeout: '3s',
+      smtp_tls_CAfile: ca.certFile, smtp_mta_sts_https_port: String(httpsPort) } });
     const key = JSON.parse(inst.cli(['dkim', 'keygen', DOMAIN, '--selector', 'sel1', '--json']).stdout);
     dkimTxt = key.txt;
   });
-  after(async () => { await inst?.destroy(); await dns?.close(); });
-  beforeEach(() => zone());
+  after(async () => { await inst?.destroy(); await dns?.close(); policyServer?.close(); });
+  beforeEach(() => { zone(); policy = GOOD_POLICY; });
 
   it('every record right: exit 0, an ok finding per check, no error or warning', async () => {
     const { code, report, findings } = await check();
@@ -230,6 +249,36 @@ describe('postern dns check', () => {
     assert.equal(r.code, 1);
     assert.equal(of(r.findings, 'mta-sts', 'error')[0].problem, `the STSv1 record at _mta-sts.${DOMAIN} does not parse: id=not-valid! is not 1 to 32 letters and digits`);
     assert.equal(of(r.findings, 'tls-rpt', 'error')[0].problem, `the TLSRPTv1 record at _smtp._tls.${DOMAIN} does not parse: rua: "tlsrpt@example.test" is not a mailto: or https: URI`);
+  });
+
+  it('MTA-STS: the policy is fetched and covers the MX', async () => {
+    const { findings } = await check();
+    assert.deepEqual(of(findings, 'mta-sts').map((f) => [f.level, f.problem]),
+      [['ok', `v=STSv1; id=20261203; policy mode enforce covers MX ${HOST}`]]);
+  });
+
+  it('MTA-STS: a policy that does not name the MX is an error (enforce), a warning (testing)', async () => {
+    policy = `version: STSv1\nmode: enforce\nmx: mail.other.test\nmax_age: 604800\n`;
+    let r = await check();
+    assert.equal(r.code, 1);
+    const [f] = of(r.findings, 'mta-sts', 'error');
+    assert.equal(f.problem, `the MTA-STS policy at https://mta-sts.${DOMAIN}/.well-known/mta-sts.txt (mode enforce, mx: mail.other.test) `
+      + `does not name MX ${HOST}: senders that apply it will not deliver here; add "mx: ${HOST}" to the policy, then publish a new id`);
+    assert.match(f.records[0], /^_mta-sts\.example\.test\. IN TXT "v=STSv1; id=\d{14}"$/);
+
+    policy = policy.replace('enforce', 'testing');
+    r = await check();
+    assert.equal(r.code, 0, JSON.stringify(r.findings));
+    assert.equal(of(r.findings, 'mta-sts', 'warning').length, 1, JSON.stringify(r.findings));
+  });
+
+  it('MTA-STS: a record without a policy to fetch is an error', async () => {
+    policy = null;
+    const { code, findings } = await check();
+    assert.equal(code, 1);
+    const [f] = of(findings, 'mta-sts', 'error');
+    assert.equal(f.problem, `_mta-sts.${DOMAIN} is published, but its policy cannot be fetched (https://mta-sts.${DOMAIN}/.well-known/mta-sts.txt: HTTP 404): `
+      + `serve a policy there (version: STSv1, mode: testing, mx: ${HOST}, max_age: 604800, one a line) or remove the record`);
   });
 
   it('proxy_interfaces: the public address behind NAT is what MX, PTR and SPF must name', async () => {
