@@ -176,6 +176,14 @@ describe('metrics: Prometheus scrapes the counters of a known mix of mail', () =
   it('the metrics service runs as the queue owner; only root can write its feed socket', () => {
     const svc = a.status().services.find((s: any) => s.command === 'metrics');
     assert.ok(svc?.running, JSON.stringify(a.status()));
+    // the HTTP listener is the metrics process's socket, not master's (master's root process serves nothing)
+    const hexPort = metricsPort.toString(16).toUpperCase().padStart(4, '0');
+    const row = fs.readFileSync('/proc/net/tcp', 'utf8').split('\n').map((l) => l.trim().split(/\s+/))
+      .find((f) => f[1] === `0100007F:${hexPort}` && f[3] === '0A');
+    assert.ok(row, `a listening socket on 127.0.0.1:${metricsPort}`);
+    const socketsOf = (pid: number) => fs.readdirSync(`/proc/${pid}/fd`).map((fd) => { try { return fs.readlinkSync(`/proc/${pid}/fd/${fd}`); } catch { return ''; } });
+    assert.ok(socketsOf(svc.pid).includes(`socket:[${row[9]}]`), 'the metrics service holds the listener');
+    assert.equal(socketsOf(a.status().master.pid).includes(`socket:[${row[9]}]`), false, 'master does not');
     const st = fs.statSync(path.join(a.spool, 'private', 'metrics'));
     assert.ok(st.isSocket());
     assert.equal(st.mode & 0o777, 0o600);
