@@ -24,6 +24,8 @@ describe('postern dns check', () => {
   let dns: TestDnsServer;
   let inst: Instance;
   let dkimTxt: string;
+  /** A second key of the domain (dual signing, Ed25519 beside RSA): every key of the signing table is checked. */
+  let edTxt: string;
   let loaded: TestRecord[] = [];
   let policyServer: https.Server;
   /** What https://mta-sts.DOMAIN/.well-known/mta-sts.txt serves; null: 404. */
@@ -37,6 +39,7 @@ describe('postern dns check', () => {
     ptr: [{ name: '127.0.0.1', type: 'PTR', value: HOST }],
     spf: [{ name: DOMAIN, type: 'TXT', value: 'v=spf1 ip4:127.0.0.1 -all' }],
     dkim: [{ name: `sel1._domainkey.${DOMAIN}`, type: 'TXT', value: dkimTxt }],
+    dkimEd: [{ name: `ed1._domainkey.${DOMAIN}`, type: 'TXT', value: edTxt }],
     dmarc: [{ name: `_dmarc.${DOMAIN}`, type: 'TXT', value: `v=DMARC1; p=reject; rua=mailto:postmaster@${DOMAIN}` }],
     sts: [{ name: `_mta-sts.${DOMAIN}`, type: 'TXT', value: 'v=STSv1; id=20261203' }, { name: `mta-sts.${DOMAIN}`, type: 'A', value: '127.0.0.1' }],
     rpt: [{ name: `_smtp._tls.${DOMAIN}`, type: 'TXT', value: `v=TLSRPTv1; rua=mailto:tlsrpt@${DOMAIN}` }],
@@ -72,6 +75,7 @@ describe('postern dns check', () => {
       smtp_tls_CAfile: ca.certFile, smtp_mta_sts_https_port: String(httpsPort) } });
     const key = JSON.parse(inst.cli(['dkim', 'keygen', DOMAIN, '--selector', 'sel1', '--json']).stdout);
     dkimTxt = key.txt;
+    edTxt = JSON.parse(inst.cli(['dkim', 'keygen', DOMAIN, '--selector', 'ed1', '--algorithm', 'ed25519', '--json']).stdout).txt;
   });
   after(async () => { await inst?.destroy(); await dns?.close(); policyServer?.close(); });
   beforeEach(() => { zone(); policy = GOOD_POLICY; });
@@ -84,7 +88,7 @@ describe('postern dns check', () => {
     assert.equal(report.errors, 0);
     assert.equal(report.warnings, 0);
     for (const c of ['mx', 'ptr', 'spf', 'dkim', 'dmarc', 'mta-sts', 'tls-rpt']) {
-      assert.equal(of(findings, c, 'ok').length, 1, `${c}: ${JSON.stringify(findings)}`);
+      assert.equal(of(findings, c, 'ok').length, c === 'dkim' ? 2 : 1, `${c}: ${JSON.stringify(findings)}`);
       assert.equal(of(findings, c).filter((f) => f.level !== 'ok').length, 0, `${c}: ${JSON.stringify(findings)}`);
     }
   });
@@ -204,7 +208,18 @@ describe('postern dns check', () => {
     const p = /p=(.*)$/.exec(dkimTxt)![1];
     zone({ dkim: [{ name: `sel1._domainkey.${DOMAIN}`, type: 'TXT', value: ['v=DKIM1; k=rsa; ', `p=${p.slice(0, 100)}`, p.slice(100)] }] });
     const { findings } = await check();
-    assert.deepEqual(of(findings, 'dkim').map((f) => f.level), ['ok']);
+    assert.deepEqual(of(findings, 'dkim').map((f) => f.level), ['ok', 'ok']);
+  });
+
+  it('DKIM: every key of the signing table is checked (the second one missing)', async () => {
+    zone({ dkimEd: [] });
+    const { code, findings } = await check();
+    assert.equal(code, 1);
+    const dkim = of(findings, 'dkim');
+    assert.deepEqual(dkim.map((f) => f.level), ['ok', 'error'], JSON.stringify(dkim));
+    assert.match(dkim[0].problem, /^selector sel1: the published key matches .*example\.test\.sel1\.key$/);
+    assert.equal(dkim[1].problem, `no DKIM record at ed1._domainkey.${DOMAIN}: receivers cannot verify mail signed with selector ed1`);
+    assert.deepEqual(of(findings, 'dkim', 'error')[0].records, [`ed1._domainkey.${DOMAIN}. IN TXT "${edTxt}"`]);
   });
 
   it('DMARC missing', async () => {
