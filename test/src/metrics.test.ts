@@ -267,6 +267,8 @@ describe('metrics: Prometheus scrapes the counters of a known mix of mail', () =
     for (const n of names) after[n] = (await query(n))!.value;
     assert.deepEqual(after, before);
     assert.equal(promLog.includes('level=error'), false, promLog);
+    // the scrape after the run, for docs/metrics.md
+    if (process.env.POSTERN_KEEP_SCRAPE) fs.writeFileSync(process.env.POSTERN_KEEP_SCRAPE, await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text());
   });
 });
 
