@@ -328,6 +328,24 @@ describe('master\'s feed to the metrics service', () => {
   });
 });
 
+describe('metrics_listen off (the default)', () => {
+  it('no metrics process and no feed socket', async () => {
+    const inst = await Instance.create({});
+    try {
+      assert.doesNotMatch(fs.readFileSync(path.join(inst.etc, 'main.cf'), 'utf8'), /^metrics_listen/m);
+      // postern init writes the service line anyway: turning metrics on is one main.cf setting
+      assert.match(fs.readFileSync(path.join(inst.etc, 'master.cf'), 'utf8'), /^metrics\s+unix\s/m);
+      await inst.start();
+      const st = inst.status();
+      assert.ok(st.services.some((s: any) => s.command === 'qmgr' && s.running), JSON.stringify(st));
+      assert.deepEqual(st.services.filter((s: any) => s.command === 'metrics'), []);
+      assert.equal(fs.existsSync(path.join(inst.spool, 'private', 'metrics')), false);
+    } finally {
+      await inst.destroy();
+    }
+  });
+});
+
 describe('metrics_listen: a bad value is refused with its file and line', () => {
   it('postern check and postern start name main.cf\'s line; a master.cf without the service gets a warning', async () => {
     const inst = await Instance.create({ main: { metrics_listen: '9154' } });
