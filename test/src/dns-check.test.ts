@@ -3,12 +3,17 @@
  * (TestDnsServer, reached through the instance's dns_servers): each record
  * right and then wrong in turn (MX, PTR, SPF, DKIM, DMARC, MTA-STS, TLS-RPT),
  * asserting the finding and the exact record it tells the administrator to publish.
+ * The MTA-STS policy is served over HTTPS on loopback (a test CA, trusted
+ * through smtp_tls_CAfile, port smtp_mta_sts_https_port), so the check compares
+ * the policy's mx: lines with the domain's MX.
  */
 import { describe, it, before, after, beforeEach } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
-import { Instance, POSTERN, runAsync } from './harness.js';
+import * as https from 'node:https';
+import { Instance, POSTERN, freePort, runAsync } from './harness.js';
 import { TestDnsServer, TestRecord } from './dns-server.js';
+import { TestCa } from './tls-fixtures.js';
 
 const DOMAIN = 'example.test';
 const HOST = 'mx.example.test';
@@ -19,7 +24,13 @@ describe('postern dns check', () => {
   let dns: TestDnsServer;
   let inst: Instance;
   let dkimTxt: string;
+  /** A second key of the domain (dual signing, Ed25519 beside RSA): every key of the signing table is checked. */
+  let edTxt: string;
   let loaded: TestRecord[] = [];
+  let policyServer: https.Server;
+  /** What https://mta-sts.DOMAIN/.well-known/mta-sts.txt serves; null: 404. */
+  let policy: string | null = null;
+  const GOOD_POLICY = `version: STSv1\nmode: enforce\nmx: ${HOST}\nmax_age: 604800\n`;
 
   /** Every record right: the zone an administrator following docs/install.md publishes. */
   const goodZone = (): Record<string, TestRecord[]> => ({
@@ -28,8 +39,9 @@ describe('postern dns check', () => {
     ptr: [{ name: '127.0.0.1', type: 'PTR', value: HOST }],
     spf: [{ name: DOMAIN, type: 'TXT', value: 'v=spf1 ip4:127.0.0.1 -all' }],
     dkim: [{ name: `sel1._domainkey.${DOMAIN}`, type: 'TXT', value: dkimTxt }],
+    dkimEd: [{ name: `ed1._domainkey.${DOMAIN}`, type: 'TXT', value: edTxt }],
     dmarc: [{ name: `_dmarc.${DOMAIN}`, type: 'TXT', value: `v=DMARC1; p=reject; rua=mailto:postmaster@${DOMAIN}` }],
-    sts: [{ name: `_mta-sts.${DOMAIN}`, type: 'TXT', value: 'v=STSv1; id=20261203' }],
+    sts: [{ name: `_mta-sts.${DOMAIN}`, type: 'TXT', value: 'v=STSv1; id=20261203' }, { name: `mta-sts.${DOMAIN}`, type: 'A', value: '127.0.0.1' }],
     rpt: [{ name: `_smtp._tls.${DOMAIN}`, type: 'TXT', value: `v=TLSRPTv1; rua=mailto:tlsrpt@${DOMAIN}` }],
   });
 
@@ -50,12 +62,23 @@ describe('postern dns check', () => {
 
   before(async () => {
     dns = await new TestDnsServer().start();
-    inst = await Instance.create({ domain: DOMAIN, hostname: HOST, main: { dns_servers: dns.address, dns_timeout: '3s' } });
+    const ca = new TestCa();
+    const web = ca.issue([`mta-sts.${DOMAIN}`]);
+    policyServer = https.createServer({ key: web.key, cert: web.cert }, (req, res) => {
+      if (req.url !== '/.well-known/mta-sts.txt' || policy === null) { res.writeHead(404); res.end(); return; }
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end(policy);
+    });
+    const httpsPort = await freePort();
+    await new Promise<void>((r) => policyServer.listen(httpsPort, '127.0.0.1', r));
+    inst = await Instance.create({ domain: DOMAIN, hostname: HOST, main: { dns_servers: dns.address, dns_timeout: '3s',
+      smtp_tls_CAfile: ca.certFile, smtp_mta_sts_https_port: String(httpsPort) } });
     const key = JSON.parse(inst.cli(['dkim', 'keygen', DOMAIN, '--selector', 'sel1', '--json']).stdout);
     dkimTxt = key.txt;
+    edTxt = JSON.parse(inst.cli(['dkim', 'keygen', DOMAIN, '--selector', 'ed1', '--algorithm', 'ed25519', '--json']).stdout).txt;
   });
-  after(async () => { await inst?.destroy(); await dns?.close(); });
-  beforeEach(() => zone());
+  after(async () => { await inst?.destroy(); await dns?.close(); policyServer?.close(); });
+  beforeEach(() => { zone(); policy = GOOD_POLICY; });
 
   it('every record right: exit 0, an ok finding per check, no error or warning', async () => {
     const { code, report, findings } = await check();
@@ -65,7 +88,7 @@ describe('postern dns check', () => {
     assert.equal(report.errors, 0);
     assert.equal(report.warnings, 0);
     for (const c of ['mx', 'ptr', 'spf', 'dkim', 'dmarc', 'mta-sts', 'tls-rpt']) {
-      assert.equal(of(findings, c, 'ok').length, 1, `${c}: ${JSON.stringify(findings)}`);
+      assert.equal(of(findings, c, 'ok').length, c === 'dkim' ? 2 : 1, `${c}: ${JSON.stringify(findings)}`);
       assert.equal(of(findings, c).filter((f) => f.level !== 'ok').length, 0, `${c}: ${JSON.stringify(findings)}`);
     }
   });
@@ -185,7 +208,18 @@ describe('postern dns check', () => {
     const p = /p=(.*)$/.exec(dkimTxt)![1];
     zone({ dkim: [{ name: `sel1._domainkey.${DOMAIN}`, type: 'TXT', value: ['v=DKIM1; k=rsa; ', `p=${p.slice(0, 100)}`, p.slice(100)] }] });
     const { findings } = await check();
-    assert.deepEqual(of(findings, 'dkim').map((f) => f.level), ['ok']);
+    assert.deepEqual(of(findings, 'dkim').map((f) => f.level), ['ok', 'ok']);
+  });
+
+  it('DKIM: every key of the signing table is checked (the second one missing)', async () => {
+    zone({ dkimEd: [] });
+    const { code, findings } = await check();
+    assert.equal(code, 1);
+    const dkim = of(findings, 'dkim');
+    assert.deepEqual(dkim.map((f) => f.level), ['ok', 'error'], JSON.stringify(dkim));
+    assert.match(dkim[0].problem, /^selector sel1: the published key matches .*example\.test\.sel1\.key$/);
+    assert.equal(dkim[1].problem, `no DKIM record at ed1._domainkey.${DOMAIN}: receivers cannot verify mail signed with selector ed1`);
+    assert.deepEqual(of(findings, 'dkim', 'error')[0].records, [`ed1._domainkey.${DOMAIN}. IN TXT "${edTxt}"`]);
   });
 
   it('DMARC missing', async () => {
@@ -230,6 +264,36 @@ describe('postern dns check', () => {
     assert.equal(r.code, 1);
     assert.equal(of(r.findings, 'mta-sts', 'error')[0].problem, `the STSv1 record at _mta-sts.${DOMAIN} does not parse: id=not-valid! is not 1 to 32 letters and digits`);
     assert.equal(of(r.findings, 'tls-rpt', 'error')[0].problem, `the TLSRPTv1 record at _smtp._tls.${DOMAIN} does not parse: rua: "tlsrpt@example.test" is not a mailto: or https: URI`);
+  });
+
+  it('MTA-STS: the policy is fetched and covers the MX', async () => {
+    const { findings } = await check();
+    assert.deepEqual(of(findings, 'mta-sts').map((f) => [f.level, f.problem]),
+      [['ok', `v=STSv1; id=20261203; policy mode enforce covers MX ${HOST}`]]);
+  });
+
+  it('MTA-STS: a policy that does not name the MX is an error (enforce), a warning (testing)', async () => {
+    policy = `version: STSv1\nmode: enforce\nmx: mail.other.test\nmax_age: 604800\n`;
+    let r = await check();
+    assert.equal(r.code, 1);
+    const [f] = of(r.findings, 'mta-sts', 'error');
+    assert.equal(f.problem, `the MTA-STS policy at https://mta-sts.${DOMAIN}/.well-known/mta-sts.txt (mode enforce, mx: mail.other.test) `
+      + `does not name MX ${HOST}: senders that apply it will not deliver here; add "mx: ${HOST}" to the policy, then publish a new id`);
+    assert.match(f.records[0], /^_mta-sts\.example\.test\. IN TXT "v=STSv1; id=\d{14}"$/);
+
+    policy = policy.replace('enforce', 'testing');
+    r = await check();
+    assert.equal(r.code, 0, JSON.stringify(r.findings));
+    assert.equal(of(r.findings, 'mta-sts', 'warning').length, 1, JSON.stringify(r.findings));
+  });
+
+  it('MTA-STS: a record without a policy to fetch is an error', async () => {
+    policy = null;
+    const { code, findings } = await check();
+    assert.equal(code, 1);
+    const [f] = of(findings, 'mta-sts', 'error');
+    assert.equal(f.problem, `_mta-sts.${DOMAIN} is published, but its policy cannot be fetched (https://mta-sts.${DOMAIN}/.well-known/mta-sts.txt: HTTP 404): `
+      + `serve a policy there (version: STSv1, mode: testing, mx: ${HOST}, max_age: 604800, one a line) or remove the record`);
   });
 
   it('proxy_interfaces: the public address behind NAT is what MX, PTR and SPF must name', async () => {

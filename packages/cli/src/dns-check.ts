@@ -5,9 +5,12 @@
  * the instance's own resolver (`dns_servers`), so the answer is what Postern's
  * services see. Each finding says what is wrong and the exact record to publish.
  */
+import * as fs from 'node:fs';
+import * as https from 'node:https';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import { spf } from 'mailauth';
+import { parsePolicy } from 'mailauth/lib/mta-sts';
 import { Command } from 'commander';
 import {
   MainConfig, ConfigError, DnsResolver, DnsError, loadMasterCf, parseListenAddress, localDomains, checkDkimDomain, ptrName, ipToBytes,
@@ -157,25 +160,28 @@ interface Ctx {
   add: (f: Finding) => void;
 }
 
-/** MX: some MX host resolves to an address this host listens on. Returns the domain's MX addresses that are ours. */
-async function checkMx(c: Ctx, domain: string): Promise<string[]> {
+/** The domain's MX addresses that are ours, and the names through which mail reaches them (an MX host, or the domain itself for an implicit MX). */
+interface MxOurs { addresses: string[]; hosts: string[] }
+
+/** MX: some MX host resolves to an address this host listens on. */
+async function checkMx(c: Ctx, domain: string): Promise<MxOurs> {
   const f = (level: FindingLevel, problem: string, records: string[] = []) => c.add({ level, domain, check: 'mx', problem, records });
   const toUs = mxRecord(domain, c.hostname);
   const mx = await ask(() => c.dns.resolveMx(domain));
-  if ('failed' in mx) { f('error', `MX lookup failed: ${mx.failed.message}`); return []; }
+  if ('failed' in mx) { f('error', `MX lookup failed: ${mx.failed.message}`); return { addresses: [], hosts: [] }; }
   if ('missing' in mx) {
     const implicit = await addressesOf(c.dns, domain);
     const mine = implicit.addresses.filter((a) => c.ours.has(ipKey(a)));
     if (mine.length) {
       f('warning', `no MX record: mail reaches this host only through ${domain}'s own address (implicit MX, ${mine.join(', ')})`, [toUs]);
-      return mine;
+      return { addresses: mine, hosts: [domain] };
     }
     f('error', `no MX record: mail for ${domain} cannot reach this host`, [toUs]);
-    return [];
+    return { addresses: [], hosts: [] };
   }
   if (mx.value.length === 1 && mx.value[0].exchange === '') {
     f('error', `null MX ("0 ."): ${domain} says it takes no mail (RFC 7505)`, [toUs]);
-    return [];
+    return { addresses: [], hosts: [] };
   }
   const hosts = [...mx.value].sort((a, b) => a.priority - b.priority);
   const resolved = await Promise.all(hosts.map(async (h) => ({ ...h, ...(await addressesOf(c.dns, h.exchange)) })));
@@ -195,7 +201,7 @@ async function checkMx(c: Ctx, domain: string): Promise<string[]> {
   if (!ours.length && foreign.length) {
     f('error', `MX ${foreign.map((h) => `${h.exchange} (${h.addresses.join(', ')})`).join(', ')} is not an address this host listens on (${c.host.listen.join(', ') || 'none'})`, [toUs]);
   }
-  return oursAddrs;
+  return { addresses: oursAddrs, hosts: ours.map((h) => h.exchange.toLowerCase().replace(/\.$/, '')) };
 }
 
 /** PTR of each public address names myhostname, and myhostname resolves back to the address (FCrDNS). */
@@ -335,8 +341,70 @@ async function checkDmarc(c: Ctx, domain: string): Promise<void> {
   f('error', stray ? `the TXT record at ${name} does not begin with v=DMARC1: "${stray.slice(0, 60)}"` : `no DMARC record at ${name}`, [want]);
 }
 
-/** MTA-STS (RFC 8461 3.1) and TLS-RPT (RFC 8460 3): checked when published, suggested when not. */
-async function checkStsAndTlsRpt(c: Ctx, domain: string, now: Date): Promise<void> {
+/** RFC 8461 4.1: an exact name, or "*.example.com" covering exactly one more leftmost label. */
+function stsMxMatches(host: string, patterns: string[]): boolean {
+  return patterns.some((p) => {
+    const pat = p.toLowerCase().replace(/\.$/, '');
+    if (!pat.startsWith('*.')) return pat === host;
+    const dot = host.indexOf('.');
+    return dot > 0 && host.slice(dot + 1) === pat.slice(2);
+  });
+}
+
+const MAX_POLICY_BYTES = 64 * 1024;
+
+/**
+ * GET https://mta-sts.DOMAIN/.well-known/mta-sts.txt as Postern's smtp client
+ * fetches policies (packages/smtp/src/mta-sts.ts; the CLI may not import a
+ * sibling program): at the address our resolver gives, certificate checked
+ * against smtp_tls_CAfile (or the system's CAs), port smtp_mta_sts_https_port,
+ * 200 and text/plain only, at most 64 KiB, within smtp_mta_sts_fetch_timeout.
+ */
+async function fetchStsPolicy(c: Ctx, domain: string): Promise<string> {
+  const host = `mta-sts.${domain}`;
+  const v4 = await c.dns.resolveA(host).catch(() => [] as string[]);
+  const addrs = v4.length ? v4 : await c.dns.resolveAAAA(host).catch(() => [] as string[]);
+  if (!addrs.length) throw new Error(`${host} has no address`);
+  const caFile = c.config.get('smtp_tls_CAfile');
+  let ca: Buffer | undefined;
+  if (caFile) {
+    try { ca = fs.readFileSync(caFile); } catch (e) { throw new Error(`smtp_tls_CAfile ${caFile}: cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`); }
+  }
+  const url = `https://${host}/.well-known/mta-sts.txt`;
+  const timeout = c.config.seconds('smtp_mta_sts_fetch_timeout') * 1000;
+  return new Promise((resolve, reject) => {
+    const req = https.request({
+      host: addrs[0], port: c.config.int('smtp_mta_sts_https_port'), servername: host, path: '/.well-known/mta-sts.txt',
+      method: 'GET', headers: { host }, ca, rejectUnauthorized: true, timeout, agent: false,
+    }, (res) => {
+      if (res.statusCode !== 200) { res.resume(); return reject(new Error(`${url}: HTTP ${res.statusCode}`)); }
+      if (!/^text\/plain\b/i.test(String(res.headers['content-type'] ?? ''))) {
+        res.resume();
+        return reject(new Error(`${url}: media type ${res.headers['content-type'] ?? 'missing'}, not text/plain`));
+      }
+      const chunks: Buffer[] = [];
+      let size = 0;
+      res.on('data', (d: Buffer) => {
+        size += d.length;
+        if (size > MAX_POLICY_BYTES) { req.destroy(new Error(`${url}: larger than ${MAX_POLICY_BYTES} bytes`)); return; }
+        chunks.push(d);
+      });
+      res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`${url}: no answer within ${timeout} ms`)));
+    req.on('error', (e) => reject(e.message.startsWith(url) ? e : new Error(`${url}: ${e.message}`)));
+    req.end();
+  });
+}
+
+/**
+ * MTA-STS (RFC 8461 3.1) and TLS-RPT (RFC 8460 3): checked when published, suggested when not.
+ * A published STSv1 record must have its policy behind it, and that policy's mx: lines must
+ * name the MX hosts through which mail reaches this host (`mxHosts`): senders that apply it
+ * deliver to no other.
+ */
+async function checkStsAndTlsRpt(c: Ctx, domain: string, now: Date, mxHosts: string[]): Promise<void> {
   const sts = `_mta-sts.${domain}`;
   const stsId = now.toISOString().replace(/[^0-9]/g, '').slice(0, 14);
   const stsWant = zoneFileRecord(sts, `v=STSv1; id=${stsId}`);
@@ -352,7 +420,32 @@ async function checkStsAndTlsRpt(c: Ctx, domain: string, now: Date): Promise<voi
     const parsed = parseTags(recs[0]);
     const why = 'error' in parsed ? parsed.error : parsed.tags[0][0] !== 'v' ? `it must begin with v=${version}` : problemOf(new Map(parsed.tags));
     if (why) { f('error', `the ${version} record at ${name} does not parse: ${why}`, [want]); return; }
+    if (check === 'mta-sts') { await checkStsPolicy(recs[0], f); return; }
     f('ok', `${recs[0]}`);
+  };
+  const checkStsPolicy = async (txt: string, f: (level: FindingLevel, problem: string, records?: string[]) => void) => {
+    const url = `https://mta-sts.${domain}/.well-known/mta-sts.txt`;
+    const example = `version: STSv1, mode: testing, mx: ${mxHosts[0] ?? c.hostname}, max_age: 604800, one a line`;
+    let text: string;
+    try { text = await fetchStsPolicy(c, domain); } catch (e) {
+      f('error', `${sts} is published, but its policy cannot be fetched (${(e as Error).message}): serve a policy there (${example}) or remove the record`);
+      return;
+    }
+    let policy: { mode: string; mx?: string[] };
+    try { policy = parsePolicy(text) as any; } catch (e) {
+      f('error', `the MTA-STS policy at ${url} does not parse: ${(e as Error).message} (${example}); then publish a new id`, [stsWant]);
+      return;
+    }
+    const patterns = policy.mx ?? [];
+    if (policy.mode === 'none') { f('info', `${txt}; policy mode none: senders apply no MTA-STS`); return; }
+    const uncovered = mxHosts.filter((h) => !stsMxMatches(h, patterns));
+    if (uncovered.length) {
+      f(policy.mode === 'enforce' ? 'error' : 'warning', `the MTA-STS policy at ${url} (mode ${policy.mode}, mx: ${patterns.join(', ')}) `
+        + `does not name MX ${uncovered.join(', ')}: ${policy.mode === 'enforce' ? 'senders that apply it will not deliver here' : 'senders report failures, and will not deliver here once the mode is enforce'}; `
+        + `${uncovered.map((h) => `add "mx: ${h}"`).join(', ')} to the policy, then publish a new id`, [stsWant]);
+      return;
+    }
+    f('ok', `${txt}; policy mode ${policy.mode} covers MX ${mxHosts.join(', ') || '(none of ours)'}`);
   };
   await check('mta-sts', sts, 'STSv1', stsWant,
     `no MTA-STS record at ${sts} (optional; it needs a policy at https://mta-sts.${domain}/.well-known/mta-sts.txt too)`,
@@ -399,10 +492,10 @@ export async function dnsCheck(configDir: string, named: string[], now = new Dat
   await checkPtr(c);
   for (const domain of domains) {
     const mxOurs = await checkMx(c, domain);
-    await checkSpf(c, domain, mxOurs);
+    await checkSpf(c, domain, mxOurs.addresses);
     await checkDkim(c, domain, dkim.rows);
     await checkDmarc(c, domain);
-    await checkStsAndTlsRpt(c, domain, now);
+    await checkStsAndTlsRpt(c, domain, now, mxOurs.hosts);
   }
   return {
     hostname, listen_addresses: host.listen, public_addresses: host.public, domains, findings,
