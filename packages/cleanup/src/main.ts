@@ -196,10 +196,11 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     let queueId: string | undefined;
     let scratch: ScratchBody | null = null;
     try {
-      const config = ctx.config;
       let env: Envelope;
       const first = await conn.next();
       if (!first) return false; // connected and went away, or we are stopping: nothing was asked
+      // the configuration as the message begins: on a kept connection a reload may have come since the last one
+      const config = ctx.config;
       try {
         if (first.type !== 'J') throw new Error(`expected a JSON frame, got ${first.type}`);
         env = envelopeFrom(first.json, clients, config);

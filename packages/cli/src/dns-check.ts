@@ -5,15 +5,13 @@
  * the instance's own resolver (`dns_servers`), so the answer is what Postern's
  * services see. Each finding says what is wrong and the exact record to publish.
  */
-import * as fs from 'node:fs';
-import * as https from 'node:https';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import { spf } from 'mailauth';
 import { parsePolicy } from 'mailauth/lib/mta-sts';
 import { Command } from 'commander';
 import {
-  MainConfig, ConfigError, DnsResolver, DnsError, loadMasterCf, parseListenAddress, localDomains, checkDkimDomain, ptrName, ipToBytes,
+  MainConfig, ConfigError, DnsResolver, fetchStsPolicyText, stsMxMatches, DnsError, loadMasterCf, parseListenAddress, localDomains, checkDkimDomain, ptrName, ipToBytes,
 } from '@postern/common';
 import { dkimList, zoneFileRecord } from './dkim.js';
 
@@ -341,63 +339,6 @@ async function checkDmarc(c: Ctx, domain: string): Promise<void> {
   f('error', stray ? `the TXT record at ${name} does not begin with v=DMARC1: "${stray.slice(0, 60)}"` : `no DMARC record at ${name}`, [want]);
 }
 
-/** RFC 8461 4.1: an exact name, or "*.example.com" covering exactly one more leftmost label. */
-function stsMxMatches(host: string, patterns: string[]): boolean {
-  return patterns.some((p) => {
-    const pat = p.toLowerCase().replace(/\.$/, '');
-    if (!pat.startsWith('*.')) return pat === host;
-    const dot = host.indexOf('.');
-    return dot > 0 && host.slice(dot + 1) === pat.slice(2);
-  });
-}
-
-const MAX_POLICY_BYTES = 64 * 1024;
-
-/**
- * GET https://mta-sts.DOMAIN/.well-known/mta-sts.txt as Postern's smtp client
- * fetches policies (packages/smtp/src/mta-sts.ts; the CLI may not import a
- * sibling program): at the address our resolver gives, certificate checked
- * against smtp_tls_CAfile (or the system's CAs), port smtp_mta_sts_https_port,
- * 200 and text/plain only, at most 64 KiB, within smtp_mta_sts_fetch_timeout.
- */
-async function fetchStsPolicy(c: Ctx, domain: string): Promise<string> {
-  const host = `mta-sts.${domain}`;
-  const v4 = await c.dns.resolveA(host).catch(() => [] as string[]);
-  const addrs = v4.length ? v4 : await c.dns.resolveAAAA(host).catch(() => [] as string[]);
-  if (!addrs.length) throw new Error(`${host} has no address`);
-  const caFile = c.config.get('smtp_tls_CAfile');
-  let ca: Buffer | undefined;
-  if (caFile) {
-    try { ca = fs.readFileSync(caFile); } catch (e) { throw new Error(`smtp_tls_CAfile ${caFile}: cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`); }
-  }
-  const url = `https://${host}/.well-known/mta-sts.txt`;
-  const timeout = c.config.seconds('smtp_mta_sts_fetch_timeout') * 1000;
-  return new Promise((resolve, reject) => {
-    const req = https.request({
-      host: addrs[0], port: c.config.int('smtp_mta_sts_https_port'), servername: host, path: '/.well-known/mta-sts.txt',
-      method: 'GET', headers: { host }, ca, rejectUnauthorized: true, timeout, agent: false,
-    }, (res) => {
-      if (res.statusCode !== 200) { res.resume(); return reject(new Error(`${url}: HTTP ${res.statusCode}`)); }
-      if (!/^text\/plain\b/i.test(String(res.headers['content-type'] ?? ''))) {
-        res.resume();
-        return reject(new Error(`${url}: media type ${res.headers['content-type'] ?? 'missing'}, not text/plain`));
-      }
-      const chunks: Buffer[] = [];
-      let size = 0;
-      res.on('data', (d: Buffer) => {
-        size += d.length;
-        if (size > MAX_POLICY_BYTES) { req.destroy(new Error(`${url}: larger than ${MAX_POLICY_BYTES} bytes`)); return; }
-        chunks.push(d);
-      });
-      res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error(`${url}: no answer within ${timeout} ms`)));
-    req.on('error', (e) => reject(e.message.startsWith(url) ? e : new Error(`${url}: ${e.message}`)));
-    req.end();
-  });
-}
-
 /**
  * MTA-STS (RFC 8461 3.1) and TLS-RPT (RFC 8460 3): checked when published, suggested when not.
  * A published STSv1 record must have its policy behind it, and that policy's mx: lines must
@@ -427,7 +368,7 @@ async function checkStsAndTlsRpt(c: Ctx, domain: string, now: Date, mxHosts: str
     const url = `https://mta-sts.${domain}/.well-known/mta-sts.txt`;
     const example = `version: STSv1, mode: testing, mx: ${mxHosts[0] ?? c.hostname}, max_age: 604800, one a line`;
     let text: string;
-    try { text = await fetchStsPolicy(c, domain); } catch (e) {
+    try { text = await fetchStsPolicyText(domain, c.config, c.dns); } catch (e) {
       f('error', `${sts} is published, but its policy cannot be fetched (${(e as Error).message}): serve a policy there (${example}) or remove the record`);
       return;
     }

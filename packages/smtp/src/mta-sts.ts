@@ -1,17 +1,15 @@
 /**
  * MTA-STS (RFC 8461): the `_mta-sts` TXT lookup (mailauth's resolvePolicy, through
- * our DNS cache), the HTTPS policy fetch (our own: mailauth's fetch is fixed to
- * port 443 and the system CAs, has no size limit and no media type check), the
- * policy parser (mailauth's), MX matching (our own: RFC 8461 4.1 lets a wildcard
- * cover one label only) and a policy cache on disk, in the spool's `mta-sts/`
+ * our DNS cache), the HTTPS policy fetch and MX matching (common's
+ * mta-sts-policy.ts, shared with `postern dns check`), the policy parser
+ * (mailauth's) and a policy cache on disk, in the spool's `mta-sts/`
  * directory (smtp's own account, 0700), so a policy survives restarts.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as https from 'node:https';
 import { randomBytes } from 'node:crypto';
 import { resolvePolicy, parsePolicy } from 'mailauth/lib/mta-sts';
-import { MainConfig, sharedResolver, Logger } from '@postern/common';
+import { MainConfig, sharedResolver, Logger, fetchStsPolicyText } from '@postern/common';
 
 export interface StsPolicy {
   domain: string;
@@ -23,7 +21,6 @@ export interface StsPolicy {
   fetched: number;
 }
 
-const MAX_POLICY_BYTES = 64 * 1024;
 const DOMAIN_RE = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$/;
 
 function cacheFile(dir: string, domain: string): string | null {
@@ -49,74 +46,6 @@ function writeCached(dir: string, p: StsPolicy): void {
   fs.renameSync(tmp, f);
 }
 
-const caByConfig = new WeakMap<MainConfig, Buffer | null>();
-
-/**
- * smtp_tls_CAfile's PEM (null: not set, the system's CAs), the CAs MTA-STS
- * verifies with: read once per configuration load (a reload is a new
- * MainConfig). A file that cannot be read is not remembered: it is tried again
- * at the next delivery, so fixing it needs no reload.
- */
-export function stsCa(config: MainConfig): { ca?: Buffer; error?: string } {
-  let ca = caByConfig.get(config);
-  if (ca === undefined) {
-    const file = config.get('smtp_tls_CAfile');
-    try { ca = file ? fs.readFileSync(file) : null; } catch (e) {
-      return { error: `smtp_tls_CAfile ${file}: cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` };
-    }
-    caByConfig.set(config, ca);
-  }
-  return ca ? { ca } : {};
-}
-
-/** RFC 8461 4.1: an exact name, or "*.example.com" matching exactly one more leftmost label. */
-export function mxMatches(host: string, patterns: string[]): boolean {
-  const h = host.toLowerCase().replace(/\.$/, '');
-  return patterns.some((p0) => {
-    const p = p0.toLowerCase().replace(/\.$/, '');
-    if (!p.startsWith('*.')) return p === h;
-    const dot = h.indexOf('.');
-    return dot > 0 && h.slice(dot + 1) === p.slice(2);
-  });
-}
-
-/** GET https://mta-sts.DOMAIN/.well-known/mta-sts.txt, at the address our resolver gives, certificate checked. */
-async function fetchPolicyText(domain: string, config: MainConfig): Promise<string> {
-  const host = `mta-sts.${domain}`;
-  const resolver = sharedResolver(config);
-  const v4 = await resolver.resolveA(host).catch(() => [] as string[]);
-  const addrs = v4.length ? v4 : await resolver.resolveAAAA(host).catch(() => [] as string[]);
-  if (!addrs.length) throw new Error(`${host} has no address`);
-  const { ca, error } = stsCa(config);
-  if (error) throw new Error(error);
-  const timeout = config.seconds('smtp_mta_sts_fetch_timeout') * 1000;
-  return new Promise((resolve, reject) => {
-    const req = https.request({
-      host: addrs[0], port: config.int('smtp_mta_sts_https_port'), servername: host, path: '/.well-known/mta-sts.txt',
-      method: 'GET', headers: { host }, ca, rejectUnauthorized: true, timeout, agent: false,
-    }, (res) => {
-      // RFC 8461 3.3: 200 only (no redirects), text/plain
-      if (res.statusCode !== 200) { res.resume(); return reject(new Error(`https://${host}/.well-known/mta-sts.txt: HTTP ${res.statusCode}`)); }
-      if (!/^text\/plain\b/i.test(String(res.headers['content-type'] ?? ''))) {
-        res.resume();
-        return reject(new Error(`https://${host}/.well-known/mta-sts.txt: media type ${res.headers['content-type'] ?? 'missing'}, not text/plain`));
-      }
-      const chunks: Buffer[] = [];
-      let size = 0;
-      res.on('data', (c: Buffer) => {
-        size += c.length;
-        if (size > MAX_POLICY_BYTES) { req.destroy(new Error(`policy larger than ${MAX_POLICY_BYTES} bytes`)); return; }
-        chunks.push(c);
-      });
-      res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error(`no answer from https://${host} within ${timeout} ms`)));
-    req.on('error', (e) => reject(new Error(`policy fetch from https://${host}: ${(e as Error).message}`)));
-    req.end();
-  });
-}
-
 /**
  * The MTA-STS policy in force for `domain`, or null (none). RFC 8461 5.1: a
  * cached, unexpired policy is used when the TXT record is missing or its id is
@@ -137,7 +66,7 @@ export async function stsPolicy(domain: string, config: MainConfig, cacheDir: st
   const fresh = cached && cached.id === id && Date.now() - cached.fetched < Math.min(cached.maxAge * 500, 86400 * 1000);
   if (fresh) return active(cached);
   try {
-    const text = await fetchPolicyText(name, config);
+    const text = await fetchStsPolicyText(name, config, sharedResolver(config));
     const p = parsePolicy(text) as any;
     const policy: StsPolicy = { domain: name, id, mode: p.mode, mx: p.mx ?? [], maxAge: p.maxAge, fetched: Date.now() };
     try { writeCached(cacheDir, policy); } catch (e) {

@@ -12,13 +12,13 @@
 import * as path from 'node:path';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import {
-  MainConfig, QueueFileInfo, openMessage, openTable, sharedResolver, resolveMailHosts, DnsError, Logger, IdlePool,
+  MainConfig, QueueFileInfo, openMessage, openTable, sharedResolver, resolveMailHosts, DnsError, Logger, IdlePool, stsCa, stsMxMatches,
   MailHost, SecureMailHost, TlsaData, Recipient, TableUnavailable,
 } from '@postern/common';
 import { DeliveryResult, dsnOf, oneLine } from './results.js';
 import { withoutSelf } from './loop.js';
 import { HostPolicy, TlsOutcome, checkPeer, tlsLogLine, usableTlsa } from './tls-policy.js';
-import { stsPolicy, mxMatches, stsCa } from './mta-sts.js';
+import { stsPolicy } from './mta-sts.js';
 import { recordTlsAttempt } from './tlsrpt.js';
 
 type TlsLevel = 'none' | 'may' | 'encrypt' | 'dane';
@@ -166,7 +166,7 @@ async function hostPolicies(domain: string, hosts: (MailHost | SecureMailHost)[]
   const mode = sts.mode as 'enforce' | 'testing';
   const outside: string[] = [];
   for (const h of hosts) {
-    const listed = mxMatches(h.name, sts.mx);
+    const listed = stsMxMatches(h.name, sts.mx);
     if (!listed) outside.push(h.name);
     if (!listed && mode === 'enforce') continue;
     // testing: TLS as the level says, failures only recorded; enforce: TLS required and verified

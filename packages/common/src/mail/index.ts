@@ -8,3 +8,4 @@ export * from './domains.js';
 export * from './transport.js';
 export * from './dkim-table.js';
 export * from './log-events.js';
+export * from './mta-sts-policy.js';
