@@ -611,13 +611,13 @@ print_cpu_latency() {
     const sides = [["Postern", r.postern], ["Postern, checks on", r.postern_message_auth], ["Postfix", r.postfix]].filter(([, s]) => s && !s.error);
     const lat = (s) => s.data_to_250 ? `p50 ${s.data_to_250.p50_ms.toFixed(2)} ms, p99 ${s.data_to_250.p99_ms.toFixed(2)} ms (${s.data_to_250.count} messages)` : "-";
     console.log("");
-    for (const [name, s] of sides) console.log(`${(name + " end of DATA to 250").padEnd(32)}${lat(s)}`);
+    for (const [name, s] of sides) console.log(`${(name + " end of DATA to 250").padEnd(40)}${lat(s)}`);
     for (const [name, s] of sides) {
       const c = s.cpu;
       if (!c || c.error) { console.log(`${name} CPU: ${c ? c.error : "not measured"}`); continue; }
       const parts = Object.entries(c.by_program).filter(([, v]) => v >= 0.005).map(([k, v]) => `${k} ${v.toFixed(2)}`);
       if (c.unattributed_ms_per_unit >= 0.005) parts.push(`exited between samples ${c.unattributed_ms_per_unit.toFixed(2)}`);
-      console.log(`${(name + " CPU ms/" + unit).padEnd(32)}total ${c.total_ms_per_unit.toFixed(2)}: ${parts.join(", ")}`);
+      console.log(`${(name + " CPU ms/" + unit).padEnd(40)}total ${c.total_ms_per_unit.toFixed(2)}: ${parts.join(", ")}`);
     }' "$1" "$2"
 }
 
