@@ -164,14 +164,14 @@ describe('delivery over LMTP to Dovecot (docs/dovecot.md)', () => {
     const first = await waitResult(inst, id, CAROL);
     assert.equal(first.status, 'sent', JSON.stringify(first));
     assert.match(first.relay, new RegExp(`127\\.0\\.0\\.1\\]:${lmtpTcpPort}$`));
-    assert.equal(result(inst, id, DAVE).status, 'sent');
+    assert.equal((await waitResult(inst, id, DAVE)).status, 'sent');
 
     // dave is removed after Postern accepted mail for him: Dovecot's LMTP answers 550 for him alone
     await dovecot.stop();
     const id2 = send(inst, [CAROL, DAVE], 'after dave left');
     const down = await waitResult(inst, id2, CAROL);
     assert.equal(down.status, 'deferred', `Dovecot stopped: ${JSON.stringify(down)}`);
-    assert.equal(result(inst, id2, DAVE).status, 'deferred');
+    assert.equal((await waitResult(inst, id2, DAVE)).status, 'deferred');
     inst.cli(['user', 'del', DAVE]);
     await startDovecot();
     inst.cli(['queue', 'flush']);
