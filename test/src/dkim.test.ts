@@ -226,7 +226,7 @@ describe('DKIM signing and fix-up of submitted mail', () => {
     const date = all(text, 'date');
     assert.equal(date.length, 1);
     assert.match(date[0], /^\w{3}, \d{1,2} \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}$/);
-    const log = inst.logs().find((e) => e.queue_id === id && e.msg === 'added missing headers');
+    const log = await inst.waitForLog('the added headers logged', (e) => e.queue_id === id && e.msg === 'added missing headers');
     assert.equal(log?.added, 'Message-ID,Date');
 
     const sigs = all(text, 'dkim-signature');
@@ -258,7 +258,7 @@ describe('DKIM signing and fix-up of submitted mail', () => {
     assert.deepEqual(all(text, 'message-id'), ['<mine@example.test>']);
     assert.deepEqual(all(text, 'date'), ['Tue, 24 Nov 2026 18:22:48 +0000']);
     assert.ok(!inst.logs().some((e) => e.queue_id === id && e.msg === 'added missing headers'));
-    assert.equal(inst.logs().find((e) => e.queue_id === id && e.msg === 'queued' && e.service === 'cleanup')?.message_id, '<mine@example.test>');
+    assert.equal((await inst.waitForLog('cleanup\'s queued line', (e) => e.queue_id === id && e.msg === 'queued' && e.service === 'cleanup')).message_id, '<mine@example.test>');
     assert.deepEqual(await dkimpyVerify(file, dns), [true, true]);
   });
 
@@ -320,7 +320,7 @@ describe('DKIM signing and fix-up of submitted mail', () => {
       from: alice, to: bob, message: message(['From: someone@lost.test', `To: ${bob}`, 'Subject: lost key']),
     });
     assert.deepEqual(all(text, 'dkim-signature'), []);
-    const warn = inst.logs().find((e) => e.queue_id === id && e.msg === 'DKIM key unusable; not signing with it');
+    const warn = await inst.waitForLog('the unusable key logged', (e) => e.queue_id === id && e.msg === 'DKIM key unusable; not signing with it');
     assert.ok(warn, 'a log line names the queue id');
     assert.equal(warn.key_file, path.join(inst.etc, 'dkim', 'lost.test.k1.key'));
     assert.equal(warn.dkim_domain, 'lost.test');

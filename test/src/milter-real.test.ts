@@ -207,7 +207,7 @@ describe('real milters from docs/milter.md', () => {
       sendmail(inst, ALICE, BOB, 'gtube through rspamd', `${GTUBE}\n`);
       const bounce = await deliveredWith(inst, ALICE, 'Subject: gtube through rspamd');
       assert.match(bounce.text, /554 5\.7\.1 Gtube pattern/, `rspamd's reply in the bounce:\n${bounce.text}\nrspamd: ${rspamd.log().slice(-2000)}`);
-      const bounced = inst.logs().find((e) => e.service === 'cleanup' && /^message bounced: milter-reject by inet:127\.0\.0\.1:\d+: 554 5\.7\.1 Gtube pattern/.test(e.msg));
+      const bounced = await inst.waitForLog('cleanup\'s bounce line', (e) => e.service === 'cleanup' && /^message bounced: milter-reject by inet:127\.0\.0\.1:\d+: 554 5\.7\.1 Gtube pattern/.test(e.msg));
       assert.ok(bounced, 'cleanup logged the milter\'s refusal');
       assert.ok(!inst.delivered(BOB).some((f) => fs.readFileSync(f, 'utf8').includes('Subject: gtube through rspamd')), 'not delivered to bob');
       // the bounce itself never went through non_smtpd_milters: rspamd (skip_local = false) would have marked it
