@@ -28,8 +28,7 @@ const myUid = process.getuid!();
 
 /** Delivers to one recipient; resolves to its 250 reply text, rejects with its SMTP error. */
 export async function deliverToRecipient(d: RecipientDelivery): Promise<string> {
-  const { rcpt, entry, sender } = d;
-  const { log } = d;
+  const { rcpt, entry, sender, log } = d;
   // a field, not a child logger: no logger made per delivery
   const qid = d.queueId ? { queue_id: d.queueId } : {};
   if (myUid !== 0 && entry.uid !== null && entry.uid !== myUid) {

@@ -1,24 +1,17 @@
 /**
  * File primitives local's mailbox writers share: files and directories that
  * get the mailbox owner's uid/gid (fchown on the open descriptor, only when
- * local runs as root), writes that are whole or fail, and an unlink that does
- * not mind a file already gone. Opens directories with O_NOFOLLOW to chown
+ * local runs as root) and an unlink that does not mind a file already gone
+ * (whole writes: common's writeAllSync). Opens directories with O_NOFOLLOW to chown
  * them; never decides where a mailbox is.
  */
 import { constants as fsConstants, fchownSync, promises as fsp, unlinkSync } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 
 const runningAsRoot = typeof process.getuid === 'function' && process.getuid() === 0;
 
-/** Gives an open file to uid/gid when local runs as root; otherwise new files stay local's own. */
-export async function fchownIfRoot(fh: FileHandle, uid: number | null, gid: number | null): Promise<void> {
-  if (!runningAsRoot || (uid === null && gid === null)) return;
-  await fh.chown(uid ?? -1, gid ?? -1);
-}
-
-/** The same on a bare descriptor, in line (maildir.ts makes its per-message calls in line). */
-export function fchownDescriptorIfRoot(fd: number, uid: number | null, gid: number | null): void {
+/** Gives an open file to uid/gid when local runs as root; otherwise new files stay local's own. In line, as the other per-message calls. */
+export function fchownIfRoot(fd: number, uid: number | null, gid: number | null): void {
   if (!runningAsRoot || (uid === null && gid === null)) return;
   fchownSync(fd, uid ?? -1, gid ?? -1);
 }
@@ -46,16 +39,6 @@ export async function ensureOwnedDirectory(dir: string, uid: number | null, gid:
     if (p === path.resolve(first) || path.dirname(p) === p) break;
   }
   for (const p of created.reverse()) await chownPathIfRoot(p, uid, gid);
-}
-
-/** Writes all of buf at the file position, or throws (a write of 0 bytes is EIO). */
-export async function writeAll(fh: FileHandle, buf: Buffer): Promise<void> {
-  let off = 0;
-  while (off < buf.length) {
-    const { bytesWritten } = await fh.write(buf, off, buf.length - off);
-    if (bytesWritten <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
-    off += bytesWritten;
-  }
 }
 
 /** In line: an unlink costs microseconds, a trip through the thread pool more. */

@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fsyncDescriptor, syncDirectory, writeAllSync } from '@postern/common';
 import { errCode, toMailboxError } from './errors.js';
-import { chownPathIfRoot, ensureOwnedDirectory, fchownDescriptorIfRoot, safeUnlink } from './files.js';
+import { chownPathIfRoot, ensureOwnedDirectory, fchownIfRoot, safeUnlink } from './files.js';
 import { CrlfToLf } from './line-endings.js';
 import { emptyStats, streamMessage, type DeliveryInput } from './message-stream.js';
 
@@ -125,7 +125,7 @@ export async function deliverToMaildir(maildir: string, input: DeliveryInput,
         throw toMailboxError(`cannot create ${tmpPath}`, err);
       }
     }
-    fchownDescriptorIfRoot(fd, input.uid, input.gid);
+    fchownIfRoot(fd, input.uid, input.gid);
     return fd;
   };
 

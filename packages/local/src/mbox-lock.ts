@@ -31,8 +31,9 @@
 import { spawn } from 'node:child_process';
 import { constants as fsConstants, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
+import { writeAllSync } from '@postern/common';
 import { MailboxError, errCode, toMailboxError } from './errors.js';
-import { fchownIfRoot, safeUnlink, writeAll } from './files.js';
+import { fchownIfRoot, safeUnlink } from './files.js';
 
 const STALE_DOTLOCK_MS = 5 * 60 * 1000;
 const DOTLOCK_TOUCH_MS = 30_000;
@@ -61,8 +62,8 @@ export async function acquireDotlock(mboxPath: string, deadline: number, uid: nu
     }
     if (fh !== undefined) {
       try {
-        await fchownIfRoot(fh, uid, gid);
-        await writeAll(fh, Buffer.from(`${process.pid}\n`));
+        fchownIfRoot(fh.fd, uid, gid);
+        writeAllSync(fh.fd, Buffer.from(`${process.pid}\n`), null, lockPath);
         const st = await fh.stat();
         const timer = setInterval(() => {
           const now = new Date();

@@ -9,8 +9,9 @@
 import { constants as fsConstants, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
+import { writeAllSync } from '@postern/common';
 import { MailboxError, errCode, toMailboxError } from './errors.js';
-import { ensureOwnedDirectory, fchownIfRoot, writeAll } from './files.js';
+import { ensureOwnedDirectory, fchownIfRoot } from './files.js';
 import { CrlfToLf, LF, MboxrdQuoter } from './line-endings.js';
 import { acquireDotlock, lockFcntl, releaseDotlock } from './mbox-lock.js';
 import { emptyStats, streamMessage, type DeliveryInput } from './message-stream.js';
@@ -96,7 +97,7 @@ export async function deliverToMbox(mboxPath: string, input: DeliveryInput, opts
       if (!isFile) throw new MailboxError(`mailbox ${mboxPath} is not a regular file`, false);
       if (created) {
         try {
-          await fchownIfRoot(fh, input.uid, input.gid);
+          fchownIfRoot(fh.fd, input.uid, input.gid);
         } catch (err) {
           throw toMailboxError(`cannot chown ${mboxPath}`, err);
         }
@@ -123,14 +124,14 @@ export async function deliverToMbox(mboxPath: string, input: DeliveryInput, opts
           if (bytesRead === 1 && last[0] !== LF) head = `\n${head}`;
         }
         const headBuf = Buffer.from(head, 'utf8');
-        await writeAll(fh, headBuf);
+        writeAllSync(fh.fd, headBuf, null, mboxPath);
         const headSize = headBuf.length;
 
         const body = emptyStats();
-        await streamMessage((b) => writeAll(fh, b), input, [new CrlfToLf(), new MboxrdQuoter()], body);
+        await streamMessage(async (b) => writeAllSync(fh.fd, b, null, mboxPath), input, [new CrlfToLf(), new MboxrdQuoter()], body);
         // The message ends with a newline, then one blank line separates it from the next From_.
         const tail = Buffer.from(body.lastByte === LF || body.size === 0 ? '\n' : '\n\n');
-        await writeAll(fh, tail);
+        writeAllSync(fh.fd, tail, null, mboxPath);
         stats.size = headSize + body.size + tail.length;
         await fh.sync();
       } catch (err) {

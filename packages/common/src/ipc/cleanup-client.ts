@@ -8,7 +8,8 @@
  * its connections (CleanupConnections) instead of opening one per message.
  */
 import * as net from 'node:net';
-import { connectUnix, Frame, FrameReader, FrameWriter } from './framing.js';
+import { connectUnix, Frame, FrameReader, FrameWriter, jsonOf } from './framing.js';
+import { IdlePool } from './idle-pool.js';
 import type { AfterBodyRequest, CleanupReply, LocalEnvelope, SmtpdEnvelope } from './protocol.js';
 import type { MilterEditsRequest } from './schema.js';
 
@@ -91,24 +92,26 @@ export class CleanupSubmission {
     return await this.readJson() as CleanupReply;
   }
 
+  /** The reply: from the read begun while the connection was kept idle, if there was one. */
   private async readJson(): Promise<any> {
     const pending = this.pending;
     this.pending = null;
-    if (!pending) return this.reader.json();
-    const f = await pending;
-    if (!f) throw new Error('connection closed before a reply');
-    if (f.type !== 'J') throw new Error(`expected a JSON frame, got ${f.type}`);
-    return f.json;
+    return jsonOf(await (pending ?? this.reader.next()));
   }
 
-  /** Between messages: watch for cleanup closing the connection; `gone` runs once it did, or sent something unasked. */
-  idle(gone: () => void): void {
+  /**
+   * Between messages: a read stays pending, so cleanup closing the connection
+   * (or sending something unasked) is seen at once and the socket closed, which
+   * takes it out of the pool (the pool listens for its end).
+   */
+  idle(): void {
     this.socket.unref();
     this.idling = true;
     const pending = this.reader.next();
     this.pending = pending;
     // once taken again, what this read brings is the next reply (readJson)
-    pending.then(() => { if (this.idling) gone(); }, () => { if (this.idling) gone(); });
+    const gone = () => { if (this.idling) this.socket.destroy(); };
+    pending.then(gone, gone);
   }
 
   /** Back in use after idle(). */
@@ -120,6 +123,11 @@ export class CleanupSubmission {
   get usable(): boolean { return !this.socket.destroyed && this.socket.writable; }
 
   close(): void { this.socket.destroy(); }
+
+  // what IdlePool needs of a kept session
+  once(_event: 'end', listener: () => void): void { this.socket.once('close', listener); }
+  off(_event: 'end', listener: () => void): void { this.socket.off('close', listener); }
+  quit(): void { this.close(); }
 }
 
 /**
@@ -130,39 +138,29 @@ export class CleanupSubmission {
  * fails that message with a 4xx, as a cleanup dying mid-message does.
  */
 export class CleanupConnections {
-  private readonly idle: { sub: CleanupSubmission; timer: NodeJS.Timeout }[] = [];
+  private readonly pool = new IdlePool<CleanupSubmission>();
 
   constructor(private readonly socketPath: string, private readonly opts: CleanupClientOptions & { maxIdle?: number; keepMs?: number } = {}) {}
 
   /** A kept connection, or a new one (throws CleanupUnreachable). */
   async open(): Promise<CleanupSubmission> {
-    for (let e = this.idle.pop(); e; e = this.idle.pop()) {
-      clearTimeout(e.timer);
-      if (e.sub.usable) { e.sub.resume(); return e.sub; }
-      e.sub.close();
+    for (let kept = this.pool.take(this.socketPath); kept; kept = this.pool.take(this.socketPath)) {
+      if (kept.conn.usable) { kept.conn.resume(); return kept.conn; }
+      kept.conn.close();
     }
     return CleanupSubmission.open(this.socketPath, this.opts);
   }
 
   /** After a message: keep the connection when cleanup answered and expects the next envelope, else close it. */
   release(sub: CleanupSubmission, reusable: boolean): void {
-    if (!reusable || !sub.usable || this.idle.length >= (this.opts.maxIdle ?? 32)) { sub.close(); return; }
-    const entry = { sub, timer: setTimeout(() => this.drop(entry), this.opts.keepMs ?? 60_000) };
-    entry.timer.unref();
-    this.idle.push(entry);
-    sub.idle(() => this.drop(entry));
+    if (!reusable || !sub.usable) { sub.close(); return; }
+    sub.idle();
+    this.pool.put(this.socketPath, sub, undefined, this.opts.keepMs ?? 60_000, this.opts.maxIdle ?? 32);
   }
 
   /** Close every kept connection (at stop). */
   closeAll(): void {
-    for (const e of this.idle.splice(0)) { clearTimeout(e.timer); e.sub.close(); }
-  }
-
-  private drop(entry: { sub: CleanupSubmission; timer: NodeJS.Timeout }): void {
-    const i = this.idle.indexOf(entry);
-    if (i >= 0) this.idle.splice(i, 1);
-    clearTimeout(entry.timer);
-    entry.sub.close();
+    for (let kept = this.pool.take(this.socketPath); kept; kept = this.pool.take(this.socketPath)) kept.conn.close();
   }
 }
 

@@ -81,30 +81,31 @@ export class FrameReader {
 
   /** Read a frame that must be JSON. */
   async json(): Promise<any> {
-    const f = await this.next();
-    if (!f) throw new Error('connection closed before a reply');
-    if (f.type !== 'J') throw new Error(`expected a JSON frame, got ${f.type}`);
-    return f.json;
+    return jsonOf(await this.next());
   }
+}
+
+/** The payload of a frame that must be a JSON reply (a read begun earlier, or FrameReader.json's). */
+export function jsonOf(f: Frame | null): any {
+  if (!f) throw new Error('connection closed before a reply');
+  if (f.type !== 'J') throw new Error(`expected a JSON frame, got ${f.type}`);
+  return f.json;
+}
+
+/** A frame's 5-byte header: the type letter and the payload length. */
+function frameHead(type: string, length: number): Buffer {
+  const head = Buffer.alloc(5);
+  head.write(type, 0, 'latin1');
+  head.writeUInt32BE(length, 1);
+  return head;
 }
 
 export class FrameWriter {
   constructor(private socket: net.Socket) {}
 
   private frame(type: string, payload: Buffer): Promise<void> {
-    const head = Buffer.alloc(5);
-    head.write(type, 0, 'latin1');
-    head.writeUInt32BE(payload.length, 1);
-    return new Promise((resolve, reject) => {
-      const ok = this.socket.write(payload.length ? Buffer.concat([head, payload]) : head, (err) => err && reject(err));
-      if (ok) resolve();
-      else {
-        // backpressure: resume when the socket drains, fail if it closes first
-        const onClose = () => reject(new Error('connection closed while writing'));
-        this.socket.once('close', onClose);
-        this.socket.once('drain', () => { this.socket.off('close', onClose); resolve(); });
-      }
-    });
+    const head = frameHead(type, payload.length);
+    return this.raw(payload.length ? Buffer.concat([head, payload]) : head);
   }
 
   json(obj: unknown): Promise<void> { return this.frame('J', Buffer.from(JSON.stringify(obj))); }
@@ -115,12 +116,7 @@ export class FrameWriter {
    */
   async batch(frames: { type: 'J' | 'D' | 'E'; payload: Buffer }[]): Promise<void> {
     const parts: Buffer[] = [];
-    const put = (type: string, payload: Buffer) => {
-      const head = Buffer.alloc(5);
-      head.write(type, 0, 'latin1');
-      head.writeUInt32BE(payload.length, 1);
-      parts.push(head, payload);
-    };
+    const put = (type: string, payload: Buffer) => { parts.push(frameHead(type, payload.length), payload); };
     for (const f of frames) {
       // only message bytes are cut to MAX_DATA, as data() does
       if (f.type !== 'D') put(f.type, f.payload);
@@ -134,6 +130,7 @@ export class FrameWriter {
       const ok = this.socket.write(buf, (err) => err && reject(err));
       if (ok) resolve();
       else {
+        // backpressure: resume when the socket drains, fail if it closes first
         const onClose = () => reject(new Error('connection closed while writing'));
         this.socket.once('close', onClose);
         this.socket.once('drain', () => { this.socket.off('close', onClose); resolve(); });

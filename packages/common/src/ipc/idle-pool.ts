@@ -1,12 +1,13 @@
 /**
  * Idle client sessions kept for the next message to the same place (Postfix's
- * scache): the SMTP client's per host and port, the LMTP client's per server.
+ * scache): the SMTP client's per host and port, the LMTP client's per server,
+ * smtpd's connections to cleanup.
  * A new connection, greeting and EHLO/LHLO per message is most of what a
  * delivery costs. A session is kept for a while, closed politely (QUIT) when
  * that runs out, and forgotten at once when the server closes it first.
  */
 
-/** What the pool needs of a session: nodemailer's SMTPConnection has it. */
+/** What the pool needs of a session: nodemailer's SMTPConnection has it, CleanupSubmission too. */
 export interface KeptSession {
   once(event: 'end', listener: () => void): unknown;
   off(event: 'end', listener: () => void): unknown;

@@ -6,7 +6,8 @@
  */
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { Spool, QueueName, isQueueId, fsyncDir } from './spool.js';
+import { Spool, QueueName, isQueueId } from './spool.js';
+import { fsyncDir } from '../util/group-commit.js';
 import { appendStatus } from './queuefile.js';
 
 export const QUEUE_OPS = ['hold', 'release', 'delete', 'expire', 'requeue', 'deliver'] as const;

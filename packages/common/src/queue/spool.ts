@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { fsyncDescriptor } from '../util/files.js';
+import { fsyncDir } from '../util/group-commit.js';
 
 export const QUEUES = ['maildrop', 'incoming', 'active', 'deferred', 'hold', 'corrupt'] as const;
 export type QueueName = typeof QUEUES[number];
@@ -109,7 +109,3 @@ export class Spool {
   }
 }
 
-export async function fsyncDir(dir: string): Promise<void> {
-  const fd = fs.openSync(dir, 'r');
-  try { await fsyncDescriptor(fd); } finally { fs.closeSync(fd); }
-}

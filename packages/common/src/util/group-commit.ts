@@ -94,11 +94,7 @@ export class DirectorySync {
   private async fsyncNow(): Promise<void> {
     try {
       // open and close in line, only the fsync in the thread pool (files.ts, fsyncDescriptor)
-      if (this.keepOpenMs <= 0) {
-        const fd = openDirectory(this.dir);
-        try { await fsyncDescriptor(fd); } finally { fs.closeSync(fd); }
-        return;
-      }
+      if (this.keepOpenMs <= 0) return await fsyncDir(this.dir);
       if (this.fd === null) this.fd = openDirectory(this.dir);
       await fsyncDescriptor(this.fd);
     } catch (e) {
@@ -118,6 +114,12 @@ export class DirectorySync {
 
 function openDirectory(dir: string): number {
   return fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+}
+
+/** One fsync of a directory, not grouped with anyone's (moves an administrator orders, sendmail, pickup). */
+export async function fsyncDir(dir: string): Promise<void> {
+  const fd = openDirectory(dir);
+  try { await fsyncDescriptor(fd); } finally { fs.closeSync(fd); }
 }
 
 const shared = new Map<string, DirectorySync>();
