@@ -57,15 +57,24 @@ export function requireTool(name: string): string {
   throw new Error(`${name} is not installed: run "make test" (it installs the Debian packages the tests need)`);
 }
 
+/** Ports this test process has handed out: the kernel may offer a just-closed port again, and two services of one instance must not share one. */
+const portsGiven = new Set<number>();
+
 export async function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, host, () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const s = net.createServer();
+      s.once('error', reject);
+      s.listen(0, host, () => {
+        const p = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(p));
+      });
     });
-  });
+    if (portsGiven.has(port)) continue;
+    portsGiven.add(port);
+    return port;
+  }
+  throw new Error(`no port on ${host} that this test has not handed out already, after 50 tries`);
 }
 
 export async function waitFor<T>(what: string, fn: () => T | Promise<T>, timeoutMs = 15000, everyMs = 100): Promise<NonNullable<T>> {
