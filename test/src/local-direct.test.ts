@@ -60,6 +60,12 @@ describe('local delivery straight from qmgr', () => {
       assert.equal(line.service, 'local');
       assert.equal(line.dsn, '2.0.0');
       assert.equal(typeof line.delay, 'number');
+      // one line per recipient, as Postfix's virtual(8): it names the mailbox written and the size stored
+      assert.equal(typeof line.mailbox, 'string', JSON.stringify(line));
+      assert.ok((line.mailbox as string).includes(to), JSON.stringify(line));
+      assert.ok((line.size as number) > body.replace(/\r\n/g, '\n').length, JSON.stringify(line)); // stored with LF endings, headers in front
+      assert.deepEqual(inst.logs().filter((e) => e.queue_id === id && e.to === `<${to}@example.test>` && e.service === 'local')
+        .map((e) => e.msg), [line.msg], `local logged ${to}'s delivery once`);
     }
     // nothing of these messages went through the lmtp client
     assert.deepEqual(inst.logs().filter((e) => (e.queue_id === one || e.queue_id === two) && e.service === 'lmtp'), []);

@@ -4,6 +4,9 @@
  * message, writes it, logs it, and turns the outcome into the recipient's
  * reply (`250 2.0.0`, or `451 4.2.0` / `554 5.2.0` from a MailboxError).
  * Reads the message through the `open` it is given; never the queue.
+ * A delivery is logged by the caller, in one line: the LMTP server as
+ * `delivered to maildir|mbox`, the qmgr server inside its status line (as
+ * Postfix's virtual(8) logs one line per recipient).
  */
 import { UserInfo, Logger, mailboxOf, headerSafe, smtpError } from '@postern/common';
 import { MailboxError } from './errors.js';
@@ -24,10 +27,18 @@ export interface RecipientDelivery {
   queueId?: string;
 }
 
+/** A written mailbox: the 250 reply text, and what the delivery's log line says about the mailbox. */
+export interface MailboxDelivery {
+  reply: string;
+  /** `delivered to maildir` or `delivered to mbox`. */
+  what: string;
+  fields: { mailbox: string; size: number; locks?: string };
+}
+
 const myUid = process.getuid!();
 
-/** Delivers to one recipient; resolves to its 250 reply text, rejects with its SMTP error. */
-export async function deliverToRecipient(d: RecipientDelivery): Promise<string> {
+/** Delivers to one recipient; resolves to its reply and log fields, rejects with its SMTP error (logged here). */
+export async function deliverToRecipient(d: RecipientDelivery): Promise<MailboxDelivery> {
   const { rcpt, entry, sender, log } = d;
   // a field, not a child logger: no logger made per delivery
   const qid = d.queueId ? { queue_id: d.queueId } : {};
@@ -42,12 +53,11 @@ export async function deliverToRecipient(d: RecipientDelivery): Promise<string> 
   try {
     if (box.format === 'mbox') {
       const r = await deliverToMbox(box.path, input, { lockTimeoutMs: d.lockTimeoutMs });
-      log.info({ ...qid, to: `<${rcpt}>`, mailbox: box.path, size: r.size, locks: r.locks.join('+') }, 'delivered to mbox');
-      return `2.0.0 <${rcpt}> delivered to mbox`;
+      return { reply: `2.0.0 <${rcpt}> delivered to mbox`, what: 'delivered to mbox',
+        fields: { mailbox: box.path, size: r.size, locks: r.locks.join('+') } };
     }
     const r = await deliverToMaildir(box.path, input);
-    log.info({ ...qid, to: `<${rcpt}>`, mailbox: r.path, size: r.size }, 'delivered to maildir');
-    return `2.0.0 <${rcpt}> delivered to maildir`;
+    return { reply: `2.0.0 <${rcpt}> delivered to maildir`, what: 'delivered to maildir', fields: { mailbox: r.path, size: r.size } };
   } catch (e) {
     const temporary = !(e instanceof MailboxError) || e.temporary;
     log.warn({ ...qid, to: `<${rcpt}>`, mailbox: box.path, err: (e as Error).message }, 'mailbox delivery failed');

@@ -60,7 +60,9 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
       const lockTimeoutMs = ctx.config.seconds('mailbox_lock_timeout') * 1000;
       for (const rcpt of rcpts) {
         try {
-          replies.push(await deliverToRecipient({ rcpt, entry: await findUser(users, rcpt), sender, open, lockTimeoutMs, log }));
+          const done = await deliverToRecipient({ rcpt, entry: await findUser(users, rcpt), sender, open, lockTimeoutMs, log });
+          log.info({ to: `<${rcpt}>`, ...done.fields }, done.what);
+          replies.push(done.reply);
         } catch (e) {
           replies.push(e as Error);
         }

@@ -6,15 +6,15 @@
  * only after that recipient's mailbox write was fsynced (delivery.ts). local
  * still never opens the queue: the one message it must write comes over the
  * socket, as LMTP's DATA brought it, without the dot-stuffing and line parsing.
- * Logs the delivery line itself (queue_id, to, relay, delay, dsn, status), as
- * the lmtp client did for this hop.
+ * Logs one delivery line per recipient (queue_id, to, relay, delay, dsn,
+ * status, and for a written mailbox its path and size), as Postfix's virtual(8).
  */
 import { Readable } from 'node:stream';
 import {
   serveFrames, FrameServer, FrameReader, FrameConnection, validate, localDeliveryRequest, refuseInvalid, SchemaError,
   LocalDeliveryRequest, DeliveryResult, DeliveryReply, delaySince, UserDb, UserInfo, Logger,
 } from '@postern/common';
-import { deliverToRecipient } from './delivery.js';
+import { deliverToRecipient, MailboxDelivery } from './delivery.js';
 import type { MessageCopies, MessageCopy } from './message-copy.js';
 import { findUser } from './recipients.js';
 
@@ -75,8 +75,8 @@ export interface QmgrServerOptions {
 }
 
 /** A recipient's answer as qmgr records it: the same text an LMTP client would have logged. */
-function resultOf(index: number, outcome: string | Error, relay: string): DeliveryResult {
-  if (typeof outcome === 'string') return { index, status: 'sent', dsn: outcome.split(' ')[0]!, reason: `250 ${outcome}`, relay };
+function resultOf(index: number, outcome: MailboxDelivery | Error, relay: string): DeliveryResult {
+  if (!(outcome instanceof Error)) return { index, status: 'sent', dsn: outcome.reply.split(' ')[0]!, reason: `250 ${outcome.reply}`, relay };
   const e = outcome as Error & { responseCode?: number; enhanced?: string };
   const code = e.responseCode ?? 451;
   const dsn = e.enhanced ?? (code >= 500 ? '5.0.0' : '4.3.0');
@@ -86,7 +86,7 @@ function resultOf(index: number, outcome: string | Error, relay: string): Delive
 
 /** Delivers one request's recipients; the body is read by the mailbox writers (or not at all when nobody exists). */
 async function deliver(req: LocalDeliveryRequest, body: FramedBody, o: QmgrServerOptions): Promise<DeliveryResult[]> {
-  const outcomes = new Map<number, string | Error>();
+  const outcomes = new Map<number, MailboxDelivery | Error>();
   const found: { index: number; address: string; entry: UserInfo }[] = [];
   const users = o.users();
   for (const r of req.recipients) {
@@ -121,9 +121,10 @@ async function deliver(req: LocalDeliveryRequest, body: FramedBody, o: QmgrServe
     if (copy) await copy.remove();
   }
   return req.recipients.map((r) => {
-    const res = resultOf(r.index, outcomes.get(r.index) ?? new Error('no result'), o.relay);
-    o.log.info({ queue_id: req.queue_id, to: `<${r.address}>`, relay: o.relay, delay: delaySince(req.arrival), dsn: res.dsn, status: res.status },
-      `${res.status} (${res.reason})`);
+    const outcome = outcomes.get(r.index) ?? new Error('no result');
+    const res = resultOf(r.index, outcome, o.relay);
+    o.log.info({ queue_id: req.queue_id, to: `<${r.address}>`, relay: o.relay, delay: delaySince(req.arrival), dsn: res.dsn, status: res.status,
+      ...(outcome instanceof Error ? {} : outcome.fields) }, `${res.status} (${res.reason})`);
     return res;
   });
 }
