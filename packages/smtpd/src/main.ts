@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import { SMTPServer, SMTPServerDataStream, SMTPServerSession, SMTPServerOptions } from 'smtp-server';
 import {
   runService, ServiceContext, RunningService, MainConfig,
-  installEnhancedCodeShim, smtpError, CleanupConnections, headerSafe, MilterEditsRequest,
+  installEnhancedCodeShim, smtpError, CleanupConnections, headerSafe, MilterEditsRequest, PasswordChecker,
 } from '@postern/common';
 
 import { LineEndingCheck } from './line-endings.js';
@@ -52,6 +52,7 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     spoolRoot: ctx.spool.root,
     log,
     limits,
+    passwords: new PasswordChecker(),
     receiveMessage, // below, hoisted: cleanup's client stays here
   };
 

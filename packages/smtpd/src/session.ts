@@ -9,7 +9,7 @@ import {
   SMTPServerOptions, SMTPServerSession,
 } from 'smtp-server';
 import {
-  MainConfig, Logger, smtpError, SmtpError, verifyPassword, sharedResolver, loginOwnsAddress,
+  MainConfig, Logger, smtpError, SmtpError, PasswordChecker, sharedResolver, loginOwnsAddress,
 } from '@postern/common';
 import { SessionClient, checkRecipientNamed } from './restrictions.js';
 import { ClientLimits, sleep } from './limits.js';
@@ -34,6 +34,8 @@ export interface SessionContext {
   log: Logger;
   /** anvil's counts and the session's error limits (limits.ts). */
   limits: ClientLimits;
+  /** Checks passwords from the user table off the event loop (a check costs milliseconds of CPU). */
+  passwords: PasswordChecker;
   /** Streams the message to cleanup; resolves to the queue id once the queue file is durable. */
   receiveMessage(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string>;
 }
@@ -128,7 +130,13 @@ export function onAuth(c: SessionContext, auth: SMTPServerAuthentication, sessio
       log.error({ err: (e as Error).message }, 'user table unavailable');
       return cb(smtpError(454, '4.7.0', 'Temporary authentication failure'));
     }
-    if (!entry || !verifyPassword(auth.password ?? '', entry.password)) return fail();
+    if (!entry) return fail();
+    let ok;
+    try { ok = await c.passwords.check(auth.password ?? '', entry.password); } catch (e) {
+      log.error({ client: clientName(session), method: auth.method, err: (e as Error).message }, `${clientName(session)}: SASL ${auth.method}: password check unavailable`);
+      return cb(smtpError(454, '4.7.0', 'Temporary authentication failure'));
+    }
+    if (!ok) return fail();
     milterSessions.get(session)?.extra.set('{auth_type}', auth.method);
     cb(null, { user: entry.user });
   };

@@ -7,4 +7,5 @@ export { closeSqlTables, parseSqlCf, expandQuery } from './sql-cf.js';
 export type { ProxyOp } from './proxy-client.js';
 export * from './users.js';
 export * from './password.js';
+export { PasswordChecker, PasswordCheckUnavailable } from './password-check.js';
 export * from './aliases.js';

@@ -5,6 +5,7 @@
 // verify in Dovecot, `openssl passwd -6`, /etc/shadow, and the other way round.
 // Written here instead of pulling a dependency: it is ~100 lines over node:crypto.
 
+import * as crypto from 'node:crypto';
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 
 /** The crypt(3) base-64 alphabet (not RFC 4648 order). */
@@ -63,6 +64,12 @@ function encodeDigest(alg: Alg, d: Buffer): string {
   return s;
 }
 
+/** One-shot digest: crypto.hash where Node has it (20.12+), else a Hash object. */
+const oneShot = (crypto as { hash?: (alg: string, data: Buffer, enc: 'buffer') => Buffer }).hash;
+function digestOf(alg: Alg, data: Buffer): Buffer {
+  return oneShot ? oneShot(alg, data, 'buffer') : createHash(alg).update(data).digest();
+}
+
 /** Drepper's algorithm proper; `salt` is already truncated and validated. */
 function shaCryptDigest(alg: Alg, pw: Buffer, salt: Buffer, rounds: number): Buffer {
   const h = () => createHash(alg);
@@ -72,7 +79,7 @@ function shaCryptDigest(alg: Alg, pw: Buffer, salt: Buffer, rounds: number): Buf
   const a = h().update(pw).update(salt);
   a.update(stretch(b, pw.length));
   for (let n = pw.length; n > 0; n >>= 1) a.update(n & 1 ? b : pw);
-  let c = a.digest();
+  let c: Buffer = a.digest();
 
   const dp = h();
   for (let i = 0; i < pw.length; i++) dp.update(pw);
@@ -82,13 +89,15 @@ function shaCryptDigest(alg: Alg, pw: Buffer, salt: Buffer, rounds: number): Buf
   for (let i = 0; i < 16 + c[0]; i++) ds.update(salt);
   const s = stretch(ds.digest(), salt.length);
 
+  // The rounds are most of the cost: each round's input is laid out in one buffer and
+  // hashed with one call (crypto.hash, Node >= 20.12), not a Hash object per round.
+  const round = Buffer.allocUnsafe(2 * size + 2 * p.length + s.length);
   for (let i = 0; i < rounds; i++) {
-    const r = h();
-    r.update(i & 1 ? p : c);
-    if (i % 3) r.update(s);
-    if (i % 7) r.update(p);
-    r.update(i & 1 ? c : p);
-    c = r.digest();
+    let o = (i & 1 ? p : c).copy(round, 0);
+    if (i % 3) o += s.copy(round, o);
+    if (i % 7) o += p.copy(round, o);
+    o += (i & 1 ? c : p).copy(round, o);
+    c = digestOf(alg, round.subarray(0, o));
   }
   if (c.length !== size) throw new Error('unexpected digest size');
   return c;
