@@ -23,7 +23,7 @@ export interface RecipientDelivery {
   open(): NodeJS.ReadableStream;
   lockTimeoutMs: number;
   log: Logger;
-  /** The queue id, when qmgr asked directly (local.qmgr): on every log line of the delivery. */
+  /** The queue id, when qmgr asked directly (local.qmgr): on the line logged here (a failed mailbox write). */
   queueId?: string;
 }
 
