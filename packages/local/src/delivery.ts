@@ -50,14 +50,14 @@ export async function deliverToRecipient(d: RecipientDelivery): Promise<MailboxD
     prefix: Buffer.from(`Return-Path: <${headerSafe(sender)}>\r\nDelivered-To: ${headerSafe(rcpt)}\r\n`),
     open: d.open, sender, arrival: new Date(), uid: entry.uid, gid: entry.gid,
   };
+  const delivered = (what: string, fields: MailboxDelivery['fields']): MailboxDelivery => ({ reply: `2.0.0 <${rcpt}> ${what}`, what, fields });
   try {
     if (box.format === 'mbox') {
       const r = await deliverToMbox(box.path, input, { lockTimeoutMs: d.lockTimeoutMs });
-      return { reply: `2.0.0 <${rcpt}> delivered to mbox`, what: 'delivered to mbox',
-        fields: { mailbox: box.path, size: r.size, locks: r.locks.join('+') } };
+      return delivered('delivered to mbox', { mailbox: box.path, size: r.size, locks: r.locks.join('+') });
     }
     const r = await deliverToMaildir(box.path, input);
-    return { reply: `2.0.0 <${rcpt}> delivered to maildir`, what: 'delivered to maildir', fields: { mailbox: r.path, size: r.size } };
+    return delivered('delivered to maildir', { mailbox: r.path, size: r.size });
   } catch (e) {
     const temporary = !(e instanceof MailboxError) || e.temporary;
     log.warn({ ...qid, to: `<${rcpt}>`, mailbox: box.path, err: (e as Error).message }, 'mailbox delivery failed');

@@ -6,7 +6,8 @@
 // Written here instead of pulling a dependency: it is ~100 lines over node:crypto.
 
 import * as crypto from 'node:crypto';
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+
+const { createHash, randomBytes, timingSafeEqual } = crypto;
 
 /** The crypt(3) base-64 alphabet (not RFC 4648 order). */
 const ITOA64 = './0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
