@@ -80,7 +80,7 @@ postern_create "$PT" "$PT_PORT" postern.bench.test || bench_die "postern init fa
 "$POSTERN" -c "$PT/etc" config set "mynetworks=192.0.2.0/24" "smtpd_client_restrictions=" \
   "smtpd_client_connection_count_limit=0" "smtpd_client_connection_rate_limit=0" >/dev/null || bench_die "postern config set failed"
 postern_start "$PT" || bench_die "postern start failed; log: $(tail -n 5 "$PT/postern.log" 2>/dev/null)"
-PT_MASTER="$(node -e 'console.log(JSON.parse(process.argv[1]).master.pid)' "$POSTERN_STATUS_JSON")"
+PT_MASTER="$(postern_master_pid)"
 PT_VERSION="$(postern_version)"
 bench_note "Postern: holding $SESSIONS sessions on 127.0.0.1:$PT_PORT for $HOLD s"
 measure postern "$PT_PORT" "$PT_MASTER" "$PT_VERSION" ||

@@ -93,8 +93,8 @@ bench_workdir() {
   trap 'exit 130' INT
   trap 'exit 143' TERM
 }
-bench_cleanup() {
-  local status=$?
+bench_cleanup() { # [STATUS]: the exit status to keep (default: that of the last command)
+  local status=${1:-$?}
   trap - EXIT INT TERM
   postern_stop "$PT" || true
   postfix_stop "$PF" || true
@@ -173,6 +173,11 @@ postern_create() {
 postern_start() { # DIR
   timeout 60 "$POSTERN" -c "$1/etc" start >/dev/null || return 1
   POSTERN_STATUS_JSON="$("$POSTERN" -c "$1/etc" status --json 2>/dev/null || true)"
+}
+
+# The pid of the master postern_start last started (the root of cpu_start's sampling).
+postern_master_pid() {
+  node -e 'console.log(JSON.parse(process.argv[1]).master.pid)' "$POSTERN_STATUS_JSON"
 }
 
 postern_stop() { # DIR: graceful, then SIGKILL to the master and the services we saw start
@@ -601,24 +606,31 @@ json_field() {
     const v = r[process.argv[2]]; console.log(v !== null && typeof v === "object" ? JSON.stringify(v) : v);' "$1" "$2"
 }
 
-# print_cpu_latency REPORT UNIT: the lines every benchmark prints after its figures:
-# CPU ms per UNIT (message or session) of each program of both servers
-# ({postern,postfix}.cpu, and throughput.sh's postern_message_auth), and p50/p99
-# from the end of DATA to the 250 ({postern,postfix}.data_to_250).
+# print_cpu_latency REPORT UNIT [PATH=LABEL ...]: the lines every benchmark prints after
+# its figures: CPU ms per UNIT (message, session, RCPT) of each program, and p50/p99 from
+# the end of DATA to the 250 (or, for a run without messages, from RCPT to its reply).
+# The runs are the report's {postern,postern_message_auth,postfix} unless PATH=LABEL
+# pairs name others (PATH dotted into the report, e.g. throughput.pgsql=Postern, pgsql).
 print_cpu_latency() {
   node -e '
     const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")), unit = process.argv[2];
-    const sides = [["Postern", r.postern], ["Postern, checks on", r.postern_message_auth], ["Postfix", r.postfix]].filter(([, s]) => s && !s.error);
-    const lat = (s) => s.data_to_250 ? `p50 ${s.data_to_250.p50_ms.toFixed(2)} ms, p99 ${s.data_to_250.p99_ms.toFixed(2)} ms (${s.data_to_250.count} messages)` : "-";
+    const named = process.argv.slice(3).map((a) => [a.slice(a.indexOf("=") + 1), a.slice(0, a.indexOf("=")).split(".").reduce((o, k) => o && o[k], r)]);
+    const sides = (named.length ? named : [["Postern", r.postern], ["Postern, checks on", r.postern_message_auth], ["Postfix", r.postfix]])
+      .filter(([, s]) => s && !s.error);
+    const lat = (l) => `p50 ${l.p50_ms.toFixed(2)} ms, p99 ${l.p99_ms.toFixed(2)} ms (${l.count} ${unit === "RCPT" ? "RCPTs" : "messages"})`;
+    const width = Math.max(40, ...sides.map(([name]) => name.length + 20));
     console.log("");
-    for (const [name, s] of sides) console.log(`${(name + " end of DATA to 250").padEnd(40)}${lat(s)}`);
+    for (const [name, s] of sides) {
+      if (s.rcpt_latency && !s.data_to_250) console.log(`${(name + " RCPT to 250").padEnd(width)}${lat(s.rcpt_latency)}`);
+      else console.log(`${(name + " end of DATA to 250").padEnd(width)}${s.data_to_250 ? lat(s.data_to_250) : "-"}`);
+    }
     for (const [name, s] of sides) {
       const c = s.cpu;
       if (!c || c.error) { console.log(`${name} CPU: ${c ? c.error : "not measured"}`); continue; }
       const parts = Object.entries(c.by_program).filter(([, v]) => v >= 0.005).map(([k, v]) => `${k} ${v.toFixed(2)}`);
       if (c.unattributed_ms_per_unit >= 0.005) parts.push(`exited between samples ${c.unattributed_ms_per_unit.toFixed(2)}`);
-      console.log(`${(name + " CPU ms/" + unit).padEnd(40)}total ${c.total_ms_per_unit.toFixed(2)}: ${parts.join(", ")}`);
-    }' "$1" "$2"
+      console.log(`${(name + " CPU ms/" + unit).padEnd(width)}total ${c.total_ms_per_unit.toFixed(2)}: ${parts.join(", ")}`);
+    }' "$@"
 }
 
 # raise_fd_limit N: at least N open files for this shell and what it starts.

@@ -96,7 +96,7 @@ postern_create "$PT" "$PT_PORT" postern.bench.test || bench_die "postern init fa
 "$POSTERN" -c "$PT/etc" config set "relayhost=[$SINK_ADDR]:$PT_SINK_PORT" "${BACKOFF[@]}" >/dev/null ||
   bench_die "postern config set failed"
 postern_start "$PT" || bench_die "postern start failed; log: $(tail -n 5 "$PT/postern.log" 2>/dev/null)"
-PT_MASTER="$(node -e 'console.log(JSON.parse(process.argv[1]).master.pid)' "$POSTERN_STATUS_JSON")"
+PT_MASTER="$(postern_master_pid)"
 PT_SPOOL="$(node -e 'console.log(JSON.parse(process.argv[1]).queue_directory)' "$POSTERN_STATUS_JSON")"
 PT_VERSION="$(postern_version)"
 measure postern "$PT_PORT" "$PT_SPOOL" "$PT_SINK_PORT" "$PT_MASTER" "$PT_VERSION" \

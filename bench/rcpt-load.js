@@ -36,6 +36,8 @@ function session(id) {
     let inMail = 0;
     while (run.remaining > 0 && !run.timedOut) {
       if (inMail === 0) await command(wire, `MAIL FROM:<${opts.from}>`, 250);
+      // the other sessions may have taken the last RCPTs while this one waited for MAIL's reply
+      if (run.remaining <= 0 || run.timedOut) break;
       const n = opts.rcpts - run.remaining-- + 1;
       const t0 = nowMs();
       try {

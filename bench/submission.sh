@@ -147,7 +147,7 @@ sink_start "$WORK/sink-postern" "$SINK_ADDR" "$PT_SINK_PORT" || bench_die "smtp-
 postern_start "$PT" || bench_die "postern start failed; log: $(tail -n 5 "$PT/postern.log" 2>/dev/null)"
 PT_VERSION="$(postern_version)"
 bench_note "Postern: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PT_SUB_PORT, relayed to smtp-sink on $SINK_ADDR:$PT_SINK_PORT"
-PT_MASTER="$(node -e 'console.log(JSON.parse(process.argv[1]).master.pid)' "$POSTERN_STATUS_JSON")"
+PT_MASTER="$(postern_master_pid)"
 if ! measure postern "$PT_SUB_PORT" "$WORK/sink-postern" "$PT_MASTER"; then
   bench_die "Postern: $MEASURE_ERROR (log: $PT/postern.log$([ "$KEEP" = yes ] || echo ', rerun with --keep to keep it'))"
 fi

@@ -71,7 +71,8 @@ AS_PG=()
 [ "$(id -u)" = 0 ] && AS_PG=(setpriv --reuid=65534 --regid=65534 --clear-groups)
 pg_ctl() { (cd / && "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PG/data" -w -t 60 "$@"); }
 pg_down() { [ -f "$PG/data/postmaster.pid" ] && pg_ctl -m fast stop >/dev/null 2>&1; return 0; }
-trap 'st=$?; pg_down; (exit $st); bench_cleanup' EXIT
+# (not `(exit $st)` to pass the status on: under set -e that ends the trap before bench_cleanup)
+trap 'st=$?; pg_down; bench_cleanup "$st"' EXIT
 psql_as() { # USER PASSWORD DB ARGS...
   PGPASSWORD="$2" psql -h 127.0.0.1 -p "$BENCH_PG_PORT" -U "$1" -d "$3" -v ON_ERROR_STOP=1 -qAt "${@:4}"
 }
@@ -130,13 +131,15 @@ rcpt_run() {
       --rcpts "$WARMUP" --sessions "$SESSIONS" --timeout "$TIMEOUT" >"$log-warmup.json" 2>&1 ||
       bench_die "$kind: warm-up failed: $(tail -c 400 "$log-warmup.json")"
   fi
+  cpu_start "$log.cpu" "$(postern_master_pid)"
   timeout $((TIMEOUT + 60)) node "$BENCH_ROOT/bench/rcpt-load.js" --port "$port" --from sender@remote.test --users "$USERS" \
     --rcpts "$RCPTS" --sessions "$SESSIONS" --timeout "$TIMEOUT" >"$log.json" 2>"$log.err" ||
-    bench_die "$kind: the RCPT load failed: $(tail -c 400 "$log.json") $(tail -n 3 "$log.err")"
+    { cpu_stop; bench_die "$kind: the RCPT load failed: $(tail -c 400 "$log.json") $(tail -n 3 "$log.err")"; }
+  cpu_stop
   postern_stop "$PT"
   node -e 'const r = JSON.parse(process.argv[2]);
-    console.log(JSON.stringify({ kind: process.argv[1], rcpt_per_s: Math.round((r.sent / r.seconds) * 10) / 10, ...r }));' \
-    "$kind" "$(tail -n 1 "$log.json")"
+    console.log(JSON.stringify({ kind: process.argv[1], rcpt_per_s: Math.round((r.sent / r.seconds) * 10) / 10, ...r, cpu: JSON.parse(process.argv[3]) }));' \
+    "$kind" "$(tail -n 1 "$log.json")" "$(cpu_json "$log.cpu" "$RCPTS")"
 }
 
 # not in a $(...) subshell: bench_cleanup must see PT to stop an instance left running
@@ -189,5 +192,8 @@ node -e '
   console.log(`${"accepted msg/s".padEnd(20)}${String(t["passwd-file"].accepted_per_s).padStart(12)}${String(t.pgsql.accepted_per_s).padStart(10)}${String(q.accepted).padStart(12)}`);
   console.log(`${"end-to-end msg/s".padEnd(20)}${String(t["passwd-file"].end_to_end_per_s).padStart(12)}${String(t.pgsql.end_to_end_per_s).padStart(10)}${String(q.end_to_end).padStart(12)}`);' \
   "$DATE" "$MACHINE_JSON" "$RCPTS" "$USERS" "$CACHE_TTL" "$SESSIONS" "$RCPT_JSON" "$TP_FILE" "$TP_PGSQL" "$OUT"
+print_cpu_latency "$OUT" RCPT "rcpt.by_table.passwd-file=RCPTs, passwd-file" "rcpt.by_table.sqlite=RCPTs, sqlite" \
+  "rcpt.by_table.pgsql=RCPTs, pgsql"
+print_cpu_latency "$OUT" message "throughput.passwd-file=Throughput, passwd-file" "throughput.pgsql=Throughput, pgsql"
 echo ""
 echo "written to $OUT"

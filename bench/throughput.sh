@@ -156,7 +156,7 @@ else
 fi
 PT_VERSION="$(postern_version)"
 bench_note "Postern: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PT_PORT"
-PT_MASTER="$(node -e 'console.log(JSON.parse(process.argv[1]).master.pid)' "$POSTERN_STATUS_JSON")"
+PT_MASTER="$(postern_master_pid)"
 if ! measure postern "$PT_PORT" "$PT_NEW" "$PT_MASTER"; then
   bench_die "Postern: $MEASURE_ERROR (log: $PT/postern.log$([ "$KEEP" = yes ] || echo ', rerun with --keep to keep it'))"
 fi
@@ -171,7 +171,7 @@ if [ "$CHECKS_ROW" = yes ]; then
   [ -d "$PT_NEW" ] && find "$PT_NEW" -maxdepth 1 -type f -delete   # the first run's messages
   postern_start "$PT" || bench_die "postern start (checks on) failed; log: $(tail -n 5 "$PT/postern.log" 2>/dev/null)"
   bench_note "Postern, message checks on: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PT_PORT"
-  PT_MASTER="$(node -e 'console.log(JSON.parse(process.argv[1]).master.pid)' "$POSTERN_STATUS_JSON")"
+  PT_MASTER="$(postern_master_pid)"
   if ! measure postern-checks "$PT_PORT" "$PT_NEW" "$PT_MASTER"; then
     bench_die "Postern (checks on): $MEASURE_ERROR (log: $PT/postern.log)"
   fi

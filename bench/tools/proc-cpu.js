@@ -24,6 +24,7 @@
 //               max_use requests), which no sample saw;
 //   processes   how many distinct processes were seen.
 'use strict';
+const fs = require('fs');
 const { argsOrExit, CLK_TCK, procStat, procCpuNs, procTree } = require('../load-lib');
 
 const opts = argsOrExit('proc-cpu', process.argv.slice(2), { interval: 200, timeout: 7200, also: undefined },
@@ -42,6 +43,16 @@ let rootLast = rootFirst;
 
 const alsoPids = new Set(); // processes of the --also tree
 
+/** The program's name: /proc comm is cut at 15 bytes ("postern/proxymap" is "postern/proxyma"), the title in cmdline is not. */
+function programName(st) {
+  if (st.comm.length < 15) return st.comm;
+  try {
+    const title = fs.readFileSync(`/proc/${st.pid}/cmdline`, 'latin1').split('\0')[0].split(' ')[0];
+    if (title.startsWith(st.comm)) return title;
+  } catch { /* gone meanwhile */ }
+  return st.comm;
+}
+
 function sample() {
   const rootTree = procTree(opts.root);
   const all = [...rootTree.values()];
@@ -55,7 +66,7 @@ function sample() {
     const s = seen.get(st.pid);
     if (s && s.start === st.start) { s.last = ns; continue; }
     const newer = st.start > self.start;
-    const name = (alsoPids.has(st.pid) ? 'helper:' : '') + st.comm.replace(/^postern\//, '');
+    const name = (alsoPids.has(st.pid) ? 'helper:' : '') + programName(st).replace(/^postern\//, '');
     seen.set(st.pid, { name, start: st.start, first: newer ? 0 : ns, last: ns, existedBefore: !newer });
   }
 }
