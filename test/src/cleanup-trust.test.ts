@@ -399,6 +399,7 @@ describe('ipc-schema: validate', () => {
     n: { type: 'integer', min: 0, max: 9, optional: true },
     tags: { type: 'array', max: 2, items: { type: 'string', max: 3, values: ['a', 'b'] }, optional: true },
     either: { type: 'either', of: [{ type: 'null' }, { type: 'boolean' }], optional: true },
+    tls: { type: 'either', of: [{ type: 'null' }, { type: 'string', max: 3 }], optional: true },
   } };
   const problem = (v: unknown) => { try { validate(schema, v); return 'accepted'; } catch (e) { assert.ok(e instanceof SchemaError); return (e as Error).message; } };
 
@@ -417,6 +418,10 @@ describe('ipc-schema: validate', () => {
     assert.equal(problem({ name: 'x', tags: ['a', 'c'] }), 'request.tags[1]: not one of a, b');
     assert.equal(problem({ name: 'x', tags: ['a', 'a', 'a'] }), 'request.tags: more than 2 entries');
     assert.equal(problem({ name: 'x', either: 'yes' }), 'request.either: expected null, got string');
+    // a value of one alternative's kind is checked against that one: its problem is the one named
+    assert.equal(problem({ name: 'x', tls: 'TLSv1.3' }), 'request.tls: longer than 3 characters');
+    assert.deepEqual(validate(schema, { name: 'x', tls: 'v1' }), { name: 'x', tls: 'v1' });
+    assert.deepEqual(validate(schema, { name: 'x', tls: null }), { name: 'x', tls: null });
     assert.equal(problem([]), 'request: expected an object, got an array');
   });
 });
