@@ -617,12 +617,12 @@ print_cpu_latency() {
     const named = process.argv.slice(3).map((a) => [a.slice(a.indexOf("=") + 1), a.slice(0, a.indexOf("=")).split(".").reduce((o, k) => o && o[k], r)]);
     const sides = (named.length ? named : [["Postern", r.postern], ["Postern, checks on", r.postern_message_auth], ["Postfix", r.postfix]])
       .filter(([, s]) => s && !s.error);
-    const lat = (l) => `p50 ${l.p50_ms.toFixed(2)} ms, p99 ${l.p99_ms.toFixed(2)} ms (${l.count} ${unit === "RCPT" ? "RCPTs" : "messages"})`;
+    const lat = (l, what) => `p50 ${l.p50_ms.toFixed(2)} ms, p99 ${l.p99_ms.toFixed(2)} ms (${l.count} ${what})`;
     const width = Math.max(40, ...sides.map(([name]) => name.length + 20));
     console.log("");
     for (const [name, s] of sides) {
-      if (s.rcpt_latency && !s.data_to_250) console.log(`${(name + " RCPT to 250").padEnd(width)}${lat(s.rcpt_latency)}`);
-      else console.log(`${(name + " end of DATA to 250").padEnd(width)}${s.data_to_250 ? lat(s.data_to_250) : "-"}`);
+      if (s.rcpt_latency && !s.data_to_250) console.log(`${(name + " RCPT to 250").padEnd(width)}${lat(s.rcpt_latency, "RCPTs")}`);
+      else console.log(`${(name + " end of DATA to 250").padEnd(width)}${s.data_to_250 ? lat(s.data_to_250, "messages") : "-"}`);
     }
     for (const [name, s] of sides) {
       const c = s.cpu;

@@ -134,7 +134,7 @@ rcpt_run() {
   cpu_start "$log.cpu" "$(postern_master_pid)"
   timeout $((TIMEOUT + 60)) node "$BENCH_ROOT/bench/rcpt-load.js" --port "$port" --from sender@remote.test --users "$USERS" \
     --rcpts "$RCPTS" --sessions "$SESSIONS" --timeout "$TIMEOUT" >"$log.json" 2>"$log.err" ||
-    { cpu_stop; bench_die "$kind: the RCPT load failed: $(tail -c 400 "$log.json") $(tail -n 3 "$log.err")"; }
+    bench_die "$kind: the RCPT load failed: $(tail -c 400 "$log.json") $(tail -n 3 "$log.err")"
   cpu_stop
   postern_stop "$PT"
   node -e 'const r = JSON.parse(process.argv[2]);

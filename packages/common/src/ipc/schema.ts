@@ -118,8 +118,8 @@ export function validate<S extends Schema, T = Infer<S>>(schema: S, value: unkno
     }
     case 'either': {
       // Only the alternatives of the value's kind are tried: a mismatch found by throwing costs an
-      // Error and its stack for every message (`tls` is null or a string: 0.14 ms a submitted
-      // message in cleanup, bench/README.md). None of its kind: all are tried, for the problem.
+      // Error and its stack (`tls` is null or a string: one per message over TLS, bench/README.md).
+      // None of its kind: all are tried, for the problem.
       const fitting = schema.of.filter((s) => ofKind(s, value));
       // the problem found deepest is the one of the alternative the client meant (an array of bad ids, not "not a string")
       let best: SchemaError | null = null;
