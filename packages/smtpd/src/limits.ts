@@ -17,13 +17,14 @@
  * - smtpd_timeout for commands and message data (421 4.4.2), and
  *   line_length_limit for command lines (421), replies worded as Postfix's.
  *
- * The per-session part hooks each connection the way pipelining.ts does,
- * since smtp-server answers unknown commands and timeouts itself.
+ * The per-session part hooks each connection (connections.ts), since
+ * smtp-server answers unknown commands and timeouts itself.
  */
 import * as net from 'node:net';
 import { SMTPServer, SMTPServerSession } from 'smtp-server';
 import { MainConfig, NetworkList, Logger, smtpError, SmtpError, ipToBytes, formatIPv6, AnvilRequest, AnvilReply } from '@postern/common';
 import { AnvilClient } from './anvil-client.js';
+import { onEachConnection } from './connections.js';
 
 export interface LimitPolicy {
   /** The master.cf service name: anvil counts per service and client, as Postfix does. */
@@ -219,17 +220,7 @@ export class ClientLimits {
 
   /** Hooks every connection `server` accepts from now on: error counting, timeouts, long lines. */
   install(server: SMTPServer): void {
-    // smtp-server adds each new connection to this set before it starts reading:
-    // hooking there costs the same at 10 sessions as at 10,000 (finding the new one by
-    // walking the set cost a walk of every open session per connect)
-    const connections = (server as any).connections as Set<any>;
-    const add = connections.add;
-    const self = this;
-    connections.add = function (conn: any) {
-      add.call(this, conn);
-      self.hook(conn);
-      return this;
-    };
+    onEachConnection(server, (conn) => this.hook(conn));
   }
 
   private hook(conn: any): void {

@@ -15,6 +15,7 @@ import {
 import { LineEndingCheck } from './line-endings.js';
 import { createMessageObservers, MessageObserver } from './message-checks.js';
 import { forbidUnauthPipelining } from './pipelining.js';
+import { batchReplies } from './reply-batching.js';
 import { AnvilClient } from './anvil-client.js';
 import { ClientLimits, limitPolicy } from './limits.js';
 import { NO_STORAGE } from './queue-space.js';
@@ -93,6 +94,8 @@ async function start(ctx: ServiceContext): Promise<RunningService> {
     if (config.bool('smtpd_forbid_unauth_pipelining')) {
       forbidUnauthPipelining(server, (s, address, when, input) => onPipeliningViolation(sessionContext, s, address, when, input));
     }
+    // last, so it wraps the others' replies too
+    batchReplies(server);
     // a failed TLS handshake or a reset socket must not take the process down
     server.on('error', (err) => log.warn({ err: err.message }, 'connection error'));
     return server;

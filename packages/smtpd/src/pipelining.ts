@@ -14,6 +14,7 @@
  * sent, or after STARTTLS (which needs EHLO first), the guard steps aside.
  */
 import { SMTPServer, SMTPServerSession } from 'smtp-server';
+import { onEachConnection } from './connections.js';
 
 const LF = 0x0a;
 
@@ -22,15 +23,7 @@ export type PipeliningViolation = (session: SMTPServerSession, remoteAddress: st
 
 /** Installs the guard on every connection `server` accepts from now on. */
 export function forbidUnauthPipelining(server: SMTPServer, onViolation: PipeliningViolation): void {
-  // hooked where smtp-server adds the new connection (before it reads), as limits.ts
-  // does: no walk of every open session per connect
-  const connections = (server as any).connections as Set<any>;
-  const add = connections.add;
-  connections.add = function (conn: any) {
-    add.call(this, conn);
-    guard(conn, conn._socket, onViolation);
-    return this;
-  };
+  onEachConnection(server, (conn) => guard(conn, conn._socket, onViolation));
 }
 
 function guard(conn: any, socket: any, onViolation: PipeliningViolation): void {
