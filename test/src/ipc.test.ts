@@ -209,6 +209,78 @@ test('cleanup client: envelope, message bytes in order, end; cleanup\'s reply; A
   }
 });
 
+test('cleanup client: a small message is one write (J, D, E together); a big one streams in order; the envelope asking for an id goes at once', async () => {
+  const seen: any[] = [];
+  const server = serveFrames({
+    async serve(conn) {
+      for (;;) {
+        const frames: any[] = [];
+        for (;;) {
+          const f = await conn.reader.next();
+          if (!f) { if (frames.length) seen.push(frames); return; }
+          frames.push(f.type === 'J' ? f.json : f.type === 'D' ? f.data : f.type);
+          // cleanup's answer to an envelope with want_id comes before any message bytes
+          if (f.type === 'J' && f.json.want_id) await conn.writer.json({ type: 'queue-id', queue_id: 'Q2' });
+          if (f.type === 'E') { await conn.writer.json({ ok: true, queue_id: 'Q1' }); break; }
+        }
+        seen.push(frames);
+      }
+    },
+  });
+  const { socketPath, cleanup } = await listening(server, 'cleanup');
+  const envelope = { sender: 'a@example.test', recipients: [{ address: 'b@example.test' }], origin: 'bounce' as const };
+  const opened: CleanupSubmission[] = [];
+  /** Counts the client's socket writes, each one system call on an idle Unix socket. */
+  const counted = async () => {
+    const sub = await CleanupSubmission.open(socketPath);
+    opened.push(sub);
+    const socket = (sub as any).socket as net.Socket;
+    const counter = { writes: 0 };
+    const write = socket.write;
+    socket.write = function (this: net.Socket, ...args: any[]) { counter.writes++; return (write as any).apply(this, args); } as any;
+    return { sub, counter };
+  };
+  try {
+    const small = await counted();
+    const body = Buffer.alloc(4096, 'a');
+    await small.sub.envelope(envelope);
+    await small.sub.data(Buffer.from('Subject: x\r\n\r\n'));
+    await small.sub.data(body);
+    await small.sub.afterBody({ headers: 'X-Checked: yes\r\n' });
+    assert.deepEqual(await small.sub.finish(), { ok: true, queue_id: 'Q1' });
+    assert.equal(small.counter.writes, 1, 'J, both D frames, the after-body J and E in one write');
+    small.sub.close();
+
+    // 100 KiB in 1 KiB pieces: written in writes of about 16 KiB, in order, whole
+    const big = await counted();
+    const pieces = Array.from({ length: 100 }, (_, i) => Buffer.alloc(1024, 65 + (i % 26)));
+    await big.sub.envelope(envelope);
+    for (const p of pieces) await big.sub.data(p);
+    assert.deepEqual(await big.sub.finish(), { ok: true, queue_id: 'Q1' });
+    assert.ok(big.counter.writes >= 6 && big.counter.writes <= 10, `100 KiB in ${big.counter.writes} writes`);
+    big.sub.close();
+
+    // milters need the queue id before the body: the envelope cannot wait for more frames
+    const withId = await counted();
+    assert.equal(await withId.sub.envelopeForId(envelope as any), 'Q2');
+    await withId.sub.data(Buffer.from('x'));
+    await withId.sub.abort();
+    withId.sub.close();
+
+    await waitFor('three submissions seen', () => seen.length === 3 || null, 5000);
+    assert.deepEqual(seen[0].map((f: any) => (Buffer.isBuffer(f) ? f.length : f.type ?? f)), ['message', 14, 4096, 'after-body', 'E']);
+    const bigData = Buffer.concat(seen[1].filter((f: any) => Buffer.isBuffer(f)));
+    assert.ok(bigData.equals(Buffer.concat(pieces)), 'the big message arrived whole and in order');
+    assert.equal(seen[1].at(-1), 'E');
+    assert.deepEqual(seen[2].map((f: any) => (Buffer.isBuffer(f) ? f.toString() : f.type ?? f)), ['message', 'x', 'A']);
+  } finally {
+    // the server waits for the connections in hand: a failed assertion must not leave one open
+    for (const sub of opened) sub.close();
+    await server.stop();
+    cleanup();
+  }
+});
+
 test('RequestConnection: requests in flight are answered in order; no reply in time ends the connection for all of them', async () => {
   let hold = false;
   let release!: () => void;
