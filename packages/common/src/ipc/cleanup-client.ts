@@ -13,13 +13,6 @@ import { IdlePool } from './idle-pool.js';
 import type { AfterBodyRequest, CleanupReply, LocalEnvelope, SmtpdEnvelope } from './protocol.js';
 import type { MilterEditsRequest } from './schema.js';
 
-/**
- * Frames to cleanup are held up to this many bytes and written together: no more
- * than smtp-server's data stream already buffers for a client (its 16 KiB high-water
- * mark), so holding them adds no more memory per message than that.
- */
-const HOLD_BYTES = 16 * 1024;
-
 /** cleanup's socket could not be reached: nothing was sent (pickup waits, smtpd answers 451). */
 export class CleanupUnreachable extends Error {}
 
@@ -39,8 +32,7 @@ export class CleanupSubmission {
   private idling = false;
 
   private constructor(private readonly socket: net.Socket, readonly socketPath: string) {
-    // a message of up to HOLD_BYTES reaches cleanup as one write: J, D..., E
-    this.writer = new FrameWriter(socket, HOLD_BYTES);
+    this.writer = new FrameWriter(socket);
     this.reader = new FrameReader(socket);
   }
 
@@ -70,7 +62,6 @@ export class CleanupSubmission {
    */
   async envelopeForId(envelope: SmtpdEnvelope): Promise<string> {
     await this.writer.json({ type: 'message', envelope, want_id: true });
-    await this.writer.flush();
     const r = await this.readJson() as { type?: string; queue_id?: string; error?: string };
     if (r?.type !== 'queue-id' || typeof r.queue_id !== 'string') throw new Error(`cleanup refused the envelope: ${r?.error ?? 'no queue id'}`);
     return r.queue_id;

@@ -101,46 +101,11 @@ function frameHead(type: string, length: number): Buffer {
 }
 
 export class FrameWriter {
-  /** Frames held back to go out with the next ones (see `holdBytes`). */
-  private held: Buffer[] = [];
-  private heldBytes = 0;
+  constructor(private socket: net.Socket) {}
 
-  /**
-   * `holdBytes` > 0: frames are held while they add up to at most that many bytes,
-   * and go out together in one write (one system call, one wake-up of the reader)
-   * when the next one would pass it, at end(), abort() or flush(). A small message to
-   * cleanup is then J, D and E in one write instead of three; a bigger one streams
-   * in writes of about `holdBytes`. 0 writes each frame at once.
-   */
-  constructor(private socket: net.Socket, private readonly holdBytes = 0) {}
-
-  private frame(type: string, payload: Buffer, flush = false): Promise<void> {
+  private frame(type: string, payload: Buffer): Promise<void> {
     const head = frameHead(type, payload.length);
-    if (this.holdBytes > 0) {
-      const size = head.length + payload.length;
-      if (!flush && this.heldBytes + size <= this.holdBytes) {
-        // copied: the caller may reuse its buffer once the promise resolves
-        this.held.push(head, Buffer.from(payload));
-        this.heldBytes += size;
-        return Promise.resolve();
-      }
-      if (this.heldBytes) {
-        const parts = [...this.held, head, payload];
-        this.held = [];
-        this.heldBytes = 0;
-        return this.raw(Buffer.concat(parts));
-      }
-    }
     return this.raw(payload.length ? Buffer.concat([head, payload]) : head);
-  }
-
-  /** Writes the held frames now (before waiting for a reply to them). */
-  flush(): Promise<void> {
-    if (!this.heldBytes) return Promise.resolve();
-    const buf = Buffer.concat(this.held);
-    this.held = [];
-    this.heldBytes = 0;
-    return this.raw(buf);
   }
 
   json(obj: unknown): Promise<void> { return this.frame('J', Buffer.from(JSON.stringify(obj))); }
@@ -175,8 +140,8 @@ export class FrameWriter {
   async data(chunk: Buffer): Promise<void> {
     for (let off = 0; off < chunk.length; off += MAX_DATA) await this.frame('D', chunk.subarray(off, off + MAX_DATA));
   }
-  end(): Promise<void> { return this.frame('E', Buffer.alloc(0), true); }
-  abort(): Promise<void> { return this.frame('A', Buffer.alloc(0), true); }
+  end(): Promise<void> { return this.frame('E', Buffer.alloc(0)); }
+  abort(): Promise<void> { return this.frame('A', Buffer.alloc(0)); }
 }
 
 export function connectUnix(socketPath: string, timeoutMs = 10000): Promise<net.Socket> {
