@@ -230,9 +230,27 @@ export class RawSmtp {
   private waiters: (() => void)[] = [];
   closed = false;
   private constructor(private sock: net.Socket) {
+    this.attach(sock);
+  }
+
+  private attach(sock: net.Socket): void {
     sock.on('data', (d) => { this.buf += d.toString('latin1'); this.waiters.splice(0).forEach((w) => w()); });
     sock.on('close', () => { this.closed = true; this.waiters.splice(0).forEach((w) => w()); });
     sock.on('error', () => undefined);
+  }
+
+  /** STARTTLS, then the same conversation over TLS (the server's certificate is not checked); returns the 220. */
+  async startTls(): Promise<string> {
+    const ready = await this.command('STARTTLS');
+    if (!/^220 /.test(ready)) throw new Error(`STARTTLS refused: ${ready}`);
+    const plain = this.sock;
+    plain.removeAllListeners('data');
+    plain.removeAllListeners('close');
+    const secure = tls.connect({ socket: plain, rejectUnauthorized: false });
+    await new Promise<void>((res, rej) => { secure.once('secureConnect', res); secure.once('error', rej); });
+    this.sock = secure;
+    this.attach(secure);
+    return ready;
   }
 
   static async connect(port: number, opts: { host?: string; localAddress?: string } = {}): Promise<RawSmtp> {

@@ -11,11 +11,11 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as net from 'node:net';
-import * as tls from 'node:tls';
 import { SMTPServer } from 'smtp-server';
 import { batchReplies } from '../../packages/smtpd/dist/reply-batching.js';
 import { onEachConnection } from '../../packages/smtpd/dist/connections.js';
 import { selfSigned } from './tls-fixtures.js';
+import { RawSmtp } from './harness.js';
 
 const HANDLE_WRITES = ['writev', 'writeBuffer', 'writeUtf8String', 'writeLatin1String', 'writeAsciiString', 'writeUcs2String'];
 
@@ -53,75 +53,25 @@ async function startServer(batched: boolean, key: string, cert: string): Promise
   return { server, port, counter, close: () => new Promise<void>((r) => server.close(() => r())) };
 }
 
-/** A client that reads whole replies from whichever socket it currently has. */
-class Client {
-  private buf = '';
-  private waiters: (() => void)[] = [];
-  closed = false;
-  constructor(public sock: net.Socket) { this.attach(sock); }
-
-  private attach(sock: net.Socket): void {
-    sock.on('data', (d) => { this.buf += d.toString('latin1'); this.waiters.splice(0).forEach((w) => w()); });
-    sock.on('close', () => { this.closed = true; this.waiters.splice(0).forEach((w) => w()); });
-    sock.on('error', () => undefined);
-  }
-
-  static async connect(port: number): Promise<Client> {
-    const sock = net.createConnection({ port, host: '127.0.0.1' });
-    await new Promise<void>((res, rej) => { sock.once('connect', res); sock.once('error', rej); });
-    return new Client(sock);
-  }
-
-  /** `count` complete replies, each as its last line. */
-  async replies(count: number, timeoutMs = 10000): Promise<string[]> {
-    const deadline = Date.now() + timeoutMs;
-    const out: string[] = [];
-    while (out.length < count) {
-      const m = /^(?:\d{3}-[^\n]*\n)*(\d{3}(?: [^\n]*)?)\r?\n/.exec(this.buf);
-      if (m) { this.buf = this.buf.slice(m[0].length); out.push(m[1]); continue; }
-      if (this.closed) break;
-      if (Date.now() > deadline) throw new Error(`no SMTP reply within ${timeoutMs} ms (have: ${JSON.stringify(this.buf)})`);
-      await new Promise<void>((r) => { this.waiters.push(r); setTimeout(r, 200); });
-    }
-    return out;
-  }
-
-  write(data: string): void { this.sock.write(data); }
-
-  async startTls(): Promise<void> {
-    this.write('STARTTLS\r\n');
-    assert.match((await this.replies(1))[0], /^220 /);
-    const plain = this.sock;
-    plain.removeAllListeners('data');
-    const secure = tls.connect({ socket: plain, rejectUnauthorized: false });
-    await new Promise<void>((res, rej) => { secure.once('secureConnect', res); secure.once('error', rej); });
-    this.sock = secure;
-    this.attach(secure);
-  }
-
-  close(): void { this.sock.destroy(); }
-}
-
 /** Greets, EHLO, optionally STARTTLS and EHLO again; then counts the writes a pipelined MAIL/RCPT/DATA costs the server. */
 async function pipelinedWrites(srv: TestServer, overTls: boolean): Promise<{ writes: number; replies: string[] }> {
-  const c = await Client.connect(srv.port);
+  const c = await RawSmtp.connect(srv.port);
   try {
-    assert.match((await c.replies(1))[0], /^220 /);
-    c.write('EHLO client.test\r\n');
-    assert.match((await c.replies(1))[0], /^250 /);
+    assert.match(c.greeting, /^220 /);
+    assert.match(await c.command('EHLO client.test'), /^250/);
     if (overTls) {
       await c.startTls();
-      c.write('EHLO client.test\r\n');
-      assert.match((await c.replies(1))[0], /^250 /);
+      assert.match(await c.command('EHLO client.test'), /^250/);
     }
     // let the server's handle settle, then count only the pipelined chunk's replies
     await new Promise((r) => setTimeout(r, 50));
     const before = srv.counter.writes;
-    c.write('MAIL FROM:<a@client.test>\r\nRCPT TO:<b@server.test>\r\nDATA\r\n');
-    const replies = await c.replies(3);
+    await c.send('MAIL FROM:<a@client.test>\r\nRCPT TO:<b@server.test>\r\nDATA\r\n');
+    const replies = [await c.reply(), await c.reply(), await c.reply()];
     const writes = srv.counter.writes - before;
-    c.write('Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n');
-    await c.replies(2);
+    await c.send('Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n');
+    await c.reply();
+    await c.reply();
     return { writes, replies };
   } finally {
     c.close();
@@ -160,14 +110,14 @@ describe('smtpd reply batching', () => {
   });
 
   it('writes 221 after what is held, in order, and closes', async () => {
-    const c = await Client.connect(batched.port);
+    const c = await RawSmtp.connect(batched.port);
     try {
-      assert.match((await c.replies(1))[0], /^220 /);
-      c.write('EHLO client.test\r\nRSET\r\nNOOP\r\nQUIT\r\n');
-      const replies = await c.replies(4);
+      assert.match(c.greeting, /^220 /);
+      await c.send('EHLO client.test\r\nRSET\r\nNOOP\r\nQUIT\r\n');
+      const replies = [await c.reply(), await c.reply(), await c.reply(), await c.reply()];
       assert.deepEqual(replies.map((r) => r.slice(0, 3)), ['250', '250', '250', '221']);
       // the server ends the connection: nothing more comes, and the socket closes
-      assert.deepEqual(await c.replies(1, 5000), []);
+      assert.equal(await c.reply(5000), '');
       assert.equal(c.closed, true);
     } finally {
       c.close();
