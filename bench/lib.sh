@@ -570,6 +570,55 @@ machine_json() {
     }));'
 }
 
+# --- Rounds -----------------------------------------------------------------
+# One run on a shared machine moves with the machine's load (bench/README.md): with
+# --rounds N a benchmark measures both servers N times, alternating which goes first,
+# and reports the round with the median end-to-end ratio, listing every round.
+
+# rounds_order ROUND: which server goes first in ROUND (odd: Postern, even: Postfix),
+# so that a drift in the machine's load over the run weighs on both.
+rounds_order() { if (($1 % 2)); then echo postern-first; else echo postfix-first; fi; }
+
+# rounds_add ROUND POSTERN-JSON POSTERN-CHECKS-JSON-or-null POSTFIX-JSON: one round's
+# results, gathered in ROUNDS_JSON.
+ROUNDS_JSON=""
+rounds_add() {
+  ROUNDS_JSON+="${ROUNDS_JSON:+,}{\"round\":$1,\"order\":\"$(rounds_order "$1")\",\"postern\":$2,\"postern_message_auth\":$3,\"postfix\":$4}"
+}
+
+# rounds_merge RATE-FIELD RATIO-NAME: the report's figures as a JSON object: the median
+# round's postern, postern_message_auth, postfix and their ratios (RATIO-NAME: RATE-FIELD
+# over Postfix's, end_to_end likewise), then median_round and rounds when there were
+# several (without Postfix the median is by Postern's end-to-end rate).
+rounds_merge() {
+  node -e '
+    const [rounds, field, name] = [JSON.parse(`[${process.argv[1]}]`), process.argv[2], process.argv[3]];
+    const ratio = (a, b) => (typeof a === "number" && typeof b === "number" && b > 0 ? Math.round((a / b) * 100) / 100 : null);
+    const both = (pt, pf) => pt && ({ [name]: ratio(pt[field], pf[field]), end_to_end: ratio(pt.end_to_end_per_s, pf.end_to_end_per_s) });
+    const all = rounds.map((r) => ({ ...r, ratio_postern_to_postfix: both(r.postern, r.postfix),
+      ratio_postern_message_auth_to_postfix: both(r.postern_message_auth, r.postfix) }));
+    const key = (r) => r.ratio_postern_to_postfix.end_to_end ?? r.postern.end_to_end_per_s;
+    const { round, order, ...median } = [...all].sort((a, b) => key(a) - key(b))[Math.floor((all.length - 1) / 2)];
+    console.log(JSON.stringify({ ...median, ...(all.length > 1 ? { median_round: round, rounds: all } : {}) }));' \
+    "$ROUNDS_JSON" "$1" "$2"
+}
+
+# print_rounds REPORT RATE-FIELD: one line per round, when the report has several.
+print_rounds() {
+  node -e '
+    const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")), field = process.argv[2];
+    if (!r.rounds) process.exit(0);
+    const fx = (v, d) => (typeof v === "number" ? v.toFixed(d) : "-");
+    const cpu = (s) => (s && s.cpu && !s.cpu.error ? s.cpu.total_ms_per_unit.toFixed(2) : "-");
+    const pair = (q) => (q ? Object.values(q).map((v) => fx(v, 2)).join(" / ") : "-");
+    console.log(`\n${r.rounds.length} rounds; the figures above and below come from round ${r.median_round}, the median by end-to-end ratio:`);
+    for (const x of r.rounds) {
+      console.log(`  round ${x.round} (${x.order}): Postern ${fx(x.postern[field], 1)} / ${fx(x.postern.end_to_end_per_s, 1)} msg/s, CPU ${cpu(x.postern)} ms/msg; ` +
+        `Postfix ${fx(x.postfix[field], 1)} / ${fx(x.postfix.end_to_end_per_s, 1)}, CPU ${cpu(x.postfix)}; ratio ${pair(x.ratio_postern_to_postfix)}` +
+        (x.postern_message_auth ? `; checks on ${pair(x.ratio_postern_message_auth_to_postfix)}` : ""));
+    }' "$1" "$2"
+}
+
 # --- CPU per program, latency ------------------------------------------------
 
 # cpu_start FILE ROOTPID [HELPERPID]: sample the CPU of every process below ROOTPID (a

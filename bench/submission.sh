@@ -10,9 +10,11 @@
 # Reports submitted and end-to-end messages per second for each and Postern/Postfix,
 # CPU ms per message of each program, and p50/p99 end of DATA to 250.
 #
-#   bench/submission.sh [--postern-only] [--mx] [--keep] [--messages N] [--size BYTES]
+#   bench/submission.sh [--postern-only] [--mx] [--keep] [--rounds N] [--messages N] [--size BYTES]
 #                       [--sessions N] [--warmup N] [--timeout SECONDS]
 #
+# --rounds N: measure both servers N times, alternating which goes first; the report's
+# figures are those of the round with the median end-to-end ratio (bench/lib.sh, "Rounds").
 # Needs `make build` first; see bench/README.md.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -30,9 +32,17 @@ PASSWORD=bench-password
 RECIPIENT=someone@sink.test
 SINK_ADDR=127.0.0.9   # the "remote" MX: another loopback address, as mx.sink.test
 
+ROUNDS=1
 usage() { sed -n '13,14p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 2; }
-bench_extra_arg() { [ "$1" = --mx ] && MX=yes; }
+bench_extra_arg() {
+  case "$1" in
+    --mx) MX=yes ;;
+    --rounds) ROUNDS="$2"; BENCH_EXTRA_SHIFT=2 ;;
+    *) return 1 ;;
+  esac
+}
 bench_parse_args "$@"
+[[ "$ROUNDS" =~ ^[1-9]$ ]] || bench_die "rounds must be a whole number from 1 to 9, not \"$ROUNDS\""
 
 bench_require_build test/dist/dns-server.js
 [ -f "$BENCH_ROOT/node_modules/nodemailer/package.json" ] ||
@@ -55,13 +65,15 @@ load_failure() { # LOG-PREFIX: why a load run failed, in one line
 # every process below MASTERPID, and HELPERPID, sampled); sets M_* or MEASURE_ERROR.
 measure() {
   local name="$1" port="$2" sink="$3" root="$4" helper="${5:-}" log base t0 tl dump
+  sink_clear "$sink"   # an earlier round's messages
   if [ "$WARMUP" -gt 0 ]; then
     log="$WORK/$name-warmup.load"
+    base="$(sink_messages "$sink")"
     if ! submit "$log" "$port" "$WARMUP"; then
       MEASURE_ERROR="warm-up: submission failed: $(load_failure "$log")"; return 1
     fi
-    if ! sink_wait "$sink" "$WARMUP" "$TIMEOUT"; then
-      MEASURE_ERROR="warm-up: smtp-sink got only $(sink_messages "$sink") of $WARMUP messages within $TIMEOUT s"; return 1
+    if ! sink_wait "$sink" $((base + WARMUP)) "$TIMEOUT"; then
+      MEASURE_ERROR="warm-up: smtp-sink got only $(( $(sink_messages "$sink") - base )) of $WARMUP messages within $TIMEOUT s"; return 1
     fi
     sink_clear "$sink"
   fi
@@ -144,28 +156,37 @@ fi
   bench_die "postern config set failed"
 [ -s "$PT/etc/dkim/signing.table" ] && bench_die "the new instance has a DKIM signing table; the benchmark expects none"
 sink_start "$WORK/sink-postern" "$SINK_ADDR" "$PT_SINK_PORT" || bench_die "smtp-sink did not start on $SINK_ADDR:$PT_SINK_PORT"
-postern_start "$PT" || bench_die "postern start failed; log: $(tail -n 5 "$PT/postern.log" 2>/dev/null)"
 PT_VERSION="$(postern_version)"
-bench_note "Postern: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PT_SUB_PORT, relayed to smtp-sink on $SINK_ADDR:$PT_SINK_PORT"
-PT_MASTER="$(postern_master_pid)"
-if ! measure postern "$PT_SUB_PORT" "$WORK/sink-postern" "$PT_MASTER"; then
-  bench_die "Postern: $MEASURE_ERROR (log: $PT/postern.log$([ "$KEEP" = yes ] || echo ', rerun with --keep to keep it'))"
-fi
-POSTERN_JSON="$(result_json "" "$PT_VERSION")"
-PT_SUBMITTED="$M_SUBMITTED"; PT_E2E="$M_END_TO_END"
-postern_stop "$PT"
-bench_kill "$SINK_PID"
+
+# postern_round ROUND: sets PT_JSON[ROUND].
+declare -a PT_JSON PF_JSON
+postern_round() {
+  local r="$1"
+  postern_start "$PT" || bench_die "postern start failed; log: $(tail -n 5 "$PT/postern.log" 2>/dev/null)"
+  bench_note "Postern (round $r): $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PT_SUB_PORT, relayed to smtp-sink on $SINK_ADDR:$PT_SINK_PORT"
+  if ! measure "postern-r$r" "$PT_SUB_PORT" "$WORK/sink-postern" "$(postern_master_pid)"; then
+    bench_die "Postern: $MEASURE_ERROR (log: $PT/postern.log$([ "$KEEP" = yes ] || echo ', rerun with --keep to keep it'))"
+  fi
+  PT_JSON[$r]="$(result_json "" "$PT_VERSION")"
+  postern_stop "$PT"
+}
 
 # --- Postfix -----------------------------------------------------------------
 PF_ERROR=""
 PF_VERSION=""
-if [ "$MX" = yes ] && [ "$POSTERN_ONLY" != yes ]; then
-  PF_ERROR="not run (--mx): Postfix resolves through /etc/resolv.conf, which cannot name a DNS server's port; without --mx both use relayhost"
-elif ! postfix_can_run; then
-  :
-elif ! dovecot_auth_start "$WORK/dovecot" "$PT/etc/users" 2>"$WORK/dovecot-start.err"; then
-  PF_ERROR="Dovecot's auth service (Postfix's SASL) did not start: $(tail -n 3 "$WORK/dovecot-start.err" | tr '\n' ' ')"
-else
+PF_CREATED=no
+# postfix_setup: the private instance, its SASL (Dovecot's auth service) and its sink,
+# once; sets PF_ERROR when Postfix cannot run.
+postfix_setup() {
+  if [ "$MX" = yes ] && [ "$POSTERN_ONLY" != yes ]; then
+    PF_ERROR="not run (--mx): Postfix resolves through /etc/resolv.conf, which cannot name a DNS server's port; without --mx both use relayhost"
+    return 1
+  fi
+  postfix_can_run || return 1
+  if ! dovecot_auth_start "$WORK/dovecot" "$PT/etc/users" 2>"$WORK/dovecot-start.err"; then
+    PF_ERROR="Dovecot's auth service (Postfix's SASL) did not start: $(tail -n 3 "$WORK/dovecot-start.err" | tr '\n' ' ')"
+    return 1
+  fi
   bench_note "Postfix: private instance in $PF (SASL: Dovecot auth at $DOVECOT_AUTH_SOCKET)"
   PF_PORT="$(free_port)"
   PF_SUB_PORT="$(free_port)"
@@ -198,42 +219,60 @@ smtp_tls_security_level = may"
   PF_VERSION="$(postfix_version "$PF")"
   if ! sink_start "$WORK/sink-postfix" "$SINK_ADDR" "$PF_SINK_PORT"; then
     PF_ERROR="smtp-sink did not start on $SINK_ADDR:$PF_SINK_PORT"
-  elif ! postfix_start "$PF" "$PF_SUB_PORT"; then
+    return 1
+  fi
+}
+
+# postfix_round ROUND: sets PF_JSON[ROUND], or PF_ERROR, after which no later round runs Postfix.
+postfix_round() {
+  local r="$1"
+  PF_JSON[$r]=null
+  [ -z "$PF_ERROR" ] || return 0
+  if [ "$PF_CREATED" = no ]; then
+    PF_CREATED=yes
+    postfix_setup || return 0
+  fi
+  if ! postfix_start "$PF" "$PF_SUB_PORT"; then
     PF_ERROR="$POSTFIX_START_ERROR"
   else
-    bench_note "Postfix $PF_VERSION: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PF_SUB_PORT, relayed to smtp-sink on $SINK_ADDR:$PF_SINK_PORT"
+    bench_note "Postfix $PF_VERSION (round $r): $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PF_SUB_PORT, relayed to smtp-sink on $SINK_ADDR:$PF_SINK_PORT"
     # Dovecot's auth service checks Postfix's passwords (Postern's smtpd does it itself): counted with Postfix
-    if measure postfix "$PF_SUB_PORT" "$WORK/sink-postfix" "$(postfix_master_pid "$PF")" "$DOVECOT_PID"; then
-      POSTFIX_JSON="$(result_json "" "$PF_VERSION")"
-      PF_SUBMITTED="$M_SUBMITTED"; PF_E2E="$M_END_TO_END"
+    if measure "postfix-r$r" "$PF_SUB_PORT" "$WORK/sink-postfix" "$(postfix_master_pid "$PF")" "$DOVECOT_PID"; then
+      PF_JSON[$r]="$(result_json "" "$PF_VERSION")"
     else
       PF_ERROR="$MEASURE_ERROR (maillog: $(grep -E 'fatal|panic|error|warning: SASL' "$PF/maillog" 2>/dev/null | tail -n 2))"
     fi
   fi
   postfix_stop "$PF"
-fi
+}
+
+for ((r = 1; r <= ROUNDS; r++)); do
+  if [ "$(rounds_order "$r")" = postern-first ]; then postern_round "$r"; postfix_round "$r"
+  else postfix_round "$r"; postern_round "$r"; fi
+done
 bench_stop_background
-[ -n "$PF_ERROR" ] && POSTFIX_JSON="$(result_json "$PF_ERROR" "$PF_VERSION")"
-R_SUBMITTED="$(ratio "$PT_SUBMITTED" "${PF_SUBMITTED:-}")"
-R_E2E="$(ratio "$PT_E2E" "${PF_E2E:-}")"
+[ -n "$PF_ERROR" ] && PF_FAILED_JSON="$(result_json "$PF_ERROR" "$PF_VERSION")"
+for ((r = 1; r <= ROUNDS; r++)); do
+  pf="${PF_JSON[$r]}"
+  [ "$pf" = null ] && pf="$PF_FAILED_JSON"
+  rounds_add "$r" "${PT_JSON[$r]}" null "$pf"
+done
 
 # --- Report ------------------------------------------------------------------
 report_start submission
 node -e '
-  const [date, messages, size, sessions, warmup, route, machine, postern, postfix, rSub, rE2e] = process.argv.slice(1);
-  const num = (x) => (x === "null" ? null : +x);
+  const [date, messages, size, sessions, warmup, route, machine, figures] = process.argv.slice(1);
+  const { postern_message_auth, ratio_postern_message_auth_to_postfix, ...rest } = JSON.parse(figures);
   const report = {
     benchmark: "submission", date,
     load: { tool: "bench/submit-load.js (nodemailer SMTPConnection)", messages: +messages, body_bytes: +size,
             sessions: +sessions, per_session: "STARTTLS, AUTH PLAIN, then its messages on one connection with RSET between",
             warmup_messages: +warmup, delivery: "smtp-sink (Postfix) on 127.0.0.9", routing: route },
     machine: JSON.parse(machine),
-    postern: JSON.parse(postern),
-    postfix: JSON.parse(postfix),
-    ratio_postern_to_postfix: { submitted: num(rSub), end_to_end: num(rE2e) },
+    ...rest,
   };
   process.stdout.write(JSON.stringify(report, null, 2) + "\n");' \
-  "$DATE" "$MESSAGES" "$SIZE" "$SESSIONS" "$WARMUP" "$ROUTE" "$MACHINE_JSON" "$POSTERN_JSON" "$POSTFIX_JSON" "$R_SUBMITTED" "$R_E2E" >"$OUT"
+  "$DATE" "$MESSAGES" "$SIZE" "$SESSIONS" "$WARMUP" "$ROUTE" "$MACHINE_JSON" "$(rounds_merge submitted_per_s submitted)" >"$OUT"
 
 node -e '
   const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
@@ -258,6 +297,7 @@ node -e '
   console.log(`${"TLS".padEnd(24)}${tls(pt)} / ${tls(pf)}`);
   if (pt.dkim_signed || pf.dkim_signed) console.log("note: DKIM-signed mail reached the sink (unexpected: no key was configured)");
   if (pf.error) console.log(`\nPostfix: ${pf.error}`);' "$OUT"
+print_rounds "$OUT" submitted_per_s
 print_cpu_latency "$OUT" message
 echo ""
 echo "written to $OUT"

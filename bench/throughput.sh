@@ -11,9 +11,12 @@
 # DKIM or DMARC here), then with its default checks on, reported as a row of its own.
 #
 #   bench/throughput.sh [--postern-only] [--keep] [--smtp-source] [--lmtp] [--no-checks-row]
-#                       [--messages N] [--size BYTES] [--sessions N] [--warmup N] [--timeout SECONDS]
+#                       [--rounds N] [--messages N] [--size BYTES] [--sessions N] [--warmup N] [--timeout SECONDS]
 #
 # --no-checks-row: skip Postern's second run with the message checks on.
+# --rounds N: measure both servers N times, alternating which goes first; the report's
+# figures are those of the round with the median end-to-end ratio, and every round is
+# listed (one run on a shared machine moves with the machine's load; see bench/README.md).
 # --lmtp: both deliver to one Dovecot LMTP server on loopback (virtual_transport =
 # lmtp:inet:127.0.0.1:PORT on each side) instead of their own Maildir writers.
 #
@@ -34,9 +37,11 @@ RECIPIENT=bench@example.test
 SENDER=sender@remote.test
 
 CHECKS_ROW=yes
+ROUNDS=1
 usage() { sed -n '13,14p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 2; }
 bench_extra_arg() {
   case "$1" in
+    --rounds) ROUNDS="$2"; BENCH_EXTRA_SHIFT=2 ;;
     --smtp-source) LOADER=smtp-source ;;
     --no-checks-row) CHECKS_ROW=no ;;
     --lmtp) DELIVERY=lmtp ;;
@@ -44,6 +49,7 @@ bench_extra_arg() {
   esac
 }
 bench_parse_args "$@"
+[[ "$ROUNDS" =~ ^[1-9]$ ]] || bench_die "rounds must be a whole number from 1 to 9, not \"$ROUNDS\""
 
 bench_require_build
 postfix_tools
@@ -79,6 +85,7 @@ send_failure() { { json_field "$1.json" errors 2>/dev/null || true; tail -n 3 "$
 # below MASTERPID sampled); sets M_* or MEASURE_ERROR.
 measure() {
   local name="$1" port="$2" new="$3" root="$4" log t0 t1 tl
+  [ -d "$new" ] && find "$new" -maxdepth 1 -type f -delete   # an earlier run's messages
   if [ "$WARMUP" -gt 0 ]; then
     log="$WORK/$name-warmup.$LOADER.log"
     if ! send "$log" "$WARMUP" "$port"; then
@@ -148,85 +155,95 @@ fi
 if [ -n "$LMTP_TRANSPORT" ]; then
   "$POSTERN" -c "$PT/etc" config set "virtual_transport=$LMTP_TRANSPORT" || bench_die "postern config set virtual_transport failed"
 fi
-postern_start "$PT" || bench_die "postern start failed; log: $(tail -n 5 "$PT/postern.log" 2>/dev/null)"
 if [ -n "$LMTP_TRANSPORT" ]; then
   PT_NEW="$DC_NEW"
 else
   PT_NEW="$(postern_maildir_new "$PT" "$RECIPIENT")" || bench_die "no Maildir for $RECIPIENT in the user table"
 fi
 PT_VERSION="$(postern_version)"
-bench_note "Postern: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PT_PORT"
-PT_MASTER="$(postern_master_pid)"
-if ! measure postern "$PT_PORT" "$PT_NEW" "$PT_MASTER"; then
-  bench_die "Postern: $MEASURE_ERROR (log: $PT/postern.log$([ "$KEEP" = yes ] || echo ', rerun with --keep to keep it'))"
-fi
-POSTERN_JSON="$(result_json "" "$PT_VERSION")"
-PT_ACCEPTED="$M_ACCEPTED"; PT_E2E="$M_END_TO_END"; PT_SEND_S="$M_SEND_S"; PT_E2E_S="$M_E2E_S"
-postern_stop "$PT"
 
-# --- Postern with its message checks on (SPF, DKIM, DMARC, ARC: the default) --
-POSTERN_AUTH_JSON=null
-if [ "$CHECKS_ROW" = yes ]; then
+# postern_round ROUND: Postern like for like, then (unless --no-checks-row) with its
+# checks on; sets PT_JSON[ROUND] and PTA_JSON[ROUND].
+declare -a PT_JSON PTA_JSON PF_JSON
+postern_round() {
+  local r="$1"
+  postern_start "$PT" || bench_die "postern start failed; log: $(tail -n 5 "$PT/postern.log" 2>/dev/null)"
+  bench_note "Postern (round $r): $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PT_PORT"
+  if ! measure "postern-r$r" "$PT_PORT" "$PT_NEW" "$(postern_master_pid)"; then
+    bench_die "Postern: $MEASURE_ERROR (log: $PT/postern.log$([ "$KEEP" = yes ] || echo ', rerun with --keep to keep it'))"
+  fi
+  PT_JSON[$r]="$(result_json "" "$PT_VERSION")"
+  postern_stop "$PT"
+  PTA_JSON[$r]=null
+  [ "$CHECKS_ROW" = yes ] || return 0
+  # SPF, DKIM, DMARC, ARC: Postern's default
   "$POSTERN" -c "$PT/etc" config set "smtpd_message_auth=yes" || bench_die "postern config set smtpd_message_auth failed"
-  [ -d "$PT_NEW" ] && find "$PT_NEW" -maxdepth 1 -type f -delete   # the first run's messages
   postern_start "$PT" || bench_die "postern start (checks on) failed; log: $(tail -n 5 "$PT/postern.log" 2>/dev/null)"
-  bench_note "Postern, message checks on: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PT_PORT"
-  PT_MASTER="$(postern_master_pid)"
-  if ! measure postern-checks "$PT_PORT" "$PT_NEW" "$PT_MASTER"; then
+  bench_note "Postern, message checks on (round $r): $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PT_PORT"
+  if ! measure "postern-checks-r$r" "$PT_PORT" "$PT_NEW" "$(postern_master_pid)"; then
     bench_die "Postern (checks on): $MEASURE_ERROR (log: $PT/postern.log)"
   fi
-  POSTERN_AUTH_JSON="$(result_json "" "$PT_VERSION")"
-  PTA_ACCEPTED="$M_ACCEPTED"; PTA_E2E="$M_END_TO_END"
+  PTA_JSON[$r]="$(result_json "" "$PT_VERSION")"
   postern_stop "$PT"
-fi
+  "$POSTERN" -c "$PT/etc" config set "smtpd_message_auth=no" || bench_die "postern config set smtpd_message_auth failed"
+}
 
-# --- Postfix -----------------------------------------------------------------
+# postfix_round ROUND: Postfix (created in the first round it runs); sets PF_JSON[ROUND],
+# or PF_ERROR, after which no later round runs Postfix.
 PF_VERSION=""
-if postfix_can_run; then
-  PF_PORT="$(free_port)"
-  PF_NEW="$PF/mail/${RECIPIENT#*@}/${RECIPIENT%@*}/Maildir/new"
-  if [ -n "$LMTP_TRANSPORT" ]; then
-    POSTFIX_EXTRA_MAIN_CF="virtual_transport = $LMTP_TRANSPORT"
-    PF_NEW="$DC_NEW"
-    [ -d "$DC_NEW" ] && find "$DC_NEW" -maxdepth 1 -type f -delete   # Postern's messages
+PF_ERROR=""
+PF_PORT="$(free_port)"
+PF_NEW="$PF/mail/${RECIPIENT#*@}/${RECIPIENT%@*}/Maildir/new"
+[ -n "$LMTP_TRANSPORT" ] && { POSTFIX_EXTRA_MAIN_CF="virtual_transport = $LMTP_TRANSPORT"; PF_NEW="$DC_NEW"; }
+PF_CREATED=no
+postfix_round() {
+  local r="$1"
+  PF_JSON[$r]=null
+  [ -z "$PF_ERROR" ] || return 0
+  if [ "$PF_CREATED" = no ]; then
+    postfix_can_run || return 0
+    PF_CREATED=yes
+    postfix_up "$PF_PORT" "$RECIPIENT" || return 0
+  elif ! postfix_start "$PF" "$PF_PORT"; then
+    PF_ERROR="$POSTFIX_START_ERROR"; return 0
   fi
-  if postfix_up "$PF_PORT" "$RECIPIENT"; then
-    bench_note "Postfix $PF_VERSION: $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PF_PORT"
-    if measure postfix "$PF_PORT" "$PF_NEW" "$(postfix_master_pid "$PF")"; then
-      POSTFIX_JSON="$(result_json "" "$PF_VERSION")"
-      PF_ACCEPTED="$M_ACCEPTED"; PF_E2E="$M_END_TO_END"; PF_SEND_S="$M_SEND_S"; PF_E2E_S="$M_E2E_S"
-    else
-      PF_ERROR="$MEASURE_ERROR (maillog: $(grep -E 'fatal|panic|error' "$PF/maillog" 2>/dev/null | tail -n 2))"
-    fi
+  bench_note "Postfix $PF_VERSION (round $r): $WARMUP warm-up + $MESSAGES messages to 127.0.0.1:$PF_PORT"
+  if measure "postfix-r$r" "$PF_PORT" "$PF_NEW" "$(postfix_master_pid "$PF")"; then
+    PF_JSON[$r]="$(result_json "" "$PF_VERSION")"
+  else
+    PF_ERROR="$MEASURE_ERROR (maillog: $(grep -E 'fatal|panic|error' "$PF/maillog" 2>/dev/null | tail -n 2))"
   fi
   postfix_stop "$PF"
-fi
-[ -n "$PF_ERROR" ] && POSTFIX_JSON="$(result_json "$PF_ERROR" "$PF_VERSION")"
-R_ACCEPTED="$(ratio "$PT_ACCEPTED" "${PF_ACCEPTED:-}")"
-R_E2E="$(ratio "$PT_E2E" "${PF_E2E:-}")"
-RA_ACCEPTED="$(ratio "${PTA_ACCEPTED:-}" "${PF_ACCEPTED:-}")"
-RA_E2E="$(ratio "${PTA_E2E:-}" "${PF_E2E:-}")"
+}
+
+for ((r = 1; r <= ROUNDS; r++)); do
+  if [ "$(rounds_order "$r")" = postern-first ]; then postern_round "$r"; postfix_round "$r"
+  else postfix_round "$r"; postern_round "$r"; fi
+done
+[ -n "$PF_ERROR" ] && PF_FAILED_JSON="$(result_json "$PF_ERROR" "$PF_VERSION")"
+for ((r = 1; r <= ROUNDS; r++)); do
+  pf="${PF_JSON[$r]}"
+  [ "$pf" = null ] && pf="$PF_FAILED_JSON"
+  rounds_add "$r" "${PT_JSON[$r]}" "${PTA_JSON[$r]}" "$pf"
+done
 
 # --- Report ------------------------------------------------------------------
 report_start "throughput$([ "$DELIVERY" = lmtp ] && echo -lmtp)"
 node -e '
-  const [date, messages, size, sessions, warmup, machine, postern, postfix, rAcc, rE2e, loader, delivery, posternAuth, raAcc, raE2e] = process.argv.slice(1);
-  const num = (x) => (x === "null" ? null : +x);
+  const [date, messages, size, sessions, warmup, machine, figures, loader, delivery] = process.argv.slice(1);
+  const { postern, postern_message_auth, ...rest } = JSON.parse(figures);
   const report = {
     benchmark: "throughput", date,
     load: { tool: loader === "smtp-source" ? "smtp-source -d" : "bench/mx-load.js", messages: +messages, body_bytes: +size, sessions: +sessions,
             connection_reuse: true, warmup_messages: +warmup,
             delivery: delivery === "lmtp" ? "Dovecot LMTP (lmtp:inet:127.0.0.1, Maildir)" : "Maildir" },
     machine: JSON.parse(machine),
-    postern: { ...JSON.parse(postern), smtpd_message_auth: "no" },
-    postern_message_auth: posternAuth === "null" ? null : { ...JSON.parse(posternAuth), smtpd_message_auth: "yes" },
-    postfix: JSON.parse(postfix),
-    ratio_postern_to_postfix: { accepted: num(rAcc), end_to_end: num(rE2e) },
-    ratio_postern_message_auth_to_postfix: { accepted: num(raAcc), end_to_end: num(raE2e) },
+    postern: { ...postern, smtpd_message_auth: "no" },
+    postern_message_auth: postern_message_auth && { ...postern_message_auth, smtpd_message_auth: "yes" },
+    ...rest,
   };
   process.stdout.write(JSON.stringify(report, null, 2) + "\n");' \
-  "$DATE" "$MESSAGES" "$SIZE" "$SESSIONS" "$WARMUP" "$MACHINE_JSON" "$POSTERN_JSON" "$POSTFIX_JSON" "$R_ACCEPTED" "$R_E2E" "$LOADER" "$DELIVERY" \
-  "$POSTERN_AUTH_JSON" "$RA_ACCEPTED" "$RA_E2E" >"$OUT"
+  "$DATE" "$MESSAGES" "$SIZE" "$SESSIONS" "$WARMUP" "$MACHINE_JSON" "$(rounds_merge accepted_per_s accepted)" "$LOADER" "$DELIVERY" >"$OUT"
 
 node -e '
   const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
@@ -253,6 +270,7 @@ node -e '
     row("  end-to-end msg/s", 1, pa.end_to_end_per_s, pf.end_to_end_per_s, qa.end_to_end);
   }
   if (pf.error) console.log(`\nPostfix: ${pf.error}`);' "$OUT"
+print_rounds "$OUT" accepted_per_s
 print_cpu_latency "$OUT" message
 echo ""
 echo "written to $OUT"
